@@ -1,0 +1,16 @@
+//! Compiles the protos with protox, a protobuf compiler written in Rust, so neither a
+//! learner nor CI needs a system `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["proto/greeter.proto"];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let descriptors = protox::compile(protos, ["proto"])?;
+    tonic_prost_build::configure()
+        // JSON in and out: the sidecar and the web gateway speak JSON to the outside.
+        .type_attribute(".", "#[derive(serde::Serialize, serde::Deserialize)]")
+        .type_attribute(".", "#[serde(default)]")
+        .compile_fds(descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,172 @@
+//! Which backend an example runs on: real NATS, or the in-process stand-ins.
+//!
+//! One rule, the same in every example:
+//! 1. `NATS_URL` is set: connect to it (an unreachable URL is an error naming it, never a
+//!    silent fall-back: the user asked for that server).
+//! 2. Else a `nats-server` binary is installed: start a private one (loopback, random port,
+//!    JetStream in a temporary folder, killed on exit).
+//! 3. Else: in-process, with one line on stderr saying so and how to install NATS.
+//!
+//! `--backend memory|nats` (or `MICRO_BACKEND=memory|nats`) overrides the rule; the tests
+//! use it to run each example on both. Whichever runs, stdout is the same.
+
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::nats::{self, NatsServer};
+
+/// The environment variable naming a NATS server to use.
+pub const NATS_URL: &str = "NATS_URL";
+
+/// The `--backend` flag, to `#[command(flatten)]` into an example's arguments.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct BackendArgs {
+    /// Where the broker and the registry live.
+    #[arg(long, env = "MICRO_BACKEND", value_enum, default_value_t)]
+    pub backend: BackendChoice,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// NATS_URL if set, else a private nats-server if installed, else in-process.
+    #[default]
+    Auto,
+    /// In-process stand-ins: nothing to install, one process only.
+    Memory,
+    /// NATS: NATS_URL if set, else a private nats-server.
+    Nats,
+}
+
+/// The backend an example ended up with.
+pub enum Backend {
+    InProcess,
+    Nats {
+        client: async_nats::Client,
+        url: String,
+        /// The private server, when we started one; it stops when this is dropped.
+        server: Option<NatsServer>,
+    },
+}
+
+impl Backend {
+    /// A short name for logs: `in-process` or `nats`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::InProcess => "in-process",
+            Backend::Nats { .. } => "nats",
+        }
+    }
+}
+
+impl BackendArgs {
+    /// Applies the rule above, reading `NATS_URL` from the environment.
+    pub async fn connect(&self) -> anyhow::Result<Backend> {
+        let url = std::env::var(NATS_URL).ok().filter(|u| !u.is_empty());
+        self.connect_with(url.as_deref()).await
+    }
+
+    /// The rule, with `NATS_URL`'s value passed in (so tests need not touch the environment).
+    pub async fn connect_with(&self, nats_url: Option<&str>) -> anyhow::Result<Backend> {
+        match (self.backend, nats_url) {
+            (BackendChoice::Memory, _) => Ok(Backend::InProcess),
+            (BackendChoice::Auto | BackendChoice::Nats, Some(url)) => {
+                let client = connect(url).await?;
+                Ok(Backend::Nats { client, url: url.to_owned(), server: None })
+            }
+            (BackendChoice::Nats, None) => start_private().await,
+            (BackendChoice::Auto, None) if nats::available() => start_private().await,
+            (BackendChoice::Auto, None) => {
+                eprintln!(
+                    "note: no NATS_URL and no nats-server installed, so running in-process; \
+                     to run on NATS, {}",
+                    nats::INSTALL_HINT
+                );
+                Ok(Backend::InProcess)
+            }
+        }
+    }
+}
+
+async fn start_private() -> anyhow::Result<Backend> {
+    let server = NatsServer::start().await.context("starting a private nats-server")?;
+    let url = server.url();
+    let client = connect(&url).await?;
+    tracing::info!(%url, "started a private nats-server");
+    Ok(Backend::Nats { client, url, server: Some(server) })
+}
+
+/// Connects once, failing fast with a message that names the URL and what to do.
+pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
+    async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(3))
+        .connect(url)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot reach NATS at {url} (from {NATS_URL} or --backend nats): is a server \
+                 running there? Start one with `nats-server -js`, or unset {NATS_URL} to run \
+                 in-process"
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(backend: BackendChoice) -> BackendArgs {
+        BackendArgs { backend }
+    }
+
+    #[tokio::test]
+    async fn memory_is_chosen_explicitly_even_with_a_url() {
+        let backend = args(BackendChoice::Memory).connect_with(Some("nats://127.0.0.1:1")).await;
+        assert!(matches!(backend.unwrap(), Backend::InProcess));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_url_is_an_error_naming_it() {
+        // Port 1 on loopback: nothing listens there.
+        let url = "nats://127.0.0.1:1";
+        for choice in [BackendChoice::Auto, BackendChoice::Nats] {
+            let error = match args(choice).connect_with(Some(url)).await {
+                Ok(_) => panic!("{choice:?} connected to a closed port"),
+                Err(e) => format!("{e:#}"),
+            };
+            assert!(error.contains(url), "{error}");
+            assert!(error.contains("nats-server"), "says how to start one: {error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reachable_url_is_used_as_given() {
+        let server = NatsServer::start().await.expect(nats::INSTALL_HINT);
+        let backend = args(BackendChoice::Auto).connect_with(Some(&server.url())).await.unwrap();
+        let Backend::Nats { url, server: private, .. } = backend else { panic!("not NATS") };
+        assert_eq!(url, server.url());
+        assert!(private.is_none(), "no private server when a URL is given");
+    }
+
+    #[tokio::test]
+    async fn without_a_url_a_private_server_is_started() {
+        let backend = args(BackendChoice::Nats).connect_with(None).await.unwrap();
+        let Backend::Nats { client, server, .. } = backend else { panic!("not NATS") };
+        assert!(server.is_some_and(|s| s.is_running()));
+        client.flush().await.unwrap();
+    }
+
+    #[test]
+    fn the_flag_parses_and_rejects_unknown_values() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            backend: BackendArgs,
+        }
+        let cli = Cli::try_parse_from(["x", "--backend", "memory"]).unwrap();
+        assert_eq!(cli.backend.backend, BackendChoice::Memory);
+        let error = Cli::try_parse_from(["x", "--backend", "redis"]).err().unwrap().to_string();
+        assert!(error.contains("redis") && error.contains("memory"), "{error}");
+    }
+}

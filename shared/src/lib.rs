@@ -1,0 +1,29 @@
+//! `microkit`: the small toolkit that go-micro's lessons, ported to Rust, stand on.
+//!
+//! It holds only what two or more examples need. Each example keeps the idea it teaches
+//! in its own file; what lives here is plumbing a reader can take on trust:
+//!
+//! - [`proto`]: the Greeter service, generated from `shared/proto` at build time.
+//! - [`registry`]: service discovery (a `Registry` trait, an in-process implementation).
+//! - [`backend`]: the one rule every example uses to pick NATS or the in-process backend.
+//! - [`server`] and [`greeter`]: a gRPC server on a free loopback port, for demos and tests.
+//! - [`nats`]: a private `nats-server` (single node or a small cluster) for demos and tests.
+//! - [`out`] and [`golden`]: deterministic stdout, logs on stderr, golden-file checks.
+
+pub mod backend;
+pub mod golden;
+pub mod greeter;
+pub mod nats;
+pub mod out;
+pub mod registry;
+pub mod server;
+
+/// Code generated from `shared/proto/*.proto`.
+pub mod proto {
+    /// The Greeter service: unary, server-, client- and bidi-streaming calls.
+    pub mod greeter {
+        tonic::include_proto!("greeter.v1");
+    }
+}
+
+pub use out::{Out, init_tracing};

@@ -1,0 +1,224 @@
+//! A private `nats-server`, for demos and tests: never a shared or system one.
+//!
+//! [`NatsServer`] starts Debian's `nats-server` on a free loopback port with JetStream
+//! storing into a temporary folder; it can be stopped and restarted on the same port with
+//! the same store (what a real outage looks like to clients), and it is killed on drop.
+//! [`NatsCluster`] starts three of them routed together, for the paths users take when one
+//! machine is no longer enough.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tempfile::TempDir;
+use tokio::process::{Child, Command};
+
+/// Where Debian puts the binary, which a non-root PATH often lacks.
+const FALLBACK_DIRS: [&str; 2] = ["/usr/sbin", "/usr/local/sbin"];
+
+/// How to install it, for error messages.
+pub const INSTALL_HINT: &str =
+    "install NATS (Debian/Ubuntu: `apt-get install nats-server`) or set NATS_URL";
+
+/// The `nats-server` binary, from PATH or Debian's folder.
+pub fn server_binary() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(FALLBACK_DIRS.iter().map(PathBuf::from))
+        .map(|dir| dir.join("nats-server"))
+        .find(|candidate| candidate.is_file())
+}
+
+/// One `nats-server` process owned by this program.
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    /// Extra arguments (cluster settings); empty for a single node.
+    extra_args: Vec<String>,
+    name: String,
+    /// JetStream's store and the server's log; deleted on drop.
+    dir: TempDir,
+}
+
+impl NatsServer {
+    /// Starts a single node with JetStream on a free loopback port.
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_node("solo", free_port()?, Vec::new()).await
+    }
+
+    async fn start_node(name: &str, port: u16, extra_args: Vec<String>) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("nats-").tempdir()?;
+        let mut server = NatsServer { child: None, port, extra_args, name: name.to_owned(), dir };
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's own log, for a test that wants to show why something failed.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("nats-server.log")
+    }
+
+    /// Kills the server (clients see the connection drop); the store is kept.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.context("stopping nats-server")?;
+        }
+        Ok(())
+    }
+
+    /// Starts it again on the same port with the same JetStream store.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop().await?;
+        self.spawn().await
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let binary = server_binary().with_context(|| format!("nats-server not found: {INSTALL_HINT}"))?;
+        let store = self.dir.path().join("jetstream");
+        let mut command = Command::new(&binary);
+        command
+            .args(["--addr", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--server_name", &self.name, "--jetstream", "--store_dir"])
+            .arg(&store)
+            .arg("--log")
+            .arg(self.log_path())
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        let mut child = command.spawn().with_context(|| format!("starting {}", binary.display()))?;
+
+        // Ready when it accepts TCP connections; give up (with its log) if it exits first.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+            if let Some(status) = child.try_wait()? {
+                bail!("nats-server exited with {status} before it listened:\n{}", self.log_tail());
+            }
+            if Instant::now() > deadline {
+                bail!("nats-server did not listen on {addr} within 10 s:\n{}", self.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(10)..].join("\n")
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+    }
+}
+
+/// Three `nats-server` nodes routed into one cluster, JetStream replicated across them.
+pub struct NatsCluster {
+    pub nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts `size` nodes (3 for a JetStream quorum) on loopback and waits for the routes.
+    pub async fn start(size: usize) -> anyhow::Result<Self> {
+        let client_ports: Vec<u16> = (0..size).map(|_| free_port()).collect::<Result<_, _>>()?;
+        let route_ports: Vec<u16> = (0..size).map(|_| free_port()).collect::<Result<_, _>>()?;
+        let routes: Vec<String> =
+            route_ports.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect();
+        let mut nodes = Vec::with_capacity(size);
+        for (i, (&port, &route_port)) in client_ports.iter().zip(&route_ports).enumerate() {
+            let args = vec![
+                "--cluster_name".to_owned(),
+                "lessons".to_owned(),
+                "--cluster".to_owned(),
+                format!("nats://127.0.0.1:{route_port}"),
+                "--routes".to_owned(),
+                routes.join(","),
+            ];
+            nodes.push(NatsServer::start_node(&format!("node-{}", i + 1), port, args).await?);
+        }
+        Ok(NatsCluster { nodes })
+    }
+
+    /// Every node's URL, comma-joined: what a client is given so it can fail over.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(NatsServer::url).collect()
+    }
+}
+
+/// A port the OS says is free now. Another process could take it before the server binds;
+/// on loopback in tests that race is rare, and a failed start says so.
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// True when a server could be started here.
+pub fn available() -> bool {
+    server_binary().is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn starts_stops_and_restarts_on_the_same_port() {
+        let mut server = NatsServer::start().await.expect(INSTALL_HINT);
+        let client = async_nats::connect(server.url()).await.unwrap();
+        client.flush().await.unwrap();
+        let port = server.port();
+
+        server.stop().await.unwrap();
+        assert!(async_nats::connect(server.url()).await.is_err(), "stopped means unreachable");
+
+        server.restart().await.unwrap();
+        assert_eq!(server.port(), port);
+        let again = async_nats::connect(server.url()).await.unwrap();
+        again.flush().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_message_crosses_a_three_node_cluster() {
+        use futures::StreamExt;
+        let cluster = NatsCluster::start(3).await.expect(INSTALL_HINT);
+        let subscriber = async_nats::connect(cluster.nodes[0].url()).await.unwrap();
+        let publisher = async_nats::connect(cluster.nodes[2].url()).await.unwrap();
+        let mut sub = subscriber.subscribe("cluster.check").await.unwrap();
+        subscriber.flush().await.unwrap();
+        // Routes form asynchronously: publish until the interest has propagated.
+        let got = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                publisher.publish("cluster.check", "hi".into()).await.unwrap();
+                publisher.flush().await.unwrap();
+                if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(100), sub.next()).await {
+                    return m;
+                }
+            }
+        })
+        .await
+        .expect("the cluster routes the message from node 3 to node 1");
+        assert_eq!(&got.payload[..], b"hi");
+    }
+}

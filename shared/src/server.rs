@@ -1,0 +1,111 @@
+//! A gRPC server on a free loopback port, for demos and tests.
+//!
+//! [`RunningServer`] binds `127.0.0.1:0` (the OS picks the port, so runs never collide),
+//! hands back the address, and can be stopped two ways:
+//! - [`RunningServer::shutdown`]: graceful, the server stops accepting and lets calls in
+//!   flight finish;
+//! - [`RunningServer::crash`]: every connection dies at once, as when a process is killed.
+//!
+//! To make a crash real, the server runs on its own small tokio runtime in its own thread;
+//! dropping that runtime drops every connection task with it.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use tokio::sync::oneshot;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tonic::service::Routes;
+use tonic::transport::Server;
+
+/// A server running in the background until shut down, crashed or dropped (a drop crashes).
+pub struct RunningServer {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    crash: Option<oneshot::Sender<()>>,
+    finished: Option<oneshot::Receiver<anyhow::Result<()>>>,
+}
+
+impl RunningServer {
+    /// Serves `routes` with a plain `Server::builder()`.
+    pub async fn start(routes: Routes) -> std::io::Result<Self> {
+        Self::start_with(move |incoming, stop| {
+            Server::builder().add_routes(routes).serve_with_incoming_shutdown(incoming, stop)
+        })
+        .await
+    }
+
+    /// Serves whatever `serve` builds from the listener and the stop signal, so callers can
+    /// add layers, TLS or several services: `serve` is usually
+    /// `|incoming, stop| Server::builder()...serve_with_incoming_shutdown(incoming, stop)`.
+    pub async fn start_with<F, Fut>(serve: F) -> std::io::Result<Self>
+    where
+        F: FnOnce(TcpListenerStream, WaitForCancellationFutureOwned) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), tonic::transport::Error>>,
+    {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("grpc-server")
+            .enable_all()
+            .build()?;
+
+        let stop = CancellationToken::new();
+        let (crash_tx, crash_rx) = oneshot::channel::<()>();
+        let (finished_tx, finished_rx) = oneshot::channel();
+        let stop_signal = stop.clone().cancelled_owned();
+        std::thread::spawn(move || {
+            let result = runtime.block_on(async move {
+                let incoming = TcpListenerStream::new(tokio::net::TcpListener::from_std(listener)?);
+                tokio::select! {
+                    served = serve(incoming, stop_signal) => Ok(served?),
+                    _ = crash_rx => Ok(()),
+                }
+            });
+            // Dropping the runtime ends every connection task it still runs.
+            runtime.shutdown_background();
+            let _ = finished_tx.send(result);
+        });
+        Ok(RunningServer { addr, stop, crash: Some(crash_tx), finished: Some(finished_rx) })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:<port>`, what `Channel::from_shared` and the generated clients take.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting, waits for calls in flight to finish, then returns.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.wait().await
+    }
+
+    /// Drops every connection at once, mid-call: what clients see when a server dies.
+    pub async fn crash(mut self) {
+        if let Some(crash) = self.crash.take() {
+            let _ = crash.send(());
+        }
+        let _ = self.wait().await;
+    }
+
+    async fn wait(&mut self) -> anyhow::Result<()> {
+        match self.finished.take() {
+            Some(finished) => finished.await.unwrap_or(Ok(())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        if let Some(crash) = self.crash.take() {
+            let _ = crash.send(());
+        }
+    }
+}
