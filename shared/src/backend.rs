@@ -39,6 +39,7 @@ pub enum BackendChoice {
 }
 
 /// The backend an example ended up with.
+#[allow(clippy::large_enum_variant)] // one value per process: its size does not matter
 pub enum Backend {
     InProcess,
     Nats {

@@ -13,24 +13,33 @@ pub fn dir() -> PathBuf {
         .join("tests/golden")
 }
 
-/// Compares `actual` with the golden file of `topic` (or rewrites it under `BLESS=1`).
-///
-/// # Panics
-/// When they differ, or the golden file is missing: this is a test assertion.
-pub fn assert_matches(topic: &str, actual: &str) {
+/// Compares `actual` with the golden file of `topic` (or rewrites it under `BLESS=1`),
+/// and says how they differ.
+pub fn compare(topic: &str, actual: &str) -> Result<(), String> {
     let path = dir().join(format!("{topic}.txt"));
     if std::env::var_os("BLESS").is_some_and(|v| v == "1") {
-        std::fs::write(&path, actual).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
-        return;
+        return std::fs::write(&path, actual)
+            .map_err(|e| format!("writing {}: {e}", path.display()));
     }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!("no golden file {} ({e}); run with BLESS=1 to create it", path.display())
-    });
+    let expected = std::fs::read_to_string(&path).map_err(|e| {
+        format!("no golden file {} ({e}); run with BLESS=1 to create it", path.display())
+    })?;
     if expected != actual {
-        panic!(
+        return Err(format!(
             "stdout of `{topic}` differs from {}\n--- expected\n{expected}--- actual\n{actual}---\n\
              (if the change is intended, rerun with BLESS=1 and review the diff)",
             path.display()
-        );
+        ));
+    }
+    Ok(())
+}
+
+/// [`compare`] as a test assertion.
+///
+/// # Panics
+/// When the output differs from the golden file, or there is none.
+pub fn assert_matches(topic: &str, actual: &str) {
+    if let Err(difference) = compare(topic, actual) {
+        panic!("{difference}");
     }
 }

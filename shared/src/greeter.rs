@@ -38,7 +38,10 @@ type ReplyStream = Pin<Box<dyn Stream<Item = Result<HelloReply, Status>> + Send>
 
 #[tonic::async_trait]
 impl Greeter for HelloGreeter {
-    async fn say_hello(&self, request: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
+    async fn say_hello(
+        &self,
+        request: Request<HelloRequest>,
+    ) -> Result<Response<HelloReply>, Status> {
         Ok(Response::new(self.reply(&request.into_inner().name, 0)))
     }
 
@@ -85,9 +88,10 @@ impl Greeter for HelloGreeter {
         request: Request<Streaming<HelloRequest>>,
     ) -> Result<Response<Self::ChatStream>, Status> {
         let this = self.clone();
-        let replies = request.into_inner().enumerate().map(move |(i, request)| {
-            request.map(|r| this.reply(&r.name, i as u32 + 1))
-        });
+        let replies = request
+            .into_inner()
+            .enumerate()
+            .map(move |(i, request)| request.map(|r| this.reply(&r.name, i as u32 + 1)));
         Ok(Response::new(Box::pin(replies)))
     }
 }
@@ -148,7 +152,13 @@ mod tests {
         .expect("the client must notice the crash, not hang");
         let status = end.expect_err("a crash is an error, not a clean end of stream");
         assert!(
-            matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Cancelled),
+            matches!(
+                status.code(),
+                tonic::Code::Unavailable
+                    | tonic::Code::Unknown
+                    | tonic::Code::Internal
+                    | tonic::Code::Cancelled
+            ),
             "unexpected status {status:?}"
         );
     }

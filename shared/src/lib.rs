@@ -26,4 +26,4 @@ pub mod proto {
     }
 }
 
-pub use out::{Out, init_tracing};
+pub use out::{Out, init_tracing, report};

@@ -88,7 +88,8 @@ impl NatsServer {
     }
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
-        let binary = server_binary().with_context(|| format!("nats-server not found: {INSTALL_HINT}"))?;
+        let binary =
+            server_binary().with_context(|| format!("nats-server not found: {INSTALL_HINT}"))?;
         let store = self.dir.path().join("jetstream");
         let mut command = Command::new(&binary);
         command
@@ -102,7 +103,8 @@ impl NatsServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true);
-        let mut child = command.spawn().with_context(|| format!("starting {}", binary.display()))?;
+        let mut child =
+            command.spawn().with_context(|| format!("starting {}", binary.display()))?;
 
         // Ready when it accepts TCP connections; give up (with its log) if it exits first.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -212,7 +214,9 @@ mod tests {
             loop {
                 publisher.publish("cluster.check", "hi".into()).await.unwrap();
                 publisher.flush().await.unwrap();
-                if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(100), sub.next()).await {
+                if let Ok(Some(m)) =
+                    tokio::time::timeout(Duration::from_millis(100), sub.next()).await
+                {
                     return m;
                 }
             }

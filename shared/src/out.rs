@@ -26,9 +26,7 @@ impl Out {
 
     /// Lines are kept for [`Out::text`]; nothing is printed.
     pub fn capture() -> Self {
-        Out {
-            captured: Some(Arc::default()),
-        }
+        Out { captured: Some(Arc::default()) }
     }
 
     /// Emits one result line.
@@ -61,15 +59,27 @@ macro_rules! say {
     };
 }
 
+/// Ends `main`: an error is printed on stderr with its causes, and the exit code is 1.
+///
+/// Used instead of returning `anyhow::Result` from `main`, whose `Debug` output adds a
+/// backtrace when `RUST_BACKTRACE` is set: a learner should see one clear sentence.
+pub fn report(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Sends logs to stderr, filtered by `RUST_LOG` (default: warnings and errors only).
 /// Safe to call more than once.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
 #[cfg(test)]

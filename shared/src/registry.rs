@@ -101,8 +101,7 @@ struct Entry {
 impl State {
     fn notify(&mut self, service: &str, change: &Change) {
         // A watcher whose receiver is gone is dropped here, on the next change.
-        self.watchers
-            .retain(|(watched, tx)| watched != service || tx.send(change.clone()).is_ok());
+        self.watchers.retain(|(watched, tx)| watched != service || tx.send(change.clone()).is_ok());
     }
 }
 
@@ -258,7 +257,8 @@ mod tests {
         registry.register(&node("b"), TTL).await.unwrap();
         registry.register(&node("a"), TTL).await.unwrap();
         registry.register(&Node::new("other", "x", "127.0.0.1:1"), TTL).await.unwrap();
-        let ids: Vec<_> = registry.nodes("greeter").await.unwrap().into_iter().map(|n| n.id).collect();
+        let ids: Vec<_> =
+            registry.nodes("greeter").await.unwrap().into_iter().map(|n| n.id).collect();
         assert_eq!(ids, ["a", "b"]);
         assert!(registry.nodes("missing").await.unwrap().is_empty());
     }
@@ -281,7 +281,8 @@ mod tests {
             tokio::time::sleep(TTL / 2).await;
             registry.register(&node("beating"), TTL).await.unwrap();
         }
-        let ids: Vec<_> = registry.nodes("greeter").await.unwrap().into_iter().map(|n| n.id).collect();
+        let ids: Vec<_> =
+            registry.nodes("greeter").await.unwrap().into_iter().map(|n| n.id).collect();
         assert_eq!(ids, ["beating"]);
     }
 

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, every example built, every test.
+# It needs nats-server for the NATS half of the tests and installs Debian's package when it
+# can; the tests start their own private servers, never a shared one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian installs nats-server in /usr/sbin, which a non-root PATH may lack.
+export PATH="$PATH:/usr/sbin:/usr/local/sbin"
+
+if ! command -v nats-server >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing nats-server (Debian package)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null
+  else
+    echo "scripts/test.sh needs nats-server: install it (Debian/Ubuntu: sudo apt-get install nats-server)" >&2
+    exit 1
+  fi
+fi
+echo "== $(nats-server --version)"
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+echo "== cargo build --examples"
+cargo build --examples --quiet
+
+echo "== cargo test"
+cargo test --workspace

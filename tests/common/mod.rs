@@ -1,0 +1,80 @@
+//! What the process-level tests share: finding the built example binaries and running
+//! them with a deadline, so a hung example fails its test instead of stalling CI.
+
+#![allow(dead_code)] // each test file uses its own share of these
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tokio::process::Command;
+
+/// The workspace root.
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Every topic with a file (or folder) in `examples/`, sorted.
+pub fn topics() -> Vec<String> {
+    let mut topics: Vec<String> = std::fs::read_dir(root().join("examples"))
+        .expect("examples/ exists")
+        .map(|entry| entry.unwrap().path())
+        .filter_map(|path| {
+            let name = path.file_name()?.to_str()?.to_owned();
+            if path.is_dir() && path.join("main.rs").is_file() {
+                Some(name)
+            } else {
+                name.strip_suffix(".rs").map(str::to_owned)
+            }
+        })
+        .collect();
+    topics.sort();
+    topics
+}
+
+/// The built binary of an example. `cargo test` builds examples marked `test = true` only
+/// as tests, so the binaries are built here once per test process (a no-op when
+/// `scripts/test.sh` has already run `cargo build --examples`).
+pub fn example_binary(topic: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--examples"])
+            .current_dir(root())
+            .status()
+            .expect("running cargo build --examples");
+        assert!(status.success(), "cargo build --examples failed");
+    });
+    // This test binary lives in target/<profile>/deps/; the examples in target/<profile>/examples/.
+    let deps = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
+    deps.parent().unwrap().join("examples").join(topic)
+}
+
+/// A command for an example with a clean environment: no backend choice, NATS URL or log
+/// level leaks in from the developer's shell.
+pub fn example(topic: &str) -> Command {
+    let mut command = Command::new(example_binary(topic));
+    command
+        .env_remove("NATS_URL")
+        .env_remove("MICRO_BACKEND")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+/// Runs to completion, failing the test if it takes longer than `limit`.
+pub async fn run_within(mut command: Command, limit: Duration) -> Output {
+    let child = command.spawn().expect("spawning an example");
+    match tokio::time::timeout(limit, child.wait_with_output()).await {
+        Ok(output) => output.expect("waiting for an example"),
+        Err(_) => panic!("{command:?} did not finish within {limit:?}"),
+    }
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}

@@ -1,0 +1,98 @@
+//! Every example is a test fixture: each built binary is run as a learner would run it,
+//! and its stdout and exit code are checked against `tests/golden/<topic>.txt`.
+//! Examples that take `--backend` run on both backends, with the same expected stdout.
+//!
+//! `BLESS=1 cargo test` rewrites the golden files instead (the examples' own in-process
+//! tests do the same), for a change of output made on purpose.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{example, run_within, text, topics};
+use microkit::nats::NatsServer;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Examples that use the broker or registry say so by flattening `BackendArgs`.
+fn takes_backend(topic: &str) -> bool {
+    let file = common::root().join("examples").join(format!("{topic}.rs"));
+    let source = std::fs::read_to_string(&file)
+        .or_else(|_| {
+            std::fs::read_to_string(common::root().join("examples").join(topic).join("main.rs"))
+        })
+        .unwrap_or_default();
+    source.contains("BackendArgs")
+}
+
+#[test]
+fn every_example_has_a_golden_file_a_note_and_an_in_process_test() {
+    let manifest = std::fs::read_to_string(common::root().join("Cargo.toml")).unwrap();
+    let manifest: toml::Table = manifest.parse().unwrap();
+    let tested_examples: Vec<&str> = manifest["example"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|example| example.get("test").and_then(toml::Value::as_bool) == Some(true))
+        .filter_map(|example| example.get("name")?.as_str())
+        .collect();
+    let mut missing = Vec::new();
+    for topic in topics() {
+        if !microkit::golden::dir().join(format!("{topic}.txt")).is_file() {
+            missing.push(format!("{topic}: no tests/golden/{topic}.txt (BLESS=1 creates it)"));
+        }
+        if !common::root().join("notes").join(format!("{topic}.md")).is_file() {
+            missing.push(format!("{topic}: no notes/{topic}.md"));
+        }
+        if !tested_examples.contains(&topic.as_str()) {
+            missing.push(format!("{topic}: no [[example]] entry with `test = true` in Cargo.toml"));
+        }
+    }
+    assert!(missing.is_empty(), "topics slipping in untested:\n{}", missing.join("\n"));
+}
+
+#[tokio::test]
+async fn every_example_prints_its_golden_output_and_exits_0() {
+    let nats = NatsServer::start().await.expect("the NATS runs need nats-server");
+    let mut failures = Vec::new();
+    for topic in topics() {
+        let mut runs = vec![("default", example(&topic))];
+        if takes_backend(&topic) {
+            let mut memory = example(&topic);
+            memory.env("MICRO_BACKEND", "memory");
+            let mut on_nats = example(&topic);
+            on_nats.env("MICRO_BACKEND", "nats").env("NATS_URL", nats.url());
+            runs.extend([("memory", memory), ("nats", on_nats)]);
+        }
+        for (backend, command) in runs {
+            let output = run_within(command, LIMIT).await;
+            let stdout = text(&output.stdout);
+            if !output.status.success() {
+                failures.push(format!(
+                    "{topic} ({backend}): exit {:?}\nstderr:\n{}",
+                    output.status.code(),
+                    text(&output.stderr)
+                ));
+                continue;
+            }
+            // The same comparison (and BLESS) as the in-process tests.
+            if let Err(difference) = microkit::golden::compare(&topic, &stdout) {
+                failures.push(format!("{topic} ({backend}): {difference}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[tokio::test]
+async fn every_example_refuses_an_unknown_flag_with_a_message() {
+    for topic in topics() {
+        let mut command = example(&topic);
+        command.arg("--no-such-flag");
+        let output = run_within(command, LIMIT).await;
+        assert_eq!(output.status.code(), Some(2), "{topic} accepted --no-such-flag");
+        let stderr = text(&output.stderr);
+        assert!(stderr.contains("unexpected argument '--no-such-flag'"), "{topic}: {stderr}");
+        assert!(output.stdout.is_empty(), "{topic} printed results despite a bad flag");
+    }
+}
