@@ -1,0 +1,76 @@
+//! The stream example as two processes, as a learner runs it in two terminals.
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::{example, run_within, text};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+#[tokio::test]
+async fn a_client_process_streams_with_a_server_process() {
+    let addr: SocketAddr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut server = example("stream");
+    server.args(["server", "--addr", &addr.to_string()]);
+    let mut server = server.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr).is_err() {
+        assert!(server.try_wait().unwrap().is_none(), "the server exited early");
+        assert!(Instant::now() < deadline, "the server never listened on {addr}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut client = example("stream");
+    client.args(["client", "--addr", &addr.to_string()]);
+    let output = run_within(client, Duration::from_secs(30)).await;
+    let client_out = text(&output.stdout);
+    assert!(output.status.success(), "client failed: {}", text(&output.stderr));
+    for line in [
+        "  client got hello ada #3",
+        "  client got the summary: hello ada, bo, cy",
+        "  client got hello bo",
+        "  client saw the end of the stream",
+        "  client read 3 replies, then drops the stream",
+    ] {
+        assert!(client_out.lines().any(|l| l == line), "client lacks {line:?}:\n{client_out}");
+    }
+
+    // Read the server's stdout until it noticed the last client leave, then stop it.
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    let mut server_out = String::new();
+    let last = "  server noticed the client went away and stopped producing";
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            server_out.push_str(&line);
+            server_out.push('\n');
+            if line == last {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the server never printed {last:?}:\n{server_out}"));
+    server.kill().await.unwrap();
+    for line in [
+        "  server saw the client half-close after 3 names",
+        "  server saw the client half-close; it ends its side too",
+    ] {
+        assert!(server_out.lines().any(|l| l == line), "server lacks {line:?}:\n{server_out}");
+    }
+    assert!(!server_out.contains(&addr.port().to_string()), "no ports on stdout: {server_out}");
+}
+
+#[tokio::test]
+async fn a_client_process_without_a_server_fails_naming_the_address() {
+    let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut client = example("stream");
+    client.args(["client", "--addr", &addr.to_string()]);
+    let output = run_within(client, Duration::from_secs(30)).await;
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.starts_with("error: no stream server at") && stderr.contains(&addr.to_string()),
+        "{stderr}"
+    );
+}
