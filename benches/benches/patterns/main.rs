@@ -1,0 +1,18 @@
+//! Each pattern of the lessons beside the raw library doing the same work; one table.
+//!
+//! `scripts/bench.sh` runs it (`--quick` for a CI-sized run). Every row is a ratio taken
+//! side by side in this one run; see `notes/performance.md` for what each one means.
+
+mod grpc;
+
+use micro_benches::{Effort, print_table};
+
+fn main() {
+    let effort = Effort::from_args();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let mut rows = Vec::new();
+    runtime.block_on(async {
+        rows.extend(grpc::rows(effort).await);
+    });
+    print_table(&rows);
+}
