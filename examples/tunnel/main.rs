@@ -68,7 +68,7 @@ const PATIENCE: Duration = Duration::from_secs(5);
 #[command(about = "A tunnel: gRPC calls multiplexed over one link between two nodes")]
 struct Args {
     /// Who node-a's clients greet, one client (and one session) each.
-    #[arg(long, value_delimiter = ',', default_value = "ada,bo,cy,dee", value_parser = name)]
+    #[arg(long, global = true, value_delimiter = ',', default_value = "ada,bo,cy,dee", value_parser = name)]
     names: Vec<String>,
     #[command(subcommand)]
     role: Option<Role>,
@@ -112,6 +112,11 @@ async fn run(args: Args, out: &Out) -> anyhow::Result<()> {
         }
         Some(Role::NodeA { connect }) => {
             let node_a = Arc::new(NodeA::new("node-a", connect));
+            node_a.link().await.with_context(|| {
+                format!(
+                    "cannot link up with node-b at {connect}: is `tunnel node-b` running there?"
+                )
+            })?;
             for line in call_all(&node_a, &args.names).await? {
                 say!(out, "  {line}");
             }

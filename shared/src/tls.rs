@@ -33,11 +33,15 @@ impl std::fmt::Debug for Authority {
     }
 }
 
-/// A certificate with its private key, as PEM text.
+/// A certificate with its private key, as PEM text (what tonic reads) and as DER bytes
+/// (what rustls takes: `CertificateDer::from(cert_der)`, `PrivatePkcs8KeyDer::from(key_der)`).
 #[derive(Clone, Debug)]
 pub struct Issued {
     pub cert_pem: String,
     pub key_pem: String,
+    pub cert_der: Vec<u8>,
+    /// The private key in PKCS#8 form.
+    pub key_der: Vec<u8>,
 }
 
 impl Issued {
@@ -76,6 +80,11 @@ impl Authority {
     /// The CA certificate, as PEM text.
     pub fn cert_pem(&self) -> String {
         self.issuer.pem()
+    }
+
+    /// The CA certificate as DER bytes, for a rustls `RootCertStore`.
+    pub fn cert_der(&self) -> Vec<u8> {
+        self.issuer.der().to_vec()
     }
 
     /// The CA certificate as tonic takes it: what a client trusts
@@ -123,7 +132,12 @@ impl Authority {
         }
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            cert_der: cert.der().to_vec(),
+            key_der: key.serialize_der(),
+        })
     }
 }
 
