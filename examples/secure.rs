@@ -347,6 +347,11 @@ fn client_refusal(error: &anyhow::Error) -> Option<&'static str> {
         rustls::Error::InvalidCertificate(Cert::UnknownIssuer) => {
             Some("certificate signed by an unknown CA")
         }
+        // A CA with the trusted one's name but another key: found by name, then the
+        // signature does not verify. An impostor, or a CA that was made anew.
+        rustls::Error::InvalidCertificate(Cert::BadSignature) => {
+            Some("certificate not signed by the trusted CA's key")
+        }
         rustls::Error::InvalidCertificate(
             Cert::NotValidForName | Cert::NotValidForNameContext { .. },
         ) => Some("certificate not valid for this host name"),
@@ -452,6 +457,15 @@ mod tests {
         let why =
             refused(&tls_only(&ca.server(HOST).unwrap()), Some(trusting(&other_ca))).await.unwrap();
         assert_eq!(why, "the client refused: certificate signed by an unknown CA");
+    }
+
+    #[tokio::test]
+    async fn an_impostor_ca_with_the_trusted_name_is_refused() {
+        let (ca, _) = authorities();
+        let impostor = Authority::new("test CA").unwrap(); // same name, another key
+        let server_cert = impostor.server(HOST).unwrap();
+        let why = refused(&tls_only(&server_cert), Some(trusting(&ca))).await.unwrap();
+        assert_eq!(why, "the client refused: certificate not signed by the trusted CA's key");
     }
 
     #[tokio::test]
