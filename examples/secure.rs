@@ -61,6 +61,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Status};
 
@@ -395,17 +396,22 @@ async fn serve_until_ctrl_c(listen: SocketAddr, certs: &Path, out: &Out) -> anyh
         std::fs::write(certs.join(file), text).with_context(|| format!("writing {file}"))?;
     }
     let identity = ca.server(HOST)?.identity();
+    // tonic's own TLS: the certificate, and the CA that client certificates must chain to.
     let tls = ServerTlsConfig::new().identity(identity).client_ca_root(ca.certificate());
     let greeter = HelloGreeter::new("secure-node").into_service();
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let addr = listener.local_addr()?;
     say!(
         out,
-        "serving with mutual TLS on {listen}; CA and client certificate in {}",
+        "serving with mutual TLS on {addr}; CA and client certificate in {}",
         certs.display()
     );
     Server::builder()
         .tls_config(tls)?
         .add_service(greeter)
-        .serve_with_shutdown(listen, async {
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await?;
