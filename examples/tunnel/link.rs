@@ -203,6 +203,11 @@ impl Shared {
                     let reason = format!("{} has no channel named {channel:?}", self.name);
                     return self.send(Frame::Refuse { session, reason }).await;
                 };
+                // An id already in use would hijack that session's bytes: refuse it.
+                if self.slots.lock().unwrap().contains_key(&session) {
+                    let reason = format!("session {session} is already open");
+                    return self.send(Frame::Refuse { session, reason }).await;
+                }
                 let accepted = self.add_session(session, None);
                 self.send(Frame::Accept { session }).await?;
                 if arrivals.send(accepted).await.is_err() {

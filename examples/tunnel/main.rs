@@ -292,7 +292,9 @@ impl NodeB {
                 tracing::info!(%peer, "a node linked up");
                 let services = HashMap::from([("greeter".to_owned(), arrivals.clone())]);
                 let tunnel = Tunnel::start(&name, stream, Side::Listener, services);
-                accepted.lock().unwrap().push(tunnel);
+                let mut links = accepted.lock().unwrap();
+                links.retain(Tunnel::is_up); // forget links that have ended
+                links.push(tunnel);
             }
         });
         Ok(NodeB {
@@ -438,6 +440,32 @@ mod tests {
         let mut back = Vec::new();
         tokio::time::timeout(PATIENCE, session.read_to_end(&mut back)).await.unwrap().unwrap();
         assert_eq!(back, big);
+    }
+
+    #[tokio::test]
+    async fn a_peer_speaking_raw_frames_gets_answers_and_cannot_reuse_a_session_id() {
+        use futures::SinkExt;
+        use tokio_util::codec::Framed;
+        let node_b = NodeB::start("node-b", "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let tcp = TcpStream::connect(node_b.addr).await.unwrap();
+        let mut link = Framed::new(tcp, frame::FrameCodec);
+        let open = frame::Frame::Open { session: 1, channel: "greeter".into() };
+        let mut answers = Vec::new();
+        for _ in 0..2 {
+            link.send(open.clone()).await.unwrap();
+            // The accepted session's gRPC server may speak first: skip its data.
+            loop {
+                let frame = tokio::time::timeout(PATIENCE, link.next()).await.unwrap();
+                match frame.unwrap().unwrap() {
+                    frame::Frame::Data { .. } => continue,
+                    other => break answers.push(other),
+                }
+            }
+        }
+        assert_eq!(answers[0], frame::Frame::Accept { session: 1 });
+        let refusal = answers.pop().unwrap();
+        let reason = "session 1 is already open".to_owned();
+        assert_eq!(refusal, frame::Frame::Refuse { session: 1, reason });
     }
 
     #[test]
