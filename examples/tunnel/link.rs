@@ -125,7 +125,12 @@ impl Tunnel {
         let (answer, answered) = oneshot::channel();
         let session = self.shared.add_session(id, Some(answer));
         self.shared.send(Frame::Open { session: id, channel: channel.to_owned() }).await?;
-        match answered.await {
+        // If the link dies first, nobody will answer: stop waiting then.
+        let answer = tokio::select! {
+            answer = answered => answer,
+            _ = self.shared.down.cancelled() => return Err(TunnelError::LinkDown),
+        };
+        match answer {
             Ok(Ok(())) => {
                 self.shared.opened.fetch_add(1, Ordering::Relaxed);
                 Ok(session)
