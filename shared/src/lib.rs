@@ -8,6 +8,7 @@
 //! - [`backend`]: the one rule every example uses to pick NATS or the in-process backend.
 //! - [`server`] and [`greeter`]: a gRPC server on a free loopback port, for demos and tests.
 //! - [`nats`]: a private `nats-server` (single node or a small cluster) for demos and tests.
+//! - [`tls`]: an in-memory certificate authority with server and client certificates.
 //! - [`out`] and [`golden`]: deterministic stdout, logs on stderr, golden-file checks.
 
 pub mod backend;
@@ -17,6 +18,7 @@ pub mod nats;
 pub mod out;
 pub mod registry;
 pub mod server;
+pub mod tls;
 
 /// Code generated from `shared/proto/*.proto`.
 pub mod proto {
