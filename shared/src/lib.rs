@@ -5,12 +5,14 @@
 //!
 //! - [`proto`]: the Greeter service, generated from `shared/proto` at build time.
 //! - [`registry`]: service discovery (a `Registry` trait, an in-process implementation).
+//! - [`broker`]: publish/subscribe (a `Broker` trait, in-process and NATS implementations).
 //! - [`backend`]: the one rule every example uses to pick NATS or the in-process backend.
 //! - [`server`] and [`greeter`]: a gRPC server on a free loopback port, for demos and tests.
 //! - [`nats`]: a private `nats-server` (single node or a small cluster) for demos and tests.
 //! - [`out`] and [`golden`]: deterministic stdout, logs on stderr, golden-file checks.
 
 pub mod backend;
+pub mod broker;
 pub mod golden;
 pub mod greeter;
 pub mod nats;
