@@ -48,13 +48,14 @@ impl NatsBroker {
     /// Connects with each subscription buffering up to `capacity` messages.
     pub async fn connect_with_capacity(url: &str, capacity: usize) -> Result<Self, BrokerError> {
         let slow_consumer_drops = Arc::new(AtomicU64::new(0));
-        let counter = slow_consumer_drops.clone();
+        let closed = Arc::new(AtomicBool::new(false));
+        let (counter, draining) = (slow_consumer_drops.clone(), closed.clone());
         let client = async_nats::ConnectOptions::new()
             .subscription_capacity(capacity.max(1))
             .connection_timeout(Duration::from_secs(3))
             .event_callback(move |event| {
-                let counter = counter.clone();
-                async move { on_event(event, &counter) }
+                let (counter, draining) = (counter.clone(), draining.clone());
+                async move { on_event(event, &counter, draining.load(Ordering::Acquire)) }
             })
             .connect(url)
             .await
@@ -64,7 +65,7 @@ impl NatsBroker {
                      with `nats-server -js`)"
                 ))
             })?;
-        Ok(NatsBroker { client, slow_consumer_drops, closed: Arc::default() })
+        Ok(NatsBroker { client, slow_consumer_drops, closed })
     }
 
     /// The underlying connection, for what the broker does not cover (JetStream, requests).
@@ -98,7 +99,7 @@ impl NatsBroker {
 }
 
 /// The connection's events, as logs; slow-consumer drops are counted too.
-fn on_event(event: Event, slow_consumer_drops: &AtomicU64) {
+fn on_event(event: Event, slow_consumer_drops: &AtomicU64, draining: bool) {
     match event {
         Event::SlowConsumer(sid) => {
             let dropped = slow_consumer_drops.fetch_add(1, Ordering::Relaxed) + 1;
@@ -110,6 +111,8 @@ fn on_event(event: Event, slow_consumer_drops: &AtomicU64) {
                 );
             }
         }
+        // After `drain` the connection closes on purpose.
+        Event::Disconnected if draining => tracing::debug!("NATS connection closed after drain"),
         Event::Disconnected => tracing::warn!("NATS connection lost; reconnecting"),
         Event::Connected => tracing::info!("NATS connected"),
         other => tracing::info!(event = %other, "NATS event"),
