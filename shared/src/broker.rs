@@ -30,6 +30,7 @@ mod conformance;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use async_trait::async_trait;
@@ -55,7 +56,8 @@ pub const DEFAULT_SUBSCRIPTION_CAPACITY: usize = 1 << 20;
 /// A message as a subscriber receives it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
-    pub topic: String,
+    /// Shared, not copied per message: every message of a subscription has the same topic.
+    pub topic: Arc<str>,
     pub headers: Headers,
     pub payload: Bytes,
 }

@@ -127,7 +127,7 @@ async fn headers_and_binary_payloads_survive(pair: Pair) {
     let payload = Bytes::from_static(&[0, 1, 2, 0xfe, 0xff, b'\n', b'\r']);
     pair.publisher.publish("files.uploaded", headers.clone(), payload.clone()).await.unwrap();
     let got = take(&mut sub, 1).await.remove(0);
-    assert_eq!(got, Message { topic: "files.uploaded".to_owned(), headers, payload });
+    assert_eq!(got, Message { topic: "files.uploaded".into(), headers, payload });
 }
 
 async fn one_publishers_order_holds(pair: Pair) {

@@ -52,9 +52,16 @@ struct Group {
     next: usize,
 }
 
+/// What travels through a subscriber's channel: the topic is added on the other side.
+#[derive(Clone)]
+struct Envelope {
+    headers: Headers,
+    payload: Bytes,
+}
+
 struct Member {
     id: u64,
-    tx: mpsc::Sender<Message>,
+    tx: mpsc::Sender<Envelope>,
     client: Arc<Client>,
 }
 
@@ -110,7 +117,7 @@ impl Default for MemoryBroker {
 }
 
 /// Offers a message to one member without waiting; a refused message comes back.
-fn offer(member: &Member, message: Message) -> Delivery {
+fn offer(member: &Member, message: Envelope) -> Delivery {
     match member.tx.try_send(message) {
         Ok(()) => Delivery::Sent,
         Err(TrySendError::Full(message)) => Delivery::Full(message),
@@ -121,9 +128,9 @@ fn offer(member: &Member, message: Message) -> Delivery {
 enum Delivery {
     Sent,
     /// The member is behind by its whole buffer: a slow consumer.
-    Full(Message),
+    Full(Envelope),
     /// The member unsubscribed: it is removed from the table.
-    Gone(Message),
+    Gone(Envelope),
 }
 
 fn count_drop(member: &Member, topic: &str) {
@@ -145,13 +152,13 @@ impl Broker for MemoryBroker {
         check_topic(topic)?;
         check_headers(&headers)?;
         self.check_open()?;
-        let message = Message { topic: topic.to_owned(), headers, payload };
         // The lock is held while offering, so that messages from one publisher enter every
         // subscriber's channel in the order they were published. `try_send` never waits.
         let mut topics = self.hub.topics.lock().unwrap();
         let Some(subscribers) = topics.get_mut(topic) else {
             return Ok(()); // Nobody listens: at-most-once means it is gone.
         };
+        let message = Envelope { headers, payload };
         subscribers.plain.retain(|member| match offer(member, message.clone()) {
             Delivery::Sent => true,
             Delivery::Full(_) => {
@@ -195,7 +202,13 @@ impl Broker for MemoryBroker {
                 subscribers.groups.entry(queue.to_owned()).or_default().members.push(member)
             }
         }
-        let source = MemorySource { rx, id, topic: topic.to_owned(), hub: self.hub.clone() };
+        let source = MemorySource {
+            rx,
+            id,
+            topic: topic.to_owned(),
+            topic_name: topic.into(),
+            hub: self.hub.clone(),
+        };
         Ok(Subscription::new(topic, queue, Box::new(source)))
     }
 
@@ -228,7 +241,7 @@ impl Broker for MemoryBroker {
 
 /// One member of the group gets the message: the next in turn, or, if its buffer is full,
 /// the first after it with room. Only when every member is full is the message dropped.
-fn deliver_to_group(group: &mut Group, mut message: Message, topic: &str) {
+fn deliver_to_group(group: &mut Group, mut message: Envelope, topic: &str) {
     let mut tries = 0;
     while tries < group.members.len() {
         let index = group.next % group.members.len();
@@ -256,7 +269,10 @@ fn deliver_to_group(group: &mut Group, mut message: Message, topic: &str) {
 
 /// A subscription's receiving end. Unsubscribing removes it from the hub's table.
 struct MemorySource {
-    rx: mpsc::Receiver<Message>,
+    rx: mpsc::Receiver<Envelope>,
+    /// Put on each message here, on the receiving side: sharing one counted pointer
+    /// between the publishing and the receiving thread would make them fight over it.
+    topic_name: Arc<str>,
     id: u64,
     topic: String,
     hub: Arc<Hub>,
@@ -282,7 +298,13 @@ impl Stream for MemorySource {
     type Item = Message;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
-        self.rx.poll_recv(cx)
+        self.rx.poll_recv(cx).map(|next| {
+            next.map(|Envelope { headers, payload }| Message {
+                topic: self.topic_name.clone(),
+                headers,
+                payload,
+            })
+        })
     }
 }
 

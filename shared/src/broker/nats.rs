@@ -168,7 +168,8 @@ impl Broker for NatsBroker {
         // Once the server has answered a round trip, it knows of the subscription, so a
         // publish from any other connection after this returns reaches it.
         self.round_trip().await?;
-        Ok(Subscription::new(topic, queue, Box::new(NatsSource { subscriber })))
+        let source = NatsSource { subscriber, topic: topic.into() };
+        Ok(Subscription::new(topic, queue, Box::new(source)))
     }
 
     async fn drain(&self) -> Result<(), BrokerError> {
@@ -189,6 +190,9 @@ impl Broker for NatsBroker {
 
 struct NatsSource {
     subscriber: async_nats::Subscriber,
+    /// Every message's subject is this topic (the broker refuses wildcards), so it is
+    /// shared rather than copied out of each message.
+    topic: Arc<str>,
 }
 
 /// NATS headers may repeat a name; the broker's headers keep the first value of each.
@@ -205,7 +209,7 @@ impl Stream for NatsSource {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
         Pin::new(&mut self.subscriber).poll_next(cx).map(|next| {
             next.map(|message| Message {
-                topic: message.subject.to_string(),
+                topic: self.topic.clone(),
                 headers: headers_of(&message),
                 payload: message.payload,
             })
