@@ -83,6 +83,7 @@ struct Args {
 enum Role {
     /// Serves POST /user/login and POST /events until Ctrl-C.
     Serve {
+        /// Where to listen (port 0: any free port, printed on start).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
     },
@@ -134,7 +135,9 @@ async fn serve(bus: Arc<EventBus>, listen: std::net::SocketAddr, out: &Out) -> a
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    say!(out, "serving POST /user/login and POST /events on http://{listen} (Ctrl-C to stop)");
+    // Print the bound address: with port 0 the system picks a free one.
+    let bound = listener.local_addr()?;
+    say!(out, "serving POST /user/login and POST /events on http://{bound} (Ctrl-C to stop)");
     axum::serve(listener, http::router(bus))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
