@@ -44,6 +44,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use clap::Parser;
+use futures::future::BoxFuture;
 use microkit::backend::{Backend, BackendArgs};
 use microkit::broker::{Headers, Message};
 use microkit::{Out, say};
@@ -155,7 +156,7 @@ fn record(
     name: &'static str,
     gate: Arc<Semaphore>,
     deliveries: Arc<Mutex<Deliveries>>,
-) -> impl FnMut(Message) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + 'static {
+) -> impl FnMut(Message) -> BoxFuture<'static, ()> + Send + 'static {
     move |message| {
         let (gate, deliveries) = (gate.clone(), deliveries.clone());
         Box::pin(async move {
