@@ -6,12 +6,14 @@
 //! - [`proto`]: the Greeter service, generated from `shared/proto` at build time.
 //! - [`registry`]: service discovery (a `Registry` trait, an in-process implementation).
 //! - [`nats_registry`]: the same registry on a NATS JetStream key-value bucket.
+//! - [`discovery`]: a client's live view of a service's nodes, and a channel per node.
 //! - [`backend`]: the one rule every example uses to pick NATS or the in-process backend.
 //! - [`server`] and [`greeter`]: a gRPC server on a free loopback port, for demos and tests.
 //! - [`nats`]: a private `nats-server` (single node or a small cluster) for demos and tests.
 //! - [`out`] and [`golden`]: deterministic stdout, logs on stderr, golden-file checks.
 
 pub mod backend;
+pub mod discovery;
 pub mod golden;
 pub mod greeter;
 pub mod nats;
