@@ -386,8 +386,11 @@ async fn client(
     out: &Out,
 ) -> anyhow::Result<()> {
     let nodes = LiveNodes::watch(registry, SERVICE).await?;
-    // The watch reports the registered nodes as it reads them: give it a moment.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The watch reports the registered nodes one by one: hashing over half of them would
+    // send a user to the wrong node, so wait until it shows all that are registered.
+    let listed: Vec<String> = registry.nodes(SERVICE).await?.into_iter().map(|n| n.id).collect();
+    let listed: Vec<&str> = listed.iter().map(String::as_str).collect();
+    nodes.wait_for_ids(&listed, PATIENCE).await?;
     let mut client = GreeterClient::new(ShardRouter::new(nodes));
     let who = user.map_or("no header".to_owned(), |u| format!("{USER_HEADER}: {u}"));
     for n in 1..=calls {
