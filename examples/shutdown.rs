@@ -202,7 +202,10 @@ async fn run(args: Args, out: &Out, mut signals: Signals) -> anyhow::Result<()> 
     background.cancel();
     let served = reporter.await.context("the reporter task failed")?;
     let plural = if served == 1 { "" } else { "s" };
-    say!(out, "4. stop background tasks: the reporter's last count is {served} call{plural} served");
+    say!(
+        out,
+        "4. stop background tasks: the reporter's last count is {served} call{plural} served"
+    );
     say!(out, "5. exit 0");
     Ok(())
 }
@@ -225,7 +228,9 @@ async fn start_server(
                 () = accepting.cancelled_owned() => {}
             }
         };
-        Server::builder().add_service(greeter).serve_with_incoming_shutdown(incoming, stop_accepting)
+        Server::builder()
+            .add_service(greeter)
+            .serve_with_incoming_shutdown(incoming, stop_accepting)
     })
     .await
 }
@@ -341,5 +346,41 @@ mod tests {
         let args = Args::parse_from(["shutdown", "--backend", "memory"]);
         run(args, &out, signals).await.unwrap();
         microkit::golden::assert_matches("shutdown", &out.text());
+    }
+
+    #[tokio::test]
+    async fn a_fake_sigterm_stops_the_serving_mode_in_the_same_order() {
+        let out = Out::capture();
+        let (tx, signals) = fake_signals();
+        tx.send("SIGTERM").unwrap(); // queued: it arrives as soon as the server is ready
+        let args = Args::parse_from(["shutdown", "serve", "--backend", "memory"]);
+        run(args, &out, signals).await.unwrap();
+        let text = out.text();
+        let phases: Vec<&str> = text.lines().skip(2).collect();
+        assert_eq!(phases[0], "shutdown signal: SIGTERM");
+        let numbered: Vec<&str> = phases.iter().filter_map(|line| line.get(..2)).collect();
+        assert_eq!(numbered, ["sh", "1.", "2.", "3.", "  ", "4.", "5."], "{text}");
+    }
+
+    #[tokio::test]
+    async fn serve_with_a_timer_stops_itself() {
+        let out = Out::capture();
+        let (_tx, signals) = fake_signals();
+        let args =
+            Args::parse_from(["shutdown", "serve", "--stop-after-ms", "50", "--backend", "memory"]);
+        run(args, &out, signals).await.unwrap();
+        assert!(out.text().contains("shutdown signal: timer (50ms)\n"), "{}", out.text());
+        assert!(out.text().ends_with("5. exit 0\n"), "{}", out.text());
+    }
+
+    #[test]
+    fn bad_flags_are_refused() {
+        for args in [
+            &["shutdown", "--drain-ms", "soon"][..],
+            &["shutdown", "--drain-ms", "5", "serve"], // the demo's flags, then a role
+            &["shutdown", "serve", "--backend", "redis"],
+        ] {
+            assert!(Args::try_parse_from(args).is_err(), "{args:?} was accepted");
+        }
     }
 }

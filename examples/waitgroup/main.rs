@@ -141,7 +141,12 @@ async fn run(args: Args, out: &Out) -> anyhow::Result<Tally> {
     let mut lost = 0;
     match late {
         Err(status) => {
-            say!(out, "1. stop taking calls: a new call gets {:?} \"{}\"", status.code(), status.message());
+            say!(
+                out,
+                "1. stop taking calls: a new call gets {:?} \"{}\"",
+                status.code(),
+                status.message()
+            );
             lost += u32::from(status.code() != Code::Unavailable);
         }
         Ok(_) => {
