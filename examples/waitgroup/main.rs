@@ -293,8 +293,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_deadline_shorter_than_the_calls_cuts_each_of_them_and_counts_exactly() {
-        // An hour of work against a 100 ms deadline: every call is still running when cut.
-        let flags = ["--calls", "20", "--work-ms", "3600000", "--drain-ms", "100"];
+        // An hour of work against a 500 ms deadline: every call is still running when
+        // cut, and the stream has ample time to say goodbye first.
+        let flags = ["--calls", "20", "--work-ms", "3600000", "--drain-ms", "500"];
         let (tally, text) = run_with(&flags).await;
         assert_eq!(tally, Tally { replied: 0, cancelled: 20, cut: 20, lost: 0 }, "{text}");
         assert!(text.contains("   cut by the server at the deadline: 20\n"), "{text}");
@@ -302,7 +303,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_stream_says_goodbye_even_when_the_deadline_cuts_the_rest() {
-        let flags = ["--calls", "3", "--work-ms", "3600000", "--drain-ms", "100"];
+        let flags = ["--calls", "3", "--work-ms", "3600000", "--drain-ms", "500"];
         let (_, text) = run_with(&flags).await;
         let goodbye = format!("last message \"{GOODBYE}\", then the end (Ok)");
         assert!(text.contains(&goodbye), "{text}");
