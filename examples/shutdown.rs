@@ -356,10 +356,17 @@ mod tests {
         let args = Args::parse_from(["shutdown", "serve", "--backend", "memory"]);
         run(args, &out, signals).await.unwrap();
         let text = out.text();
-        let phases: Vec<&str> = text.lines().skip(2).collect();
-        assert_eq!(phases[0], "shutdown signal: SIGTERM");
-        let numbered: Vec<&str> = phases.iter().filter_map(|line| line.get(..2)).collect();
-        assert_eq!(numbered, ["sh", "1.", "2.", "3.", "  ", "4.", "5."], "{text}");
+        let after_ready: Vec<&str> = text.lines().skip(2).collect();
+        let expected = [
+            "shutdown signal: SIGTERM",
+            "1. deregister: heartbeat stopped; in the registry: no",
+            "2. stop accepting: the listener closes, open connections are told to finish",
+            "3. drain: waiting up to 5000ms for the calls in flight",
+            "   drained: every call in flight finished",
+            "4. stop background tasks: the reporter's last count is 0 calls served",
+            "5. exit 0",
+        ];
+        assert_eq!(after_ready, expected, "{text}");
     }
 
     #[tokio::test]
