@@ -5,6 +5,7 @@
 //!
 //! - [`proto`]: the Greeter service, generated from `shared/proto` at build time.
 //! - [`registry`]: service discovery (a `Registry` trait, an in-process implementation).
+//! - [`nats_registry`]: the same registry on a NATS JetStream key-value bucket.
 //! - [`backend`]: the one rule every example uses to pick NATS or the in-process backend.
 //! - [`server`] and [`greeter`]: a gRPC server on a free loopback port, for demos and tests.
 //! - [`nats`]: a private `nats-server` (single node or a small cluster) for demos and tests.
@@ -14,6 +15,7 @@ pub mod backend;
 pub mod golden;
 pub mod greeter;
 pub mod nats;
+pub mod nats_registry;
 pub mod out;
 pub mod registry;
 pub mod server;
