@@ -54,7 +54,7 @@ use microkit::greeter::HelloGreeter;
 use microkit::proto::greeter::HelloRequest;
 use microkit::proto::greeter::greeter_client::GreeterClient;
 use microkit::proto::greeter::greeter_server::GreeterServer;
-use microkit::registry::{InMemoryRegistry, Node, Registry};
+use microkit::registry::{Node, Registry};
 use microkit::server::RunningServer;
 use microkit::{Out, say};
 use tokio::sync::mpsc;
@@ -120,8 +120,10 @@ async fn run(args: Args, out: &Out, mut signals: Signals) -> anyhow::Result<()> 
         (None, true) => None,
     }
     .map(Duration::from_millis);
-    let _backend = settings.backend.connect().await?;
-    let registry: Arc<dyn Registry> = Arc::new(InMemoryRegistry::new());
+    // NATS (a JetStream KV bucket other processes can read) or in-process: same trait.
+    let backend = settings.backend.connect().await?;
+    let registry = backend.registry();
+    tracing::info!(backend = backend.name(), "registry ready");
 
     // The token tree. A child hears its parent's cancel; a parent never hears a child's.
     //   exit: everything, now (a second signal)

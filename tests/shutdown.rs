@@ -8,6 +8,8 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use common::{example, text};
+use microkit::backend::{BackendArgs, BackendChoice};
+use microkit::nats::NatsServer;
 use microkit::proto::greeter::GreetingsRequest;
 use microkit::proto::greeter::greeter_client::GreeterClient;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
@@ -35,9 +37,21 @@ struct Serving {
 }
 
 impl Serving {
+    /// In-process backend: the registry lives and dies with the process.
     async fn start(args: &[&str]) -> Serving {
         let mut command = example("shutdown");
         command.arg("serve").args(args).env("MICRO_BACKEND", "memory");
+        Self::spawn(command).await
+    }
+
+    /// NATS backend on `nats_url`: the registry outlives the process, others can read it.
+    async fn start_on_nats(nats_url: &str, args: &[&str]) -> Serving {
+        let mut command = example("shutdown");
+        command.arg("serve").args(args).env("MICRO_BACKEND", "nats").env("NATS_URL", nats_url);
+        Self::spawn(command).await
+    }
+
+    async fn spawn(mut command: tokio::process::Command) -> Serving {
         let mut child = command.stdout(Stdio::piped()).spawn().expect("starting shutdown serve");
         let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
         let ready = next_line(&mut stdout).await;
@@ -90,6 +104,29 @@ async fn next_line(stdout: &mut Lines<BufReader<ChildStdout>>) -> String {
         .expect("no line in time")
         .unwrap()
         .expect("stdout closed early")
+}
+
+/// The ids of the `greeter` nodes, as another process sees them in the NATS registry.
+async fn greeter_ids(nats_url: &str) -> Vec<String> {
+    let backend = BackendArgs { backend: BackendChoice::Nats };
+    let backend = backend.connect_with(Some(nats_url)).await.expect("reaching the test's NATS");
+    let nodes = backend.registry().nodes("greeter").await.expect("reading the registry");
+    nodes.into_iter().map(|node| node.id).collect()
+}
+
+#[tokio::test]
+async fn sigterm_stops_it_in_order_and_it_leaves_the_registry() {
+    let nats = NatsServer::start().await.expect("this test needs nats-server");
+    let serving = Serving::start_on_nats(&nats.url(), &["--node", "shutdown-t1"]).await;
+    assert_eq!(greeter_ids(&nats.url()).await, ["shutdown-t1"], "listed while it serves");
+
+    serving.signal("TERM");
+    let (status, lines, stderr) = serving.finish().await;
+    assert_eq!(status.code(), Some(0), "stderr:\n{stderr}");
+    assert_eq!(lines[0], "shutdown signal: SIGTERM");
+    assert_eq!(lines[1..], CLEAN_STOP, "stderr:\n{stderr}");
+    // Checked at once: well within the node's TTL, so it left by deregistering, not expiry.
+    assert!(greeter_ids(&nats.url()).await.is_empty(), "the node is still registered");
 }
 
 #[tokio::test]
