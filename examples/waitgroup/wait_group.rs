@@ -1,0 +1,310 @@
+//! The waitgroup: a tower layer that tracks every call from its request to the last byte
+//! of its reply, so a server can stop without losing work in flight.
+//!
+//! Go's `sync.WaitGroup` is a counter: `Add(1)` when work starts, `Done()` when it ends,
+//! `Wait()` until it is zero. tokio-util's [`TaskTracker`] is the same idea with two
+//! fixes: a token (not a bare `Done()`) ends the work when it is dropped, so an early
+//! return or a panic cannot forget it; and `wait()` returns only once the tracker is
+//! *closed* and empty, so a wait that starts before the first call is not over at once.
+//!
+//! A call here is "in flight" until its response body has ended, not merely until the
+//! handler has returned: a unary reply is still to be written then, and a stream has only
+//! just begun. That is why the token travels inside the response body.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::Frame;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+use tonic::Status;
+use tonic::body::Body;
+
+/// What a refused call is told. `Unavailable` is the code clients retry elsewhere.
+pub const REFUSED: &str = "server is shutting down: not taking new calls";
+/// What a call cut at the drain deadline is told.
+pub const CUT: &str = "server shut down: the drain deadline passed";
+
+/// The shared state of the layer: clone it freely, every clone is the same group.
+#[derive(Clone, Default)]
+pub struct WaitGroup {
+    tracker: TaskTracker,
+    /// Cancelled when the drain starts; handlers find it in their request's extensions.
+    draining: CancellationToken,
+    /// Cancelled when the drain deadline passes: what is still running is cut.
+    cut: CancellationToken,
+    /// How many calls were cut.
+    cut_count: Arc<AtomicUsize>,
+}
+
+/// Put into every request's extensions, so a long-lived handler (a stream) can learn that
+/// the server is draining and end on its own terms: a last message, then the end.
+#[derive(Clone)]
+pub struct Draining(CancellationToken);
+
+impl Draining {
+    /// Completes when the drain starts.
+    pub async fn started(&self) {
+        self.0.cancelled().await
+    }
+}
+
+impl WaitGroup {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Calls in flight now (each counts until its reply has been fully written).
+    pub fn in_flight(&self) -> usize {
+        self.tracker.len()
+    }
+
+    /// Phase one of a drain: new calls are refused with `Unavailable`, and long-lived
+    /// handlers are told to finish. The server itself keeps running, so the replies of
+    /// the calls in flight can still be delivered.
+    pub fn stop_taking_calls(&self) {
+        self.tracker.close();
+        self.draining.cancel();
+    }
+
+    /// Phase two: waits for every call in flight to end, for at most `deadline`; then cuts
+    /// the rest, which end at once with `Cancelled`. Returns how many calls were cut.
+    pub async fn drain(&self, deadline: Duration) -> anyhow::Result<usize> {
+        self.stop_taking_calls();
+        if tokio::time::timeout(deadline, self.tracker.wait()).await.is_err() {
+            self.cut.cancel();
+            // A cut call ends at its next poll; this bound only turns a bug into an error.
+            tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await.map_err(
+                |_| anyhow::anyhow!("{} calls did not end even when cut", self.in_flight()),
+            )?;
+        }
+        Ok(self.cut_count.load(Ordering::SeqCst))
+    }
+}
+
+/// The layer: `Server::builder().layer(wait_group.clone())`.
+impl<S> tower::Layer<S> for WaitGroup {
+    type Service = Tracked<S>;
+
+    fn layer(&self, inner: S) -> Tracked<S> {
+        Tracked { inner, group: self.clone() }
+    }
+}
+
+/// The service the layer wraps around the server's routes.
+#[derive(Clone)]
+pub struct Tracked<S> {
+    inner: S,
+    group: WaitGroup,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B> tower::Service<http::Request<B>> for Tracked<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        // Count the call first, then look at `closed`: a drain that starts in between
+        // either sees this call counted, or this call sees the drain. Never neither.
+        let token = self.group.tracker.token();
+        if self.group.tracker.is_closed() {
+            drop(token);
+            return Box::pin(async { Ok(Status::unavailable(REFUSED).into_http()) });
+        }
+        request.extensions_mut().insert(Draining(self.group.draining.clone()));
+
+        // The clone that was made ready is the one to call (tower's rule).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let call = inner.call(request);
+        let (cut, cut_count) = (self.group.cut.clone(), self.group.cut_count.clone());
+        Box::pin(async move {
+            tokio::select! {
+                response = call => {
+                    // The handler is done; the reply is not yet written. The token goes
+                    // with the body and is dropped when the body has ended.
+                    let body = |body| Body::new(TrackedBody::new(body, token, cut, cut_count));
+                    Ok(response?.map(body))
+                }
+                () = cut.cancelled() => {
+                    // Dropping the handler's future is what cancels it.
+                    cut_count.fetch_add(1, Ordering::SeqCst);
+                    Ok(Status::cancelled(CUT).into_http())
+                }
+            }
+        })
+    }
+}
+
+/// A response body that holds its call's token until it has ended, and ends itself with
+/// a `Cancelled` status if the drain deadline passes first.
+struct TrackedBody {
+    inner: Body,
+    _token: TaskTrackerToken,
+    cut: Pin<Box<WaitForCancellationFutureOwned>>,
+    cut_count: Arc<AtomicUsize>,
+    ended: bool,
+}
+
+impl TrackedBody {
+    fn new(
+        inner: Body,
+        token: TaskTrackerToken,
+        cut: CancellationToken,
+        cut_count: Arc<AtomicUsize>,
+    ) -> Self {
+        let ended = http_body::Body::is_end_stream(&inner);
+        TrackedBody { inner, _token: token, cut: Box::pin(cut.cancelled_owned()), cut_count, ended }
+    }
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        if this.cut.as_mut().poll(cx).is_ready() {
+            // End the stream properly, with a status the client can read: trailers.
+            this.ended = true;
+            this.cut_count.fetch_add(1, Ordering::SeqCst);
+            let mut trailers = http::HeaderMap::new();
+            Status::cancelled(CUT).add_header(&mut trailers)?;
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        this.ended = match &frame {
+            None | Some(Err(_)) => true,
+            Some(Ok(frame)) => frame.is_trailers(),
+        };
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body::Body as _;
+    use tower::{Layer, Service, ServiceExt};
+
+    /// A stand-in for the server's routes: answers after `work`, with a one-frame body.
+    #[derive(Clone)]
+    struct SlowRoutes(Duration);
+
+    impl Service<http::Request<()>> for SlowRoutes {
+        type Response = http::Response<Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            let work = self.0;
+            Box::pin(async move {
+                tokio::time::sleep(work).await;
+                let reply = OneFrame(Some(Bytes::from_static(b"reply")));
+                Ok(http::Response::new(Body::new(reply)))
+            })
+        }
+    }
+
+    struct OneFrame(Option<Bytes>);
+
+    impl http_body::Body for OneFrame {
+        type Data = Bytes;
+        type Error = Status;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+            Poll::Ready(self.0.take().map(|data| Ok(Frame::data(data))))
+        }
+    }
+
+    async fn read_body(body: Body) -> Vec<Frame<Bytes>> {
+        let mut body = std::pin::pin!(body);
+        let mut frames = Vec::new();
+        while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+            frames.push(frame.unwrap());
+        }
+        frames
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_counts_until_its_body_has_ended() {
+        let group = WaitGroup::new();
+        let mut service = group.layer(SlowRoutes(Duration::from_millis(10)));
+        let response = service.ready().await.unwrap().call(http::Request::new(())).await.unwrap();
+        assert_eq!(group.in_flight(), 1, "the handler returned, but the reply is unwritten");
+        let frames = read_body(response.into_body()).await;
+        assert_eq!(frames.len(), 1);
+        assert_eq!(group.in_flight(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_stop_taking_calls_a_call_is_refused_with_unavailable() {
+        let group = WaitGroup::new();
+        let mut service = group.layer(SlowRoutes(Duration::from_millis(10)));
+        group.stop_taking_calls();
+        let response = service.ready().await.unwrap().call(http::Request::new(())).await.unwrap();
+        let status = Status::from_header_map(response.headers()).expect("a trailers-only status");
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(status.message(), REFUSED);
+        assert_eq!(group.in_flight(), 0, "a refused call is not tracked");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_waits_for_calls_within_the_deadline_and_cuts_the_rest_exactly() {
+        let group = WaitGroup::new();
+        let quick = group.layer(SlowRoutes(Duration::from_millis(50)));
+        let slow = group.layer(SlowRoutes(Duration::from_secs(3600)));
+        let mut calls = tokio::task::JoinSet::new();
+        for i in 0..7 {
+            let service = if i < 3 { quick.clone() } else { slow.clone() };
+            calls.spawn(async move {
+                let response = service.oneshot(http::Request::new(())).await.unwrap();
+                read_body(response.into_body()).await.len()
+            });
+        }
+        while group.in_flight() < 7 {
+            tokio::task::yield_now().await;
+        }
+        let cut = group.drain(Duration::from_millis(500)).await.unwrap();
+        assert_eq!(cut, 4, "the four one-hour calls, and only they");
+        assert_eq!(group.in_flight(), 0);
+        let mut frames: Vec<usize> = calls.join_all().await;
+        frames.sort();
+        // A cut call gets its status in the headers (trailers-only): no body frames.
+        assert_eq!(frames, [0, 0, 0, 0, 1, 1, 1]);
+    }
+}
