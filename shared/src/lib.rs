@@ -7,12 +7,14 @@
 //! - [`registry`]: service discovery (a `Registry` trait, an in-process implementation).
 //! - [`backend`]: the one rule every example uses to pick NATS or the in-process backend.
 //! - [`server`] and [`greeter`]: a gRPC server on a free loopback port, for demos and tests.
+//! - [`http`]: an axum server on a free loopback port and a forwarding client, for gateways.
 //! - [`nats`]: a private `nats-server` (single node or a small cluster) for demos and tests.
 //! - [`out`] and [`golden`]: deterministic stdout, logs on stderr, golden-file checks.
 
 pub mod backend;
 pub mod golden;
 pub mod greeter;
+pub mod http;
 pub mod nats;
 pub mod out;
 pub mod registry;
