@@ -54,14 +54,14 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
-/// The body, or the answer to send instead: 413 over the limit, 400 otherwise.
-fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Response> {
+/// The body, or the status and message to answer with instead: 413 over the limit.
+fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, (StatusCode, String)> {
     body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("body over the {} KiB limit", BODY_LIMIT / 1024),
-        ),
-        status => error(status, rejection.body_text()),
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            let message = format!("body over the {} KiB limit", BODY_LIMIT / 1024);
+            (StatusCode::PAYLOAD_TOO_LARGE, message)
+        }
+        status => (status, rejection.body_text()),
     })
 }
 
@@ -71,9 +71,9 @@ async fn call(
     Path((service, method)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match body_or_error(body) {
+    let body = match read_body(body) {
         Ok(body) => body,
-        Err(answer) => return answer,
+        Err((status, message)) => return error(status, message),
     };
     let nodes = match sidecar.registry.nodes(&service).await {
         Ok(nodes) => nodes,
@@ -124,9 +124,9 @@ fn default_ttl() -> u64 {
 /// `POST /registry`: registers a plain HTTP program. Its heartbeat is its own job: it
 /// POSTs again before its TTL runs out, because only it knows that it is still alive.
 async fn register(State(sidecar): State<Sidecar>, body: Result<Bytes, BytesRejection>) -> Response {
-    let body = match body_or_error(body) {
+    let body = match read_body(body) {
         Ok(body) => body,
-        Err(answer) => return answer,
+        Err((status, message)) => return error(status, message),
     };
     let join: Join = match serde_json::from_slice(&body) {
         Ok(join) => join,
