@@ -57,7 +57,7 @@ impl EventBus {
                      survives a consumer restart but not a process restart; run with NATS \
                      (JetStream, file storage) for events that outlive the process"
                 );
-                Store::InProcess(Arc::default())
+                return Ok(Self::in_process(broker));
             }
             Backend::Nats { client, .. } => {
                 let jetstream = jetstream::new(client.clone());
@@ -74,6 +74,11 @@ impl EventBus {
             }
         };
         Ok(EventBus { broker, store })
+    }
+
+    /// An in-process bus on the given broker, with its stream in memory.
+    pub fn in_process(broker: Arc<dyn Broker>) -> Self {
+        EventBus { broker, store: Store::InProcess(Arc::default()) }
     }
 
     /// Publishes an event for both kinds of consumer. On NATS it returns once JetStream has

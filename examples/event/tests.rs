@@ -29,7 +29,9 @@ async fn prints_the_same_on_nats_jetstream() {
 
 #[tokio::test]
 async fn bad_requests_publish_nothing() {
-    let bus = Arc::new(EventBus::connect(&Backend::InProcess).await.unwrap());
+    // A broker of its own: the process-wide one is the golden test's, running alongside.
+    let broker = Arc::new(microkit::broker::MemoryBroker::new());
+    let bus = Arc::new(EventBus::in_process(broker));
     let mut live = bus.subscribe().await.unwrap();
     let router = http::router(bus.clone());
     let out = Out::capture();
