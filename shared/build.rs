@@ -2,7 +2,7 @@
 //! learner nor CI needs a system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/greeter.proto"];
+    let protos = ["proto/greeter.proto", "proto/events.proto"];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

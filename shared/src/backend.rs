@@ -89,6 +89,20 @@ impl BackendArgs {
     }
 }
 
+/// The broker, by the same rule: every example gets its broker here.
+impl Backend {
+    /// A new broker client: on NATS its own connection (sized for no silent drops, see
+    /// `broker::nats`); in-process, a client of the one in-process broker this program
+    /// shares, so a publisher and its subscribers in the same program always meet.
+    pub async fn broker(&self) -> anyhow::Result<std::sync::Arc<dyn crate::broker::Broker>> {
+        use crate::broker::{MemoryBroker, NatsBroker};
+        Ok(match self {
+            Backend::InProcess => std::sync::Arc::new(MemoryBroker::process_wide()),
+            Backend::Nats { url, .. } => std::sync::Arc::new(NatsBroker::connect(url).await?),
+        })
+    }
+}
+
 async fn start_private() -> anyhow::Result<Backend> {
     let server = NatsServer::start().await.context("starting a private nats-server")?;
     let url = server.url();

@@ -3,8 +3,10 @@
 //! It holds only what two or more examples need. Each example keeps the idea it teaches
 //! in its own file; what lives here is plumbing a reader can take on trust:
 //!
-//! - [`proto`]: the Greeter service, generated from `shared/proto` at build time.
+//! - [`proto`]: the Greeter service and the example events, generated from `shared/proto`
+//!   at build time.
 //! - [`registry`]: service discovery (a `Registry` trait, an in-process implementation).
+//! - [`broker`]: publish/subscribe (a `Broker` trait, in-process and NATS implementations).
 //! - [`backend`]: the one rule every example uses to pick NATS or the in-process backend.
 //! - [`server`] and [`greeter`]: a gRPC server on a free loopback port, for demos and tests.
 //! - [`http`]: an axum server on a free loopback port and a forwarding client, for gateways.
@@ -12,6 +14,7 @@
 //! - [`out`] and [`golden`]: deterministic stdout, logs on stderr, golden-file checks.
 
 pub mod backend;
+pub mod broker;
 pub mod golden;
 pub mod greeter;
 pub mod http;
@@ -25,6 +28,11 @@ pub mod proto {
     /// The Greeter service: unary, server-, client- and bidi-streaming calls.
     pub mod greeter {
         tonic::include_proto!("greeter.v1");
+    }
+
+    /// The typed events of the pubsub and event examples (messages only, no service).
+    pub mod events {
+        tonic::include_proto!("events.v1");
     }
 }
 

@@ -45,7 +45,18 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a single node with JetStream on a free loopback port.
     pub async fn start() -> anyhow::Result<Self> {
-        Self::start_node("solo", free_port()?, Vec::new()).await
+        // A free port can be taken by another process between our check and the server's
+        // bind (tests start many servers at once); the server then exits, and we try again.
+        let mut attempts = 3;
+        loop {
+            match Self::start_node("solo", free_port()?, Vec::new()).await {
+                Err(error) if attempts > 1 && format!("{error:#}").contains("in use") => {
+                    attempts -= 1;
+                    tracing::debug!(%error, "nats-server port taken, trying another");
+                }
+                result => return result,
+            }
+        }
     }
 
     async fn start_node(name: &str, port: u16, extra_args: Vec<String>) -> anyhow::Result<Self> {
@@ -106,10 +117,14 @@ impl NatsServer {
         let mut child =
             command.spawn().with_context(|| format!("starting {}", binary.display()))?;
 
-        // Ready when it accepts TCP connections; give up (with its log) if it exits first.
+        // Ready when its log says so and it accepts TCP connections; give up (with its log)
+        // if it exits first. (A connection alone could reach another server that took the
+        // port first: ours then exits with "address already in use".)
         let deadline = Instant::now() + Duration::from_secs(10);
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+        while !self.log_says_ready()
+            || TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err()
+        {
             if let Some(status) = child.try_wait()? {
                 bail!("nats-server exited with {status} before it listened:\n{}", self.log_tail());
             }
@@ -120,6 +135,14 @@ impl NatsServer {
         }
         self.child = Some(child);
         Ok(())
+    }
+
+    /// Whether this run of the server has logged that it is ready (the log is appended to
+    /// across restarts, so count the runs: each start logs "Starting nats-server" once).
+    fn log_says_ready(&self) -> bool {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        log.matches("Starting nats-server").count() == log.matches("Server is ready").count()
+            && log.contains("Server is ready")
     }
 
     fn log_tail(&self) -> String {

@@ -39,11 +39,21 @@ pub fn topics() -> Vec<String> {
 pub fn example_binary(topic: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--examples"])
-            .current_dir(root())
-            .status()
-            .expect("running cargo build --examples");
+        let mut cargo = std::process::Command::new(env!("CARGO"));
+        cargo.args(["build", "--quiet", "--examples"]).current_dir(root());
+        // Cargo gives a test the variables of its package; some build scripts track them,
+        // so a nested build that inherits them would rebuild half the dependency tree.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if name.starts_with("CARGO_PKG_")
+                || ["CARGO_MANIFEST_DIR", "CARGO_MANIFEST_PATH", "CARGO_CRATE_NAME"]
+                    .contains(&name.as_ref())
+                || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR"].contains(&name.as_ref())
+            {
+                cargo.env_remove(name.as_ref());
+            }
+        }
+        let status = cargo.status().expect("running cargo build --examples");
         assert!(status.success(), "cargo build --examples failed");
     });
     // This test binary lives in target/<profile>/deps/; the examples in target/<profile>/examples/.

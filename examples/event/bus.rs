@@ -1,0 +1,205 @@
+//! Where events go: one publish, two kinds of consumer.
+//!
+//! - A **plain subscription** on the broker (at-most-once): it gets what is published
+//!   while it listens, and nothing else.
+//! - A **durable consumer** on a stream (at-least-once): the stream keeps every event, the
+//!   consumer has a name, and the stream remembers, per name, what was acknowledged. A
+//!   consumer that was down resumes where it left off.
+//!
+//! On NATS the stream is JetStream (file storage: it survives a server restart too), and
+//! one JetStream publish reaches both kinds, since a JetStream publish is also a core NATS
+//! message. In-process the stream is a list in memory and a cursor per consumer name,
+//! which is exactly what JetStream keeps for us, minus the disk and the server.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use async_nats::jetstream::{self, consumer::pull, stream};
+use bytes::Bytes;
+use cloudevents::Event;
+use futures::StreamExt;
+use microkit::backend::Backend;
+use microkit::broker::{Broker, Headers, Subscription};
+
+/// The subject every login event is published on.
+pub const SUBJECT: &str = "events.user.login";
+/// The JetStream stream that keeps every `events.>` message.
+pub const STREAM: &str = "EVENTS";
+/// CloudEvents' media type for an event in JSON "structured mode".
+const CONTENT_TYPE: &str = "application/cloudevents+json";
+
+pub struct EventBus {
+    broker: Arc<dyn Broker>,
+    store: Store,
+}
+
+enum Store {
+    JetStream(jetstream::Context),
+    InProcess(Arc<Mutex<MemoryStream>>),
+}
+
+/// The in-process stand-in for a stream: every event, and per consumer name the position
+/// of the next event it has not acknowledged.
+#[derive(Default)]
+pub struct MemoryStream {
+    events: Vec<Bytes>,
+    cursors: HashMap<String, usize>,
+}
+
+impl EventBus {
+    pub async fn connect(backend: &Backend) -> anyhow::Result<Self> {
+        let broker = backend.broker().await?;
+        let store = match backend {
+            Backend::InProcess => {
+                tracing::warn!(
+                    "in-process: the durable stream lives in this process's memory, so it \
+                     survives a consumer restart but not a process restart; run with NATS \
+                     (JetStream, file storage) for events that outlive the process"
+                );
+                return Ok(Self::in_process(broker));
+            }
+            Backend::Nats { client, .. } => {
+                let jetstream = jetstream::new(client.clone());
+                jetstream
+                    .get_or_create_stream(stream::Config {
+                        name: STREAM.to_owned(),
+                        subjects: vec!["events.>".to_owned()],
+                        storage: stream::StorageType::File,
+                        ..Default::default()
+                    })
+                    .await
+                    .context("creating the JetStream stream (is JetStream enabled: -js?)")?;
+                Store::JetStream(jetstream)
+            }
+        };
+        Ok(EventBus { broker, store })
+    }
+
+    /// An in-process bus on the given broker, with its stream in memory.
+    pub fn in_process(broker: Arc<dyn Broker>) -> Self {
+        EventBus { broker, store: Store::InProcess(Arc::default()) }
+    }
+
+    /// Publishes an event for both kinds of consumer. On NATS it returns once JetStream has
+    /// stored it (the publish is acknowledged): from here on it cannot be lost.
+    pub async fn publish(&self, event: &Event) -> anyhow::Result<()> {
+        let payload = Bytes::from(serde_json::to_vec(event)?);
+        match &self.store {
+            Store::JetStream(jetstream) => {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("content-type", CONTENT_TYPE);
+                let ack = jetstream.publish_with_headers(SUBJECT, headers, payload).await?;
+                ack.await.context("JetStream did not store the event")?;
+            }
+            Store::InProcess(stream) => {
+                stream.lock().unwrap().events.push(payload.clone());
+                let headers = Headers::from([("content-type".to_owned(), CONTENT_TYPE.to_owned())]);
+                self.broker.publish(SUBJECT, headers, payload).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A plain subscription: at-most-once.
+    pub async fn subscribe(&self) -> anyhow::Result<Subscription> {
+        Ok(self.broker.subscribe(SUBJECT, None).await?)
+    }
+
+    /// Forgets a durable consumer, so a demo run starts from a clean slate.
+    pub async fn forget(&self, name: &str) -> anyhow::Result<()> {
+        match &self.store {
+            Store::JetStream(jetstream) => {
+                let stream = jetstream.get_stream(STREAM).await?;
+                // Not there is fine: that is the state we want.
+                let _ = stream.delete_consumer(name).await;
+            }
+            Store::InProcess(stream) => {
+                stream.lock().unwrap().cursors.remove(name);
+            }
+        }
+        Ok(())
+    }
+
+    /// Binds to the durable consumer `name`, creating it (from now on) if it is new, or
+    /// resuming it where its last acknowledgement left it.
+    pub async fn durable(&self, name: &str) -> anyhow::Result<Durable> {
+        match &self.store {
+            Store::JetStream(jetstream) => {
+                let stream = jetstream.get_stream(STREAM).await?;
+                let consumer = stream
+                    .get_or_create_consumer(
+                        name,
+                        pull::Config {
+                            durable_name: Some(name.to_owned()),
+                            filter_subject: SUBJECT.to_owned(),
+                            // A new consumer starts with events published after it exists.
+                            deliver_policy: jetstream::consumer::DeliverPolicy::New,
+                            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                Ok(Durable::JetStream(consumer))
+            }
+            Store::InProcess(stream) => {
+                let mut memory = stream.lock().unwrap();
+                let end = memory.events.len();
+                memory.cursors.entry(name.to_owned()).or_insert(end);
+                Ok(Durable::InProcess { stream: stream.clone(), name: name.to_owned() })
+            }
+        }
+    }
+}
+
+/// A durable consumer, bound.
+pub enum Durable {
+    JetStream(jetstream::consumer::Consumer<pull::Config>),
+    InProcess { stream: Arc<Mutex<MemoryStream>>, name: String },
+}
+
+impl Durable {
+    /// Takes every event waiting for this consumer (without waiting for new ones), hands
+    /// each to `handle`, then acknowledges it. Returns how many it took.
+    ///
+    /// Acknowledging after handling is what makes this at-least-once: a consumer that dies
+    /// between the two gets the event again, so handlers must tolerate a duplicate (the
+    /// CloudEvent's `id` is there to spot one).
+    pub async fn take_waiting(
+        &self,
+        mut handle: impl FnMut(Option<Event>),
+    ) -> anyhow::Result<usize> {
+        let mut taken = 0;
+        match self {
+            Durable::JetStream(consumer) => {
+                let mut batch = consumer.fetch().max_messages(100).messages().await?;
+                while let Some(message) = batch.next().await {
+                    let message = message.map_err(|e| anyhow::anyhow!(e))?;
+                    handle(decode(&message.payload));
+                    // Wait for the server to confirm the ack: then a restart cannot replay it.
+                    message.double_ack().await.map_err(|e| anyhow::anyhow!(e))?;
+                    taken += 1;
+                }
+            }
+            Durable::InProcess { stream, name } => loop {
+                let next = {
+                    let memory = stream.lock().unwrap();
+                    let position = memory.cursors.get(name).copied().unwrap_or(memory.events.len());
+                    memory.events.get(position).cloned()
+                };
+                let Some(payload) = next else { break };
+                handle(decode(&payload));
+                *stream.lock().unwrap().cursors.entry(name.clone()).or_default() += 1; // the ack
+                taken += 1;
+            },
+        }
+        Ok(taken)
+    }
+}
+
+/// An event from its JSON, or `None` (logged) if it is not one: a consumer skips it.
+pub fn decode(payload: &[u8]) -> Option<Event> {
+    serde_json::from_slice(payload)
+        .inspect_err(|error| tracing::warn!(%error, "not a CloudEvent; skipped"))
+        .ok()
+}

@@ -1,0 +1,302 @@
+//! The in-process broker: a table of subscribers per topic, each fed by a bounded channel.
+//!
+//! It is shaped like NATS so the two behave alike: a [`Hub`] plays the server (the topic
+//! table), and each [`MemoryBroker`] is one client of it, with its own subscriptions, its
+//! own slow-consumer count, and its own `drain`. All the brokers of one process that come
+//! from [`MemoryBroker::process_wide`] share one hub, as all the clients of a NATS
+//! deployment share its servers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::Stream;
+use futures::future::BoxFuture;
+use tokio::sync::mpsc::{self, error::TrySendError};
+
+use super::{
+    Broker, BrokerError, DEFAULT_SUBSCRIPTION_CAPACITY, Headers, Message, Source, Subscription,
+    check_headers, check_topic,
+};
+
+/// An in-process broker client. Cheap to clone (clones are the same client).
+#[derive(Clone)]
+pub struct MemoryBroker {
+    hub: Arc<Hub>,
+    client: Arc<Client>,
+}
+
+/// The topic table every client of one hub shares: the "server".
+#[derive(Default)]
+struct Hub {
+    topics: Mutex<HashMap<String, Topic>>,
+    next_id: AtomicU64,
+}
+
+#[derive(Default)]
+struct Topic {
+    /// Plain subscribers: each gets every message.
+    plain: Vec<Member>,
+    /// Queue groups by name: each message goes to one member of each group.
+    groups: BTreeMap<String, Group>,
+}
+
+#[derive(Default)]
+struct Group {
+    members: Vec<Member>,
+    /// Round robin: the member the next message tries first.
+    next: usize,
+}
+
+struct Member {
+    id: u64,
+    tx: mpsc::Sender<Message>,
+    client: Arc<Client>,
+}
+
+/// What belongs to one client rather than to the hub.
+struct Client {
+    closed: AtomicBool,
+    slow_consumer_drops: AtomicU64,
+    capacity: usize,
+}
+
+impl MemoryBroker {
+    /// A broker on a hub of its own: nothing else in the process sees its topics.
+    pub fn new() -> Self {
+        Self::on_hub(Arc::default(), DEFAULT_SUBSCRIPTION_CAPACITY)
+    }
+
+    /// A new client of the one hub this process shares: what every example gets from the
+    /// in-process backend, so its publisher and its subscribers meet.
+    pub fn process_wide() -> Self {
+        static HUB: OnceLock<Arc<Hub>> = OnceLock::new();
+        Self::on_hub(HUB.get_or_init(Arc::default).clone(), DEFAULT_SUBSCRIPTION_CAPACITY)
+    }
+
+    /// Another client of the same hub (like a second connection to the same NATS server).
+    pub fn connect_another(&self) -> Self {
+        Self::on_hub(self.hub.clone(), self.client.capacity)
+    }
+
+    /// Sets how far each of this client's subscriptions may fall behind (see the module docs
+    /// of `broker`, rule 5). Applies to subscriptions made after the call.
+    pub fn with_subscription_capacity(self, capacity: usize) -> Self {
+        Self::on_hub(self.hub, capacity.max(1))
+    }
+
+    fn on_hub(hub: Arc<Hub>, capacity: usize) -> Self {
+        let client = Client {
+            closed: AtomicBool::new(false),
+            slow_consumer_drops: AtomicU64::new(0),
+            capacity,
+        };
+        MemoryBroker { hub, client: Arc::new(client) }
+    }
+
+    fn check_open(&self) -> Result<(), BrokerError> {
+        if self.client.closed.load(Ordering::Acquire) { Err(BrokerError::Closed) } else { Ok(()) }
+    }
+}
+
+impl Default for MemoryBroker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Offers a message to one member without waiting; a refused message comes back.
+fn offer(member: &Member, message: Message) -> Delivery {
+    match member.tx.try_send(message) {
+        Ok(()) => Delivery::Sent,
+        Err(TrySendError::Full(message)) => Delivery::Full(message),
+        Err(TrySendError::Closed(message)) => Delivery::Gone(message),
+    }
+}
+
+enum Delivery {
+    Sent,
+    /// The member is behind by its whole buffer: a slow consumer.
+    Full(Message),
+    /// The member unsubscribed: it is removed from the table.
+    Gone(Message),
+}
+
+fn count_drop(member: &Member, topic: &str) {
+    let dropped = member.client.slow_consumer_drops.fetch_add(1, Ordering::Relaxed) + 1;
+    // One line for the first drop and then one per thousand: a log, not a flood.
+    if dropped == 1 || dropped % 1000 == 0 {
+        tracing::warn!(topic, dropped, "slow consumer: a subscriber's buffer is full, dropping");
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    async fn publish(
+        &self,
+        topic: &str,
+        headers: Headers,
+        payload: Bytes,
+    ) -> Result<(), BrokerError> {
+        check_topic(topic)?;
+        check_headers(&headers)?;
+        self.check_open()?;
+        let message = Message { topic: topic.to_owned(), headers, payload };
+        // The lock is held while offering, so that messages from one publisher enter every
+        // subscriber's channel in the order they were published. `try_send` never waits.
+        let mut topics = self.hub.topics.lock().unwrap();
+        let Some(subscribers) = topics.get_mut(topic) else {
+            return Ok(()); // Nobody listens: at-most-once means it is gone.
+        };
+        subscribers.plain.retain(|member| match offer(member, message.clone()) {
+            Delivery::Sent => true,
+            Delivery::Full(_) => {
+                count_drop(member, topic);
+                true
+            }
+            Delivery::Gone(_) => false,
+        });
+        for group in subscribers.groups.values_mut() {
+            deliver_to_group(group, message.clone(), topic);
+        }
+        subscribers.groups.retain(|_, group| !group.members.is_empty());
+        if subscribers.plain.is_empty() && subscribers.groups.is_empty() {
+            topics.remove(topic);
+        }
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<(), BrokerError> {
+        Ok(()) // `publish` hands each message to the subscribers' channels before returning.
+    }
+
+    async fn subscribe(
+        &self,
+        topic: &str,
+        queue: Option<&str>,
+    ) -> Result<Subscription, BrokerError> {
+        check_topic(topic)?;
+        if let Some(queue) = queue {
+            check_topic(queue)?;
+        }
+        self.check_open()?;
+        let (tx, rx) = mpsc::channel(self.client.capacity);
+        let id = self.hub.next_id.fetch_add(1, Ordering::Relaxed);
+        let member = Member { id, tx, client: self.client.clone() };
+        let mut topics = self.hub.topics.lock().unwrap();
+        let subscribers = topics.entry(topic.to_owned()).or_default();
+        match queue {
+            None => subscribers.plain.push(member),
+            Some(queue) => {
+                subscribers.groups.entry(queue.to_owned()).or_default().members.push(member)
+            }
+        }
+        let source = MemorySource { rx, id, topic: topic.to_owned(), hub: self.hub.clone() };
+        Ok(Subscription::new(topic, queue, Box::new(source)))
+    }
+
+    async fn drain(&self) -> Result<(), BrokerError> {
+        self.client.closed.store(true, Ordering::Release);
+        // Dropping this client's senders ends its subscriptions once their buffers are read.
+        let mut topics = self.hub.topics.lock().unwrap();
+        let mine = |member: &Member| Arc::ptr_eq(&member.client, &self.client);
+        for subscribers in topics.values_mut() {
+            subscribers.plain.retain(|member| !mine(member));
+            for group in subscribers.groups.values_mut() {
+                group.members.retain(|member| !mine(member));
+            }
+            subscribers.groups.retain(|_, group| !group.members.is_empty());
+        }
+        topics.retain(|_, subscribers| {
+            !subscribers.plain.is_empty() || !subscribers.groups.is_empty()
+        });
+        Ok(())
+    }
+
+    fn slow_consumer_drops(&self) -> u64 {
+        self.client.slow_consumer_drops.load(Ordering::Relaxed)
+    }
+
+    fn name(&self) -> &'static str {
+        "in-process"
+    }
+}
+
+/// One member of the group gets the message: the next in turn, or, if its buffer is full,
+/// the first after it with room. Only when every member is full is the message dropped.
+fn deliver_to_group(group: &mut Group, mut message: Message, topic: &str) {
+    let mut tries = 0;
+    while tries < group.members.len() {
+        let index = group.next % group.members.len();
+        match offer(&group.members[index], message) {
+            Delivery::Sent => {
+                group.next = index + 1;
+                return;
+            }
+            Delivery::Full(back) => {
+                message = back;
+                group.next = index + 1;
+                tries += 1;
+            }
+            Delivery::Gone(back) => {
+                // A member that unsubscribed: forget it and offer to the others.
+                message = back;
+                group.members.remove(index);
+            }
+        }
+    }
+    if let Some(member) = group.members.first() {
+        count_drop(member, topic);
+    }
+}
+
+/// A subscription's receiving end. Unsubscribing removes it from the hub's table.
+struct MemorySource {
+    rx: mpsc::Receiver<Message>,
+    id: u64,
+    topic: String,
+    hub: Arc<Hub>,
+}
+
+impl MemorySource {
+    fn remove_from_hub(&self) {
+        let mut topics = self.hub.topics.lock().unwrap();
+        if let Some(subscribers) = topics.get_mut(&self.topic) {
+            subscribers.plain.retain(|member| member.id != self.id);
+            for group in subscribers.groups.values_mut() {
+                group.members.retain(|member| member.id != self.id);
+            }
+            subscribers.groups.retain(|_, group| !group.members.is_empty());
+            if subscribers.plain.is_empty() && subscribers.groups.is_empty() {
+                topics.remove(&self.topic);
+            }
+        }
+    }
+}
+
+impl Stream for MemorySource {
+    type Item = Message;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Source for MemorySource {
+    fn unsubscribe(&mut self) -> BoxFuture<'_, Result<(), BrokerError>> {
+        self.remove_from_hub();
+        // Closing keeps what is buffered readable, then the stream ends.
+        self.rx.close();
+        Box::pin(async { Ok(()) })
+    }
+}
+
+impl Drop for MemorySource {
+    fn drop(&mut self) {
+        self.remove_from_hub();
+    }
+}
