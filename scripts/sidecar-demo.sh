@@ -35,6 +35,7 @@ call POST /shouter/upper '{"text":"hello from curl"}'
 call POST /shouter/greet '{"name":"python"}'
 call POST /greeter/SayHello '{"name":"curl"}'
 call POST /greeter/SayHello '{"name":'
+call POST /broker/shouts '{"text":"published, not awaited"}'
 
 kill -TERM "$shouter"
 wait "$shouter" || true

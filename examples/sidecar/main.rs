@@ -6,8 +6,8 @@
 //! example stopped at a Python script calling one endpoint.
 //!
 //! Here, in one process:
-//! - `sidecar.rs`: the sidecar's routes (call, register, deregister, list), every error a
-//!   JSON answer with the status that fits (400, 404, 413, 503);
+//! - `sidecar.rs`: the sidecar's routes (call, register, deregister, list, publish), every
+//!   error a JSON answer with the status that fits (400, 404, 413, 503);
 //! - `grpc.rs`: the protocol conversion, JSON to a gRPC call to the Greeter and back;
 //! - this file: a Greeter node, the sidecar, and `shouter`, a stand-in for a program in
 //!   another language that speaks nothing but HTTP: it registers through the sidecar, is
@@ -16,9 +16,9 @@
 //! Run it:
 //!
 //! ```text
-//! cargo run --example sidecar
-//! cargo run --example sidecar -- serve --port 8090   # the sidecar alone, for curl or scripts
-//! scripts/sidecar-demo.sh                            # a Python program joins through it
+//! cargo run --example sidecar                      # --backend memory|nats picks the broker
+//! cargo run --example sidecar -- serve --port 8090  # the sidecar alone, for curl or scripts
+//! scripts/sidecar-demo.sh                           # a Python program joins through it
 //! ```
 //!
 //! It prints (the golden file `tests/golden/sidecar.txt` holds exactly this):
@@ -34,6 +34,9 @@
 //!   GET /registry/shouter -> 200 nodes: shouter-1 (http)
 //!   POST /shouter/upper {"text":"quiet please"} -> 200 {"by":"shouter-1","text":"QUIET PLEASE"}
 //!   POST /shouter/greet {"name":"eve"} -> 200 {"greeter said":"hello eve","shouted":"HELLO EVE"}
+//! an asynchronous request: publish through the sidecar
+//!   POST /broker/shouts {"text":"hi all"} -> 202 {"bytes":17,"published":"shouts"}
+//!   a subscriber of shouts got {"text":"hi all"} (content-type application/json)
 //! mistakes, answered in JSON:
 //!   POST /greeter/SayHello {"name": -> 400 {"error":"bad JSON for greeter.SayHello: EOF while parsing a value at line 1 column 8"}
 //!   POST /greeter/SayHello {"name":5} -> 400 {"error":"bad JSON for greeter.SayHello: invalid type: integer `5`, expected a string at line 1 column 9"}
@@ -42,6 +45,7 @@
 //!   POST /nobody/Hello {} -> 503 {"error":"no node for service \"nobody\""}
 //!   POST /greeter/SayHello <a 64 KiB name> -> 413 {"error":"body over the 64 KiB limit"}
 //!   POST /registry {"service":"x","id":"x-1"} -> 400 {"error":"bad JSON for /registry: missing field `address` at line 1 column 26"}
+//!   POST /broker/no%20spaces {} -> 400 {"error":"invalid topic \"no spaces\": use dot-separated words without spaces or wildcards"}
 //! the program leaves:
 //!   DELETE /registry/shouter/shouter-1 -> 200 {"deregistered":"shouter/shouter-1"}
 //!   POST /shouter/upper {"text":"anyone?"} -> 503 {"error":"no node for service \"shouter\""}
@@ -61,6 +65,8 @@ use axum::routing::post;
 use axum::{Json, Router};
 use clap::{Parser, Subcommand};
 use http::{Method, header};
+use microkit::backend::BackendArgs;
+use microkit::broker::Broker;
 use microkit::http::{Forwarder, HttpServer, body_text};
 use microkit::registry::{InMemoryRegistry, Node, Registration, Registry};
 use microkit::{Out, say};
@@ -74,6 +80,9 @@ const STEP_LIMIT: Duration = Duration::from_secs(10);
 #[derive(Parser, Debug)]
 #[command(about = "an HTTP/JSON sidecar: call gRPC services, register plain HTTP programs")]
 struct Args {
+    #[command(flatten)]
+    backend: BackendArgs,
+
     #[command(subcommand)]
     role: Option<Role>,
 }
@@ -95,6 +104,9 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args, out: &Out) -> anyhow::Result<()> {
+    let backend = args.backend.connect().await?;
+    tracing::info!(backend = backend.name(), "running");
+    let broker = backend.broker().await?;
     let registry: Arc<dyn Registry> = Arc::new(InMemoryRegistry::new());
     let greeter = microkit::greeter::serve("greeter-1").await?;
     let node = Node::new("greeter", "greeter-1", greeter.addr());
@@ -104,24 +116,26 @@ async fn run(args: Args, out: &Out) -> anyhow::Result<()> {
         None => 0,
     };
     let address = ([127, 0, 0, 1], port).into();
-    let sidecar = Sidecar { registry, forwarder: Forwarder::new() };
+    let sidecar = Sidecar { registry, broker: broker.clone(), forwarder: Forwarder::new() };
     let server = HttpServer::start_on(address, sidecar::router(sidecar))
         .await
         .with_context(|| format!("cannot listen on {address}"))?;
 
     match args.role {
-        None => demo(&server, out).await?,
+        None => demo(&server, backend.broker().await?, out).await?,
         Some(Role::Serve { .. }) => {
             say!(out, "sidecar listening on {}; ctrl-c stops", server.url());
             tokio::signal::ctrl_c().await?;
         }
     }
     server.shutdown().await?;
+    broker.drain().await?;
     registration.deregister().await?;
     greeter.shutdown().await
 }
 
-async fn demo(server: &HttpServer, out: &Out) -> anyhow::Result<()> {
+/// `subscriber` is another client of the broker: a service somewhere that listens.
+async fn demo(server: &HttpServer, subscriber: Arc<dyn Broker>, out: &Out) -> anyhow::Result<()> {
     let client = Caller { http: Forwarder::new(), base: server.url(), out: out.clone() };
     say!(out, "greeter-1 registered as greeter (gRPC); the sidecar speaks HTTP/JSON");
 
@@ -142,6 +156,18 @@ async fn demo(server: &HttpServer, out: &Out) -> anyhow::Result<()> {
     client.post("/shouter/upper", r#"{"text":"quiet please"}"#).await?;
     client.post("/shouter/greet", r#"{"name":"eve"}"#).await?;
 
+    say!(out, "an asynchronous request: publish through the sidecar");
+    let mut shouts = subscriber.subscribe("shouts", None).await?;
+    client.post("/broker/shouts", r#"{"text":"hi all"}"#).await?;
+    let message = tokio::time::timeout(STEP_LIMIT, futures::StreamExt::next(&mut shouts))
+        .await
+        .context("the published message never arrived")?
+        .context("the subscription ended")?;
+    let content_type = message.headers.get("content-type").map_or("none", String::as_str);
+    let payload = String::from_utf8_lossy(&message.payload);
+    say!(out, "  a subscriber of shouts got {payload} (content-type {content_type})");
+    subscriber.drain().await?;
+
     say!(out, "mistakes, answered in JSON:");
     client.post("/greeter/SayHello", r#"{"name":"#).await?;
     client.post("/greeter/SayHello", r#"{"name":5}"#).await?;
@@ -151,6 +177,7 @@ async fn demo(server: &HttpServer, out: &Out) -> anyhow::Result<()> {
     let big = format!(r#"{{"name":"{}"}}"#, "x".repeat(sidecar::BODY_LIMIT));
     client.send(Method::POST, "/greeter/SayHello", &big, "<a 64 KiB name>").await?;
     client.post("/registry", r#"{"service":"x","id":"x-1"}"#).await?;
+    client.post("/broker/no%20spaces", "{}").await?;
 
     say!(out, "the program leaves:");
     client.send(Method::DELETE, "/registry/shouter/shouter-1", "", "").await?;
@@ -251,6 +278,8 @@ impl Caller {
 mod tests {
     use super::*;
     use axum::http::{Request, StatusCode};
+    use futures::StreamExt;
+    use microkit::broker::MemoryBroker;
     use tower::ServiceExt;
 
     #[tokio::test]
@@ -263,8 +292,9 @@ mod tests {
     /// A sidecar router over a fresh registry, and that registry.
     fn sidecar() -> (Router, Arc<dyn Registry>) {
         let registry: Arc<dyn Registry> = Arc::new(InMemoryRegistry::new());
-        let router =
-            sidecar::router(Sidecar { registry: registry.clone(), forwarder: Forwarder::new() });
+        let broker = Arc::new(MemoryBroker::new());
+        let sidecar = Sidecar { registry: registry.clone(), broker, forwarder: Forwarder::new() };
+        let router = sidecar::router(sidecar);
         (router, registry)
     }
 
@@ -449,5 +479,45 @@ mod tests {
         let response = router.clone().oneshot(request).await.unwrap();
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
         program.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn publishing_is_accepted_once_the_broker_has_it_and_reaches_subscribers() {
+        let registry: Arc<dyn Registry> = Arc::new(InMemoryRegistry::new());
+        let broker = MemoryBroker::new();
+        let mut listener =
+            broker.connect_another().subscribe("orders.created", None).await.unwrap();
+        let sidecar =
+            Sidecar { registry, broker: Arc::new(broker.clone()), forwarder: Forwarder::new() };
+        let router = sidecar::router(sidecar);
+
+        let request = Request::post("/broker/orders.created")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(r#"{"id":7}"#))
+            .unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let message = tokio::time::timeout(STEP_LIMIT, listener.next()).await.unwrap().unwrap();
+        assert_eq!(&message.payload[..], br#"{"id":7}"#);
+        assert_eq!(message.headers["content-type"], "application/json");
+
+        for topic in ["a%20b", "orders.*", "orders.%3E", "a..b"] {
+            let (status, answer) =
+                call(&router, Method::POST, &format!("/broker/{topic}"), "{}").await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{topic}");
+            assert!(error_of(&answer).starts_with("invalid topic"), "{answer}");
+        }
+        let big = vec![b'x'; sidecar::BODY_LIMIT + 1];
+        assert_eq!(
+            call(&router, Method::POST, "/broker/orders", big).await.0,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+
+        broker.drain().await.unwrap();
+        let (status, answer) = call(&router, Method::POST, "/broker/orders.created", "{}").await;
+        assert_eq!(
+            (status, error_of(&answer)),
+            (StatusCode::SERVICE_UNAVAILABLE, "the broker is closed")
+        );
     }
 }

@@ -5,6 +5,8 @@
 //!   plain HTTP node gets the same JSON POSTed to `/<method>`.
 //! - `POST /registry`, `DELETE /registry/<service>/<id>`, `GET /registry/<service>`:
 //!   register, deregister and list nodes for a program that cannot speak to the registry.
+//! - `POST /broker/<topic>`: publish the body, an asynchronous request: the answer (202)
+//!   means the broker has the message, not that anyone has handled it.
 //!
 //! Every error is JSON, `{"error": "..."}`, naming what went wrong.
 
@@ -14,10 +16,11 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{Request, StatusCode, header};
+use axum::http::{HeaderMap, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use microkit::broker::{Broker, BrokerError, Headers};
 use microkit::http::Forwarder;
 use microkit::registry::{Node, Registry};
 use serde::Deserialize;
@@ -35,6 +38,7 @@ pub const HTTP: &str = "http";
 #[derive(Clone)]
 pub struct Sidecar {
     pub registry: Arc<dyn Registry>,
+    pub broker: Arc<dyn Broker>,
     pub forwarder: Forwarder,
 }
 
@@ -43,6 +47,7 @@ pub fn router(sidecar: Sidecar) -> Router {
         .route("/registry", post(register))
         .route("/registry/{service}", get(list))
         .route("/registry/{service}/{id}", delete(deregister))
+        .route("/broker/{topic}", post(publish))
         .route("/{service}/{method}", post(call))
         // The limit applies to every body extractor: `Bytes` answers 413 past it.
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -175,5 +180,39 @@ async fn list(State(sidecar): State<Sidecar>, Path(service): Path<String>) -> Re
     match sidecar.registry.nodes(&service).await {
         Ok(nodes) => Json(nodes).into_response(),
         Err(e) => error(StatusCode::BAD_GATEWAY, format!("registry: {e}")),
+    }
+}
+
+/// `POST /broker/<topic>`: the body becomes a message on `topic`, its content type a header.
+async fn publish(
+    State(sidecar): State<Sidecar>,
+    Path(topic): Path<String>,
+    request_headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match read_body(body) {
+        Ok(body) => body,
+        Err((status, message)) => return error(status, message),
+    };
+    let mut headers = Headers::new();
+    if let Some(content_type) =
+        request_headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok())
+    {
+        headers.insert("content-type".to_owned(), content_type.to_owned());
+    }
+    let bytes = body.len();
+    // Flushed before answering, so 202 means the broker (on NATS, the server) has it.
+    let published = match sidecar.broker.publish(&topic, headers, body).await {
+        Ok(()) => sidecar.broker.flush().await,
+        Err(e) => Err(e),
+    };
+    match published {
+        Ok(()) => (StatusCode::ACCEPTED, Json(json!({ "published": topic, "bytes": bytes })))
+            .into_response(),
+        Err(e @ (BrokerError::InvalidTopic(_) | BrokerError::InvalidHeader(_))) => {
+            error(StatusCode::BAD_REQUEST, e.to_string())
+        }
+        Err(e @ BrokerError::Closed) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => error(StatusCode::BAD_GATEWAY, format!("broker: {e}")),
     }
 }
