@@ -35,7 +35,8 @@ pub struct EventBus {
 }
 
 enum Store {
-    JetStream(jetstream::Context),
+    // Boxed: a JetStream handle is large, and there is one per bus.
+    JetStream(Box<jetstream::Context>),
     InProcess(Arc<Mutex<MemoryStream>>),
 }
 
@@ -70,7 +71,7 @@ impl EventBus {
                     })
                     .await
                     .context("creating the JetStream stream (is JetStream enabled: -js?)")?;
-                Store::JetStream(jetstream)
+                Store::JetStream(Box::new(jetstream))
             }
         };
         Ok(EventBus { broker, store })
@@ -140,7 +141,7 @@ impl EventBus {
                         },
                     )
                     .await?;
-                Ok(Durable::JetStream(consumer))
+                Ok(Durable::JetStream(Box::new(consumer)))
             }
             Store::InProcess(stream) => {
                 let mut memory = stream.lock().unwrap();
@@ -154,7 +155,7 @@ impl EventBus {
 
 /// A durable consumer, bound.
 pub enum Durable {
-    JetStream(jetstream::consumer::Consumer<pull::Config>),
+    JetStream(Box<jetstream::consumer::Consumer<pull::Config>>),
     InProcess { stream: Arc<Mutex<MemoryStream>>, name: String },
 }
 

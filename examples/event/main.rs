@@ -61,7 +61,6 @@ use axum::Router;
 use axum::body::Body;
 use clap::{Parser, Subcommand};
 use cloudevents::{AttributesReader, Event};
-use futures::StreamExt;
 use microkit::backend::{Backend, BackendArgs};
 use microkit::broker::Handler;
 use microkit::{Out, say};

@@ -1,4 +1,5 @@
 use super::*;
+use futures::StreamExt;
 use microkit::backend::BackendChoice;
 use microkit::nats::{INSTALL_HINT, NatsServer};
 use microkit::proto::events::UserLoggedIn;

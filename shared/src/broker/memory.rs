@@ -129,7 +129,7 @@ enum Delivery {
 fn count_drop(member: &Member, topic: &str) {
     let dropped = member.client.slow_consumer_drops.fetch_add(1, Ordering::Relaxed) + 1;
     // One line for the first drop and then one per thousand: a log, not a flood.
-    if dropped == 1 || dropped % 1000 == 0 {
+    if dropped == 1 || dropped.is_multiple_of(1000) {
         tracing::warn!(topic, dropped, "slow consumer: a subscriber's buffer is full, dropping");
     }
 }

@@ -103,7 +103,7 @@ fn on_event(event: Event, slow_consumer_drops: &AtomicU64, draining: bool) {
     match event {
         Event::SlowConsumer(sid) => {
             let dropped = slow_consumer_drops.fetch_add(1, Ordering::Relaxed) + 1;
-            if dropped == 1 || dropped % 1000 == 0 {
+            if dropped == 1 || dropped.is_multiple_of(1000) {
                 tracing::warn!(
                     sid,
                     dropped,
