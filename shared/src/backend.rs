@@ -10,11 +10,14 @@
 //! `--backend memory|nats` (or `MICRO_BACKEND=memory|nats`) overrides the rule; the tests
 //! use it to run each example on both. Whichever runs, stdout is the same.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 
 use crate::nats::{self, NatsServer};
+use crate::nats_registry::NatsRegistry;
+use crate::registry::{InMemoryRegistry, Registry};
 
 /// The environment variable naming a NATS server to use.
 pub const NATS_URL: &str = "NATS_URL";
@@ -41,7 +44,10 @@ pub enum BackendChoice {
 /// The backend an example ended up with.
 #[allow(clippy::large_enum_variant)] // one value per process: its size does not matter
 pub enum Backend {
-    InProcess,
+    InProcess {
+        /// The one registry every part of the process shares, as they would share NATS.
+        registry: InMemoryRegistry,
+    },
     Nats {
         client: async_nats::Client,
         url: String,
@@ -54,10 +60,23 @@ impl Backend {
     /// A short name for logs: `in-process` or `nats`.
     pub fn name(&self) -> &'static str {
         match self {
-            Backend::InProcess => "in-process",
+            Backend::InProcess { .. } => "in-process",
             Backend::Nats { .. } => "nats",
         }
     }
+
+    /// The service registry on this backend. In-process, every call hands out the same
+    /// registry; on NATS, each is a handle on the same bucket.
+    pub fn registry(&self) -> Arc<dyn Registry> {
+        match self {
+            Backend::InProcess { registry } => Arc::new(registry.clone()),
+            Backend::Nats { client, .. } => Arc::new(NatsRegistry::new(client.clone())),
+        }
+    }
+}
+
+fn in_process() -> Backend {
+    Backend::InProcess { registry: InMemoryRegistry::new() }
 }
 
 impl BackendArgs {
@@ -70,7 +89,7 @@ impl BackendArgs {
     /// The rule, with `NATS_URL`'s value passed in (so tests need not touch the environment).
     pub async fn connect_with(&self, nats_url: Option<&str>) -> anyhow::Result<Backend> {
         match (self.backend, nats_url) {
-            (BackendChoice::Memory, _) => Ok(Backend::InProcess),
+            (BackendChoice::Memory, _) => Ok(in_process()),
             (BackendChoice::Auto | BackendChoice::Nats, Some(url)) => {
                 let client = connect(url).await?;
                 Ok(Backend::Nats { client, url: url.to_owned(), server: None })
@@ -83,7 +102,7 @@ impl BackendArgs {
                      to run on NATS, {}",
                     nats::INSTALL_HINT
                 );
-                Ok(Backend::InProcess)
+                Ok(in_process())
             }
         }
     }
@@ -137,7 +156,7 @@ mod tests {
     #[tokio::test]
     async fn memory_is_chosen_explicitly_even_with_a_url() {
         let backend = args(BackendChoice::Memory).connect_with(Some("nats://127.0.0.1:1")).await;
-        assert!(matches!(backend.unwrap(), Backend::InProcess));
+        assert!(matches!(backend.unwrap(), Backend::InProcess { .. }));
     }
 
     #[tokio::test]
@@ -169,6 +188,14 @@ mod tests {
         let Backend::Nats { client, server, .. } = backend else { panic!("not NATS") };
         assert!(server.is_some_and(|s| s.is_running()));
         client.flush().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_in_process_backend_shares_one_registry() {
+        let backend = args(BackendChoice::Memory).connect_with(None).await.unwrap();
+        let node = crate::registry::Node::new("greeter", "a", "127.0.0.1:1");
+        backend.registry().register(&node, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(backend.registry().nodes("greeter").await.unwrap(), [node]);
     }
 
     #[test]

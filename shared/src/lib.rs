@@ -7,6 +7,8 @@
 //!   at build time.
 //! - [`registry`]: service discovery (a `Registry` trait, an in-process implementation).
 //! - [`broker`]: publish/subscribe (a `Broker` trait, in-process and NATS implementations).
+//! - [`nats_registry`]: the same registry on a NATS JetStream key-value bucket.
+//! - [`discovery`]: a client's live view of a service's nodes, and a channel per node.
 //! - [`backend`]: the one rule every example uses to pick NATS or the in-process backend.
 //! - [`server`] and [`greeter`]: a gRPC server on a free loopback port, for demos and tests.
 //! - [`http`]: an axum server on a free loopback port and a forwarding client, for gateways.
@@ -15,10 +17,12 @@
 
 pub mod backend;
 pub mod broker;
+pub mod discovery;
 pub mod golden;
 pub mod greeter;
 pub mod http;
 pub mod nats;
+pub mod nats_registry;
 pub mod out;
 pub mod registry;
 pub mod server;

@@ -1,0 +1,132 @@
+//! round-robin across real processes: a private nats-server, three `server` processes and
+//! one `client`. The client's calls rotate over all three; one server is killed (no
+//! deregistration) and, once its TTL runs out, the client stops choosing it, with no call
+//! failing beyond one retry; one is stopped gracefully and leaves at once.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::example;
+use microkit::nats::{INSTALL_HINT, NatsServer};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+const TTL_MS: u64 = 1500;
+/// Only turns a hang into a failure.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A running example and its stdout, line by line.
+struct Process {
+    child: Child,
+    stdout: Lines<BufReader<ChildStdout>>,
+}
+
+impl Process {
+    fn spawn(mut command: Command) -> Self {
+        let mut child = command.spawn().expect("spawning the example");
+        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        Process { child, stdout }
+    }
+
+    async fn line(&mut self) -> String {
+        match tokio::time::timeout(PATIENCE, self.stdout.next_line()).await {
+            Ok(Ok(Some(line))) => line,
+            Ok(_) => panic!("the process ended its output"),
+            Err(_) => panic!("no output line within {PATIENCE:?}"),
+        }
+    }
+
+    /// Reads lines until one equals `wanted`, returning the lines before it.
+    async fn until(&mut self, wanted: &str) -> Vec<String> {
+        let mut before = Vec::new();
+        loop {
+            let line = self.line().await;
+            if line == wanted {
+                return before;
+            }
+            before.push(line);
+        }
+    }
+
+    /// The nodes that answered the next `count` calls; any other line fails the test.
+    async fn calls(&mut self, count: usize) -> Vec<String> {
+        let mut nodes = Vec::new();
+        while nodes.len() < count {
+            let line = self.line().await;
+            let (_, node) = line.split_once(": ").unwrap_or_else(|| panic!("odd line {line}"));
+            assert!(line.starts_with("call ") && !node.contains(' '), "not a plain call: {line}");
+            nodes.push(node.to_owned());
+        }
+        nodes
+    }
+}
+
+fn role(nats: &NatsServer, args: &[&str]) -> Command {
+    let mut command = example("round-robin");
+    command.env("NATS_URL", nats.url()).args(args).args(["--ttl-ms", &TTL_MS.to_string()]);
+    command
+}
+
+#[tokio::test]
+async fn a_client_rotates_over_server_processes_and_drops_a_killed_one() {
+    let nats = NatsServer::start().await.expect(INSTALL_HINT);
+    let mut servers = Vec::new();
+    for name in ["greeter-a", "greeter-b", "greeter-c"] {
+        let mut server = Process::spawn(role(&nats, &["server", "--name", name]));
+        let ready = server.line().await;
+        assert!(ready.starts_with(&format!("{name} serving greeter on 127.0.0.1:")), "{ready}");
+        servers.push(server);
+    }
+
+    let mut client =
+        Process::spawn(role(&nats, &["client", "--calls", "0", "--interval-ms", "20"]));
+    client.until("nodes of greeter: greeter-a, greeter-b, greeter-c").await;
+    let picks = client.calls(9).await;
+    for (i, node) in picks.iter().enumerate() {
+        assert_eq!(node, &picks[i % 3], "a strict rotation: {picks:?}");
+    }
+    let mut distinct = picks[..3].to_vec();
+    distinct.sort();
+    assert_eq!(distinct, ["greeter-a", "greeter-b", "greeter-c"]);
+
+    // Kill greeter-b outright: it cannot deregister, so it leaves only when its TTL ends.
+    let killed_at = Instant::now();
+    servers[1].child.kill().await.unwrap();
+    let meanwhile = client.until("nodes of greeter: greeter-a, greeter-c").await;
+    let dropped_after = killed_at.elapsed();
+    eprintln!(
+        "measured: the client dropped the killed node {dropped_after:?} after the kill (TTL {TTL_MS} ms)"
+    );
+    for line in &meanwhile {
+        let served = line.ends_with(": greeter-a")
+            || line.ends_with(": greeter-b") // answered just before the kill landed
+            || line.ends_with(": greeter-c")
+            || line.ends_with(": greeter-b failed, retried on greeter-a")
+            || line.ends_with(": greeter-b failed, retried on greeter-c");
+        assert!(served, "every call is served, at worst after one retry: {line}");
+    }
+    let picks = client.calls(10).await;
+    assert!(!picks.contains(&"greeter-b".to_owned()), "{picks:?}");
+    for pair in picks.windows(2) {
+        assert_ne!(pair[0], pair[1], "the two left take turns: {picks:?}");
+    }
+
+    // Stop greeter-a gracefully (SIGTERM): it deregisters and the client drops it at once.
+    let pid = servers[0].child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    assert_eq!(servers[0].line().await, "greeter-a deregistered and stopped");
+    client.until("nodes of greeter: greeter-c").await;
+    assert_eq!(client.calls(3).await, ["greeter-c"; 3]);
+}
+
+#[tokio::test]
+async fn roles_without_a_shared_nats_are_refused_with_a_hint() {
+    let mut command = example("round-robin");
+    command.args(["client"]).env("MICRO_BACKEND", "memory");
+    let output = common::run_within(command, PATIENCE).await;
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = common::text(&output.stderr);
+    assert!(stderr.contains("error: ") && stderr.contains("NATS_URL"), "{stderr}");
+}

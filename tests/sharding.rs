@@ -1,0 +1,48 @@
+//! sharding across real processes: three `server` processes on a private nats-server, and
+//! separate `client` processes. Every call of one user lands on one node, and two client
+//! processes agree on that node: the hash is stable, not per process.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{example, run_within, text};
+use microkit::nats::{INSTALL_HINT, NatsServer};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The node of every call line a `client` run printed.
+async fn client_nodes(nats: &NatsServer, args: &[&str]) -> Vec<String> {
+    let mut command = example("sharding");
+    command.env("NATS_URL", nats.url()).arg("client").args(args);
+    let output = run_within(command, PATIENCE).await;
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", text(&output.stderr));
+    stdout.lines().map(|line| line.rsplit(": ").next().unwrap().to_owned()).collect()
+}
+
+#[tokio::test]
+async fn one_user_one_node_across_client_processes() {
+    let nats = NatsServer::start().await.expect(INSTALL_HINT);
+    let mut servers = Vec::new();
+    for name in ["greeter-a", "greeter-b", "greeter-c"] {
+        let mut command = example("sharding");
+        command.env("NATS_URL", nats.url()).args(["server", "--name", name]);
+        let mut child = command.spawn().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = tokio::time::timeout(PATIENCE, lines.next_line()).await.unwrap().unwrap();
+        assert!(ready.is_some_and(|l| l.starts_with(&format!("{name} serving"))));
+        servers.push(child); // killed on drop
+    }
+
+    let first = client_nodes(&nats, &["--user", "ada", "--calls", "20"]).await;
+    let second = client_nodes(&nats, &["--user", "ada", "--calls", "20"]).await;
+    assert_eq!(first.len(), 20);
+    assert!(first.iter().chain(&second).all(|node| node == &first[0]), "{first:?} {second:?}");
+
+    let anonymous = client_nodes(&nats, &["--calls", "6"]).await;
+    let distinct: BTreeSet<&String> = anonymous.iter().collect();
+    assert_eq!(distinct.len(), 3, "no header: round robin over all three: {anonymous:?}");
+}
