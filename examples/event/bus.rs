@@ -52,7 +52,7 @@ impl EventBus {
     pub async fn connect(backend: &Backend) -> anyhow::Result<Self> {
         let broker = backend.broker().await?;
         let store = match backend {
-            Backend::InProcess => {
+            Backend::InProcess { .. } => {
                 tracing::warn!(
                     "in-process: the durable stream lives in this process's memory, so it \
                      survives a consumer restart but not a process restart; run with NATS \

@@ -116,7 +116,7 @@ impl Backend {
     pub async fn broker(&self) -> anyhow::Result<std::sync::Arc<dyn crate::broker::Broker>> {
         use crate::broker::{MemoryBroker, NatsBroker};
         Ok(match self {
-            Backend::InProcess => std::sync::Arc::new(MemoryBroker::process_wide()),
+            Backend::InProcess { .. } => std::sync::Arc::new(MemoryBroker::process_wide()),
             Backend::Nats { url, .. } => std::sync::Arc::new(NatsBroker::connect(url).await?),
         })
     }
