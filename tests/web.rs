@@ -4,6 +4,9 @@
 //! Chromium is driven through the DevTools protocol (a websocket of its own): the page's
 //! stream ends after the page has loaded, so `--dump-dom` would read it too early. This
 //! test never skips: without Chromium it fails and says how to install it.
+//!
+//! A second test runs the web service and the gateway as separate processes that find each
+//! other through a private NATS server, as a learner would in three terminals.
 
 mod common;
 
@@ -17,6 +20,62 @@ use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message;
 
 const LIMIT: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn web_nodes_in_other_processes_join_and_leave_the_gateway() {
+    tokio::time::timeout(LIMIT, separate_processes())
+        .await
+        .expect("the multi-process test timed out");
+}
+
+async fn separate_processes() {
+    let nats = microkit::nats::NatsServer::start().await.expect("this test needs nats-server");
+    let role = |args: &[&str]| {
+        let mut command = common::example("web");
+        command.args(args).env("NATS_URL", nats.url());
+        command
+    };
+    let (_hello_1, _) = start(role(&["service", "--id", "hello-1"])).await;
+    let (mut hello_2, _) = start(role(&["service", "--id", "hello-2"])).await;
+    let (_gateway, first) = start(role(&["gateway", "--port", "0"])).await;
+    // "gateway on http://127.0.0.1:<port>; ctrl-c stops"
+    let gateway = first.split_whitespace().nth(2).unwrap().trim_end_matches(';').to_owned();
+
+    assert_eq!(get(&gateway, "/").await, "hello: 2 node(s) -> /hello/\n");
+    let mut served_by: Vec<String> = Vec::new();
+    for _ in 0..4 {
+        served_by.push(
+            get(&gateway, "/hello/greet?name=x").await.rsplit(' ').next().unwrap().to_owned(),
+        );
+    }
+    served_by.sort();
+    assert_eq!(
+        served_by,
+        ["hello-1", "hello-1", "hello-2", "hello-2"],
+        "both nodes serve, in turn"
+    );
+
+    // SIGTERM: hello-2 deregisters on its way out, so the gateway forgets it at once.
+    let pid = hello_2.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(hello_2.wait().await.unwrap().success(), "a clean exit after SIGTERM");
+    assert_eq!(get(&gateway, "/").await, "hello: 1 node(s) -> /hello/\n");
+}
+
+/// Starts an example role and returns it with the first line it printed.
+async fn start(mut command: Command) -> (tokio::process::Child, String) {
+    let mut child = command.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next_line().await.unwrap().expect("a role prints one line when ready");
+    (child, first)
+}
+
+async fn get(base: &str, path: &str) -> String {
+    let request =
+        http::Request::get(format!("{base}{path}")).body(axum::body::Body::empty()).unwrap();
+    let response = microkit::http::Forwarder::new().send(request).await.unwrap();
+    microkit::http::body_text(response.into_body(), 1 << 16).await
+}
 
 /// Debian's `chromium`, or the name other systems use.
 fn chromium() -> String {

@@ -13,7 +13,8 @@
 //! Run it:
 //!
 //! ```text
-//! cargo run --example redirect
+//! cargo run --example redirect                  # --backend memory|nats picks the registry
+//! cargo run --example redirect -- --next '//elsewhere.example'
 //! ```
 //!
 //! It prints (the golden file `tests/golden/redirect.txt` holds exactly this):
@@ -63,8 +64,9 @@ use anyhow::Context;
 use axum::body::Body;
 use clap::Parser;
 use http::{Method, StatusCode, header};
+use microkit::backend::BackendArgs;
 use microkit::http::{Forwarder, HttpServer, body_text};
-use microkit::registry::{InMemoryRegistry, Node, Registration, Registry};
+use microkit::registry::{Node, Registration};
 use microkit::{Out, say};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 
@@ -98,6 +100,9 @@ const LOGIN_TARGETS: [&str; 14] = [
 #[derive(Parser, Debug)]
 #[command(about = "a gateway that turns a service's redirect answer into an HTTP redirect, safely")]
 struct Args {
+    #[command(flatten)]
+    backend: BackendArgs,
+
     /// Also try this `next=` target through the gateway (after the built-in ones).
     #[arg(long)]
     next: Option<String>,
@@ -110,7 +115,9 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args, out: &Out) -> anyhow::Result<()> {
-    let registry: Arc<dyn Registry> = Arc::new(InMemoryRegistry::new());
+    let backend = args.backend.connect().await?;
+    tracing::info!(backend = backend.name(), "running");
+    let registry = backend.registry();
     let links = HttpServer::start(service::router()).await?;
     let node = Node::new("links", "links-1", links.addr());
     let registration = Registration::start(registry.clone(), node, Duration::from_secs(10)).await?;
@@ -218,6 +225,7 @@ mod tests {
     use super::*;
     use axum::routing::get;
     use axum::{Json, Router};
+    use microkit::registry::{InMemoryRegistry, Registry};
     use tower::ServiceExt;
 
     #[tokio::test]

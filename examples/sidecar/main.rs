@@ -68,7 +68,7 @@ use http::{Method, header};
 use microkit::backend::BackendArgs;
 use microkit::broker::Broker;
 use microkit::http::{Forwarder, HttpServer, body_text};
-use microkit::registry::{InMemoryRegistry, Node, Registration, Registry};
+use microkit::registry::{Node, Registration};
 use microkit::{Out, say};
 use serde_json::{Value, json};
 
@@ -107,7 +107,7 @@ async fn run(args: Args, out: &Out) -> anyhow::Result<()> {
     let backend = args.backend.connect().await?;
     tracing::info!(backend = backend.name(), "running");
     let broker = backend.broker().await?;
-    let registry: Arc<dyn Registry> = Arc::new(InMemoryRegistry::new());
+    let registry = backend.registry();
     let greeter = microkit::greeter::serve("greeter-1").await?;
     let node = Node::new("greeter", "greeter-1", greeter.addr());
     let registration = Registration::start(registry.clone(), node, Duration::from_secs(10)).await?;
@@ -280,6 +280,7 @@ mod tests {
     use axum::http::{Request, StatusCode};
     use futures::StreamExt;
     use microkit::broker::MemoryBroker;
+    use microkit::registry::{InMemoryRegistry, Registry};
     use tower::ServiceExt;
 
     #[tokio::test]

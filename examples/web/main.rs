@@ -16,8 +16,13 @@
 //! Run it:
 //!
 //! ```text
-//! cargo run --example web
-//! cargo run --example web -- serve --port 8080   # then open http://127.0.0.1:8080/hello/
+//! cargo run --example web                        # --backend memory|nats picks the registry
+//! cargo run --example web -- serve --port 8080    # then open http://127.0.0.1:8080/hello/
+//!
+//! # or as separate processes, over a shared NATS (nats-server -js):
+//! NATS_URL=nats://127.0.0.1:4222 cargo run --example web -- service --id hello-1
+//! NATS_URL=nats://127.0.0.1:4222 cargo run --example web -- service --id hello-2
+//! NATS_URL=nats://127.0.0.1:4222 cargo run --example web -- gateway --port 8080
 //! ```
 //!
 //! It prints (the golden file `tests/golden/web.txt` holds exactly this):
@@ -58,8 +63,9 @@ use anyhow::{Context, bail};
 use axum::body::Body;
 use clap::{Parser, Subcommand};
 use futures::{SinkExt, StreamExt};
+use microkit::backend::{Backend, BackendArgs};
 use microkit::http::{Forwarder, HttpServer, body_text};
-use microkit::registry::{InMemoryRegistry, Node, Registration, Registry};
+use microkit::registry::{Node, Registration, Registry};
 use microkit::server::RunningServer;
 use microkit::{Out, say};
 use tokio_tungstenite::tungstenite::Message;
@@ -80,6 +86,9 @@ struct Args {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=service::MAX_COUNT as i64))]
     count: u32,
 
+    #[command(flatten)]
+    backend: BackendArgs,
+
     #[command(subcommand)]
     role: Option<Role>,
 }
@@ -88,6 +97,19 @@ struct Args {
 enum Role {
     /// Run the greeter, the web service and the gateway until ctrl-c, for a real browser.
     Serve {
+        /// The gateway's port on 127.0.0.1 (0: any free port).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
+    /// Run one node of the web service `hello` (and a greeter beside it) until ctrl-c or
+    /// SIGTERM, registered in the shared registry (needs NATS_URL).
+    Service {
+        /// The node's id, e.g. hello-2.
+        #[arg(long, default_value = "hello-1")]
+        id: String,
+    },
+    /// Run the gateway alone, finding web services in the shared registry (needs NATS_URL).
+    Gateway {
         /// The gateway's port on 127.0.0.1.
         #[arg(long, default_value_t = 8080)]
         port: u16,
@@ -101,69 +123,122 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args, out: &Out) -> anyhow::Result<()> {
-    let registry: Arc<dyn Registry> = Arc::new(InMemoryRegistry::new());
+    let backend = args.backend.connect().await?;
+    tracing::info!(backend = backend.name(), "running");
+    let registry = backend.registry();
     match args.role {
         None => {
-            let mut edge = Edge::start(registry, 0).await?;
+            let mut edge = Edge::start(&registry, 0).await?;
             demo(&mut edge, args.count, out).await?;
             edge.stop().await
         }
         Some(Role::Serve { port }) => {
-            let edge = Edge::start(registry, port).await?;
+            let edge = Edge::start(&registry, port).await?;
             say!(out, "open {}/hello/ in a browser; ctrl-c stops", edge.gateway.url());
-            tokio::signal::ctrl_c().await?;
+            stop_requested().await?;
             edge.stop().await
+        }
+        Some(Role::Service { id }) => {
+            shared_nats(&backend)?;
+            let greeter = start_greeter(&registry, &format!("greeter-for-{id}")).await?;
+            let web = start_web(&registry, &id).await?;
+            say!(out, "{id} serving web service hello on {}; ctrl-c stops", web.0.url());
+            stop_requested().await?;
+            stop_web(web).await?;
+            stop_greeter(greeter).await
+        }
+        Some(Role::Gateway { port }) => {
+            shared_nats(&backend)?;
+            let gateway = start_gateway(&registry, port).await?;
+            say!(out, "gateway on {}; ctrl-c stops", gateway.url());
+            stop_requested().await?;
+            Ok(gateway.shutdown().await?)
         }
     }
 }
 
-/// The three servers of the demo, each registered where it belongs.
+/// The roles that run alone find each other only through a registry they share.
+fn shared_nats(backend: &Backend) -> anyhow::Result<()> {
+    match backend {
+        Backend::Nats { server: None, .. } => Ok(()),
+        _ => bail!(
+            "the service and gateway roles find each other through a shared NATS: start one \
+             (`nats-server -js`) and set NATS_URL, e.g. NATS_URL=nats://127.0.0.1:4222"
+        ),
+    }
+}
+
+/// Ctrl-c, or SIGTERM from a process manager.
+async fn stop_requested() -> anyhow::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => Ok(result?),
+        _ = terminate.recv() => Ok(()),
+    }
+}
+
+type GreeterNode = (RunningServer, Registration);
+type WebNode = (HttpServer, Registration);
+
+async fn start_greeter(registry: &Arc<dyn Registry>, id: &str) -> anyhow::Result<GreeterNode> {
+    let server = microkit::greeter::serve(id).await?;
+    let node = Node::new(GREETER, id, server.addr());
+    Ok((server, Registration::start(registry.clone(), node, TTL).await?))
+}
+
+/// The web service registers itself once it listens: `web.NewService` in go-micro.
+async fn start_web(registry: &Arc<dyn Registry>, id: &str) -> anyhow::Result<WebNode> {
+    let service = WebService { node_id: id.into(), registry: registry.clone() };
+    let server = HttpServer::start(service::router(service)).await?;
+    let node = web_node("hello", id, server.addr());
+    Ok((server, Registration::start(registry.clone(), node, TTL).await?))
+}
+
+async fn start_gateway(registry: &Arc<dyn Registry>, port: u16) -> anyhow::Result<HttpServer> {
+    let address = ([127, 0, 0, 1], port).into();
+    HttpServer::start_on(address, gateway::router(Gateway::new(registry.clone())))
+        .await
+        .with_context(|| format!("cannot listen on {address}"))
+}
+
+/// A graceful stop of a web node: leave the registry first, then stop serving, so the
+/// gateway stops sending requests before the node stops answering them.
+async fn stop_web((server, registration): WebNode) -> anyhow::Result<()> {
+    registration.deregister().await?;
+    Ok(server.shutdown().await?)
+}
+
+async fn stop_greeter((server, registration): GreeterNode) -> anyhow::Result<()> {
+    registration.deregister().await?;
+    server.shutdown().await
+}
+
+/// The three servers of the one-process run, each registered where it belongs.
 struct Edge {
-    greeter: (RunningServer, Registration),
-    hello: Option<(HttpServer, Registration)>,
+    greeter: GreeterNode,
+    hello: Option<WebNode>,
     gateway: HttpServer,
 }
 
 impl Edge {
-    async fn start(registry: Arc<dyn Registry>, gateway_port: u16) -> anyhow::Result<Self> {
-        let greeter = microkit::greeter::serve("greeter-1").await?;
-        let node = Node::new(GREETER, "greeter-1", greeter.addr());
-        let greeter_registration = Registration::start(registry.clone(), node, TTL).await?;
-
-        // The web service registers itself once it listens: `web.NewService` in go-micro.
-        let service = WebService { node_id: "hello-1".into(), registry: registry.clone() };
-        let hello = HttpServer::start(service::router(service)).await?;
-        let node = web_node("hello", "hello-1", hello.addr());
-        let hello_registration = Registration::start(registry.clone(), node, TTL).await?;
-
-        let address = ([127, 0, 0, 1], gateway_port).into();
-        let gateway =
-            HttpServer::start_on(address, gateway::router(Gateway::new(registry.clone())))
-                .await
-                .with_context(|| format!("cannot listen on {address}"))?;
-        Ok(Edge {
-            greeter: (greeter, greeter_registration),
-            hello: Some((hello, hello_registration)),
-            gateway,
-        })
+    async fn start(registry: &Arc<dyn Registry>, gateway_port: u16) -> anyhow::Result<Self> {
+        let greeter = start_greeter(registry, "greeter-1").await?;
+        let hello = start_web(registry, "hello-1").await?;
+        let gateway = start_gateway(registry, gateway_port).await?;
+        Ok(Edge { greeter, hello: Some(hello), gateway })
     }
 
-    /// A graceful stop of the web service: leave the registry first, then stop serving,
-    /// so the gateway stops sending requests before the node stops answering them.
     async fn stop_hello(&mut self) -> anyhow::Result<()> {
-        if let Some((server, registration)) = self.hello.take() {
-            registration.deregister().await?;
-            server.shutdown().await?;
+        match self.hello.take() {
+            Some(hello) => stop_web(hello).await,
+            None => Ok(()),
         }
-        Ok(())
     }
 
     async fn stop(mut self) -> anyhow::Result<()> {
         self.stop_hello().await?;
         self.gateway.shutdown().await?;
-        let (greeter, registration) = self.greeter;
-        registration.deregister().await?;
-        greeter.shutdown().await
+        stop_greeter(self.greeter).await
     }
 }
 
@@ -254,6 +329,7 @@ async fn websocket(url: &str, count: u32) -> anyhow::Result<(Vec<String>, String
 mod tests {
     use super::*;
     use axum::http::{Request, StatusCode};
+    use microkit::registry::InMemoryRegistry;
     use tower::ServiceExt;
 
     #[tokio::test]
