@@ -20,6 +20,20 @@ if ! command -v nats-server >/dev/null 2>&1; then
 fi
 echo "== $(nats-server --version)"
 
+# Headless Chromium for the web example's browser check (tests/web.rs), which fails, never
+# skips, without it.
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing chromium (Debian package)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  else
+    echo "scripts/test.sh needs chromium for the browser check: install it (Debian: sudo apt-get install chromium)" >&2
+    exit 1
+  fi
+fi
+echo "== $(chromium --version 2>/dev/null || chromium-browser --version)"
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 

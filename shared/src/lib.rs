@@ -11,6 +11,7 @@
 //! - [`discovery`]: a client's live view of a service's nodes, and a channel per node.
 //! - [`backend`]: the one rule every example uses to pick NATS or the in-process backend.
 //! - [`server`] and [`greeter`]: a gRPC server on a free loopback port, for demos and tests.
+//! - [`http`]: an axum server on a free loopback port and a forwarding client, for gateways.
 //! - [`nats`]: a private `nats-server` (single node or a small cluster) for demos and tests.
 //! - [`tls`]: an in-memory certificate authority with server and client certificates.
 //! - [`out`] and [`golden`]: deterministic stdout, logs on stderr, golden-file checks.
@@ -20,6 +21,7 @@ pub mod broker;
 pub mod discovery;
 pub mod golden;
 pub mod greeter;
+pub mod http;
 pub mod nats;
 pub mod nats_registry;
 pub mod out;
