@@ -82,6 +82,19 @@ fn check(document: &Path, target: &str) -> Result<(), String> {
     if !file.exists() {
         return Err("no such file".into());
     }
+    // Heading anchors in Markdown: #the-idea, as the common code hosts make them.
+    if !anchor.is_empty() && path.ends_with(".md") {
+        let text = std::fs::read_to_string(&file).map_err(|e| e.to_string())?;
+        let known: Vec<String> = text
+            .lines()
+            .filter(|line| line.starts_with('#'))
+            .map(|line| slug(line.trim_start_matches('#')))
+            .collect();
+        if !known.iter().any(|s| s == anchor) {
+            return Err(format!("no heading makes the anchor #{anchor}"));
+        }
+        return Ok(());
+    }
     // Line anchors: #L12 or #L12-L20.
     if let Some(lines) = anchor.strip_prefix('L') {
         let last: usize = lines
@@ -95,4 +108,26 @@ fn check(document: &Path, target: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A heading's anchor: lower case, spaces to hyphens, punctuation dropped.
+fn slug(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_article_links_every_topic_note() {
+    let article = std::fs::read_to_string(root().join("notes/README.md")).unwrap();
+    let missing: Vec<String> =
+        topics().into_iter().filter(|t| !article.contains(&format!("]({t}.md)"))).collect();
+    assert!(missing.is_empty(), "notes/README.md does not link these notes: {missing:?}");
 }
