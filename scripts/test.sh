@@ -34,6 +34,17 @@ if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/
 fi
 echo "== $(chromium --version 2>/dev/null || chromium-browser --version)"
 
+# A program of another language for the sidecar's process test (tests/sidecar.rs).
+if ! command -v python3 >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 >/dev/null
+  else
+    echo "scripts/test.sh needs python3 for the sidecar test" >&2
+    exit 1
+  fi
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -43,5 +54,6 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo build --examples"
 cargo build --examples --quiet
 
+# --no-fail-fast: one failing test binary must not hide the results of the others.
 echo "== cargo test"
-cargo test --workspace
+cargo test --workspace --no-fail-fast
