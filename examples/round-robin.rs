@@ -52,7 +52,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 use clap::{Parser, Subcommand};
-use microkit::backend::{Backend, BackendArgs};
+use microkit::backend::BackendArgs;
 use microkit::discovery::{Channels, LiveNodes};
 use microkit::proto::greeter::HelloRequest;
 use microkit::proto::greeter::greeter_client::GreeterClient;
@@ -109,7 +109,7 @@ async fn run(args: Args, out: &Out) -> anyhow::Result<()> {
     match args.role {
         None => demo(&backend.registry(), ttl, out).await,
         Some(role) => {
-            shared_nats(&backend)?;
+            backend.require_shared_nats("the server and client roles")?;
             match role {
                 Role::Server { name } => server(&backend.registry(), &name, ttl, out).await,
                 Role::Client { calls, interval_ms } => {
@@ -275,17 +275,6 @@ async fn calls(client: &RoundRobin, count: usize, out: &Out) -> anyhow::Result<(
     }
     say!(out, "{count} calls: {}", served.join(" "));
     Ok(())
-}
-
-/// The roles meet through one NATS that outlives them, not a private or in-process one.
-fn shared_nats(backend: &Backend) -> anyhow::Result<()> {
-    match backend {
-        Backend::Nats { server: None, .. } => Ok(()),
-        _ => bail!(
-            "the server and client roles find each other through a shared NATS: start one \
-             (`nats-server -js`) and set NATS_URL, e.g. NATS_URL=nats://127.0.0.1:4222"
-        ),
-    }
 }
 
 /// The `server` role: serve and stay registered until ctrl-c or SIGTERM.

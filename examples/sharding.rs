@@ -62,7 +62,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 use clap::{Parser, Subcommand};
-use microkit::backend::{Backend, BackendArgs};
+use microkit::backend::BackendArgs;
 use microkit::discovery::{Channels, LiveNodes};
 use microkit::proto::greeter::HelloRequest;
 use microkit::proto::greeter::greeter_client::GreeterClient;
@@ -124,7 +124,7 @@ async fn run(args: Args, out: &Out) -> anyhow::Result<()> {
     match args.role {
         None => demo(&backend.registry(), out).await,
         Some(role) => {
-            shared_nats(&backend)?;
+            backend.require_shared_nats("the server and client roles")?;
             match role {
                 Role::Server { name } => server(&backend.registry(), &name, out).await,
                 Role::Client { user, calls } => {
@@ -353,17 +353,6 @@ async fn start_node(
 }
 
 // ---- The roles ---------------------------------------------------------------------------
-
-/// The roles meet through one NATS that outlives them, not a private or in-process one.
-fn shared_nats(backend: &Backend) -> anyhow::Result<()> {
-    match backend {
-        Backend::Nats { server: None, .. } => Ok(()),
-        _ => bail!(
-            "the server and client roles find each other through a shared NATS: start one \
-             (`nats-server -js`) and set NATS_URL, e.g. NATS_URL=nats://127.0.0.1:4222"
-        ),
-    }
-}
 
 async fn server(registry: &Arc<dyn Registry>, name: &str, out: &Out) -> anyhow::Result<()> {
     let (server, registration) = start_node(registry, name).await?;

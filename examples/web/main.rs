@@ -63,7 +63,7 @@ use anyhow::{Context, bail};
 use axum::body::Body;
 use clap::{Parser, Subcommand};
 use futures::{SinkExt, StreamExt};
-use microkit::backend::{Backend, BackendArgs};
+use microkit::backend::BackendArgs;
 use microkit::http::{Forwarder, HttpServer, body_text};
 use microkit::registry::{Node, Registration, Registry};
 use microkit::server::RunningServer;
@@ -139,7 +139,7 @@ async fn run(args: Args, out: &Out) -> anyhow::Result<()> {
             edge.stop().await
         }
         Some(Role::Service { id }) => {
-            shared_nats(&backend)?;
+            backend.require_shared_nats("the service and gateway roles")?;
             let greeter = start_greeter(&registry, &format!("greeter-for-{id}")).await?;
             let web = start_web(&registry, &id).await?;
             say!(out, "{id} serving web service hello on {}; ctrl-c stops", web.0.url());
@@ -148,23 +148,12 @@ async fn run(args: Args, out: &Out) -> anyhow::Result<()> {
             stop_greeter(greeter).await
         }
         Some(Role::Gateway { port }) => {
-            shared_nats(&backend)?;
+            backend.require_shared_nats("the service and gateway roles")?;
             let gateway = start_gateway(&registry, port).await?;
             say!(out, "gateway on {}; ctrl-c stops", gateway.url());
             stop_requested().await?;
             Ok(gateway.shutdown().await?)
         }
-    }
-}
-
-/// The roles that run alone find each other only through a registry they share.
-fn shared_nats(backend: &Backend) -> anyhow::Result<()> {
-    match backend {
-        Backend::Nats { server: None, .. } => Ok(()),
-        _ => bail!(
-            "the service and gateway roles find each other through a shared NATS: start one \
-             (`nats-server -js`) and set NATS_URL, e.g. NATS_URL=nats://127.0.0.1:4222"
-        ),
     }
 }
 

@@ -79,6 +79,21 @@ fn in_process() -> Backend {
     Backend::InProcess { registry: InMemoryRegistry::new() }
 }
 
+impl Backend {
+    /// For roles run as separate processes: they meet only on a NATS server that outlives
+    /// them (named by `NATS_URL`), never on a private server or in-process backend of their
+    /// own, which would leave each role alone with itself. `roles` names them in the error.
+    pub fn require_shared_nats(&self, roles: &str) -> anyhow::Result<()> {
+        match self {
+            Backend::Nats { server: None, .. } => Ok(()),
+            _ => anyhow::bail!(
+                "{roles} find each other through a shared NATS: start one (`nats-server -js`) \
+                 and set {NATS_URL}, e.g. {NATS_URL}=nats://127.0.0.1:4222"
+            ),
+        }
+    }
+}
+
 impl BackendArgs {
     /// Applies the rule above, reading `NATS_URL` from the environment.
     pub async fn connect(&self) -> anyhow::Result<Backend> {
