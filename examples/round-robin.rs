@@ -286,19 +286,11 @@ async fn server(
 ) -> anyhow::Result<()> {
     let (server, registration) = start_node(registry, name, ttl).await?;
     say!(out, "{name} serving {SERVICE} on {}, registered with a TTL of {ttl:?}", server.addr());
-    stop_requested().await?;
+    microkit::signal::stop_requested().await?;
     registration.deregister().await?;
     server.shutdown().await?;
     say!(out, "{name} deregistered and stopped");
     Ok(())
-}
-
-async fn stop_requested() -> anyhow::Result<()> {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => Ok(result?),
-        _ = terminate.recv() => Ok(()),
-    }
 }
 
 /// The `client` role: call in turn, print who answered and every change of the node list.

@@ -357,11 +357,7 @@ async fn start_node(
 async fn server(registry: &Arc<dyn Registry>, name: &str, out: &Out) -> anyhow::Result<()> {
     let (server, registration) = start_node(registry, name).await?;
     say!(out, "{name} serving {SERVICE} on {}", server.addr());
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result?,
-        _ = terminate.recv() => {}
-    }
+    microkit::signal::stop_requested().await?;
     registration.deregister().await?;
     server.shutdown().await?;
     say!(out, "{name} deregistered and stopped");

@@ -87,7 +87,7 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Role {
-    /// Serve the streaming Greeter until ctrl-c.
+    /// Serve the streaming Greeter until ctrl-c or SIGTERM.
     Server {
         #[arg(long, default_value = "127.0.0.1:50051")]
         addr: SocketAddr,
@@ -136,7 +136,7 @@ async fn serve_until_ctrl_c(addr: SocketAddr, out: &Out) -> anyhow::Result<()> {
     Server::builder()
         .add_service(greeter.into_service())
         .serve_with_shutdown(addr, async {
-            let _ = tokio::signal::ctrl_c().await;
+            let _ = microkit::signal::stop_requested().await;
         })
         .await
         .with_context(|| format!("serving on {addr}"))

@@ -135,7 +135,7 @@ async fn run(args: Args, out: &Out) -> anyhow::Result<()> {
         Some(Role::Serve { port }) => {
             let edge = Edge::start(&registry, port).await?;
             say!(out, "open {}/hello/ in a browser; ctrl-c stops", edge.gateway.url());
-            stop_requested().await?;
+            microkit::signal::stop_requested().await?;
             edge.stop().await
         }
         Some(Role::Service { id }) => {
@@ -143,7 +143,7 @@ async fn run(args: Args, out: &Out) -> anyhow::Result<()> {
             let greeter = start_greeter(&registry, &format!("greeter-for-{id}")).await?;
             let web = start_web(&registry, &id).await?;
             say!(out, "{id} serving web service hello on {}; ctrl-c stops", web.0.url());
-            stop_requested().await?;
+            microkit::signal::stop_requested().await?;
             stop_web(web).await?;
             stop_greeter(greeter).await
         }
@@ -151,18 +151,9 @@ async fn run(args: Args, out: &Out) -> anyhow::Result<()> {
             backend.require_shared_nats("the service and gateway roles")?;
             let gateway = start_gateway(&registry, port).await?;
             say!(out, "gateway on {}; ctrl-c stops", gateway.url());
-            stop_requested().await?;
+            microkit::signal::stop_requested().await?;
             Ok(gateway.shutdown().await?)
         }
-    }
-}
-
-/// Ctrl-c, or SIGTERM from a process manager.
-async fn stop_requested() -> anyhow::Result<()> {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => Ok(result?),
-        _ = terminate.recv() => Ok(()),
     }
 }
 

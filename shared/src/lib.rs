@@ -14,6 +14,7 @@
 //! - [`http`]: an axum server on a free loopback port and a forwarding client, for gateways.
 //! - [`nats`]: a private `nats-server` (single node or a small cluster) for demos and tests.
 //! - [`tls`]: an in-memory certificate authority with server and client certificates.
+//! - [`signal`]: waiting for ctrl-c or SIGTERM in a server role.
 //! - [`out`] and [`golden`]: deterministic stdout, logs on stderr, golden-file checks.
 
 pub mod backend;
@@ -27,6 +28,7 @@ pub mod nats_registry;
 pub mod out;
 pub mod registry;
 pub mod server;
+pub mod signal;
 pub mod tls;
 
 /// Code generated from `shared/proto/*.proto`.
