@@ -96,3 +96,20 @@ async fn every_example_refuses_an_unknown_flag_with_a_message() {
         assert!(output.stdout.is_empty(), "{topic} printed results despite a bad flag");
     }
 }
+
+#[tokio::test]
+async fn every_backend_example_names_an_unreachable_nats_url() {
+    // Port 1 on loopback: nothing listens there.
+    let url = "nats://127.0.0.1:1";
+    let backend_topics: Vec<String> = topics().into_iter().filter(|t| takes_backend(t)).collect();
+    assert!(!backend_topics.is_empty(), "no example takes --backend");
+    for topic in backend_topics {
+        let mut command = example(&topic);
+        command.env("NATS_URL", url);
+        let output = run_within(command, LIMIT).await;
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{topic}: {stderr}");
+        assert!(stderr.starts_with("error: ") && stderr.contains(url), "{topic}: {stderr}");
+        assert!(output.stdout.is_empty(), "{topic} printed results without its backend");
+    }
+}
