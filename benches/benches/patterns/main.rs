@@ -3,7 +3,20 @@
 //! `scripts/bench.sh` runs it (`--quick` for a CI-sized run). Every row is a ratio taken
 //! side by side in this one run; see `notes/performance.md` for what each one means.
 
+mod broker;
 mod grpc;
+mod sharding;
+mod tls;
+mod tunnel;
+
+// The tunnel example's own multiplexer and wire format, compiled here unchanged so the
+// bench measures the code a reader reads. (The bench uses only part of their API.)
+#[allow(dead_code)]
+#[path = "../../../examples/tunnel/frame.rs"]
+mod frame;
+#[allow(dead_code)]
+#[path = "../../../examples/tunnel/link.rs"]
+mod link;
 
 use micro_benches::{Effort, print_table};
 
@@ -13,6 +26,10 @@ fn main() {
     let mut rows = Vec::new();
     runtime.block_on(async {
         rows.extend(grpc::rows(effort).await);
+        rows.extend(broker::rows(effort).await);
+        rows.extend(tunnel::rows(effort).await);
+        rows.extend(tls::rows(effort).await);
+        rows.extend(sharding::rows(effort).await);
     });
     print_table(&rows);
 }
