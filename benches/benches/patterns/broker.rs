@@ -25,11 +25,13 @@ const TOPIC: &str = "bench.orders";
 /// How long a round may wait for messages that were published: a loss, not a slow run.
 const LIMIT: Duration = Duration::from_secs(20);
 
-pub async fn rows(effort: Effort) -> Vec<Row> {
-    let payload = Bytes::from(vec![b'x'; 128]);
-    let count = effort.messages_per_round;
-    let mut rows = Vec::new();
+/// 128-byte payloads, as the raw figures in the design were measured with.
+fn payload() -> Bytes {
+    Bytes::from(vec![b'x'; 128])
+}
 
+pub async fn nats_rows(effort: Effort) -> Vec<Row> {
+    let (payload, count) = (payload(), effort.messages_per_round);
     let nats = NatsServer::start().await.expect(microkit::nats::INSTALL_HINT);
     let url = nats.url();
     let raw_publisher = raw_nats(&url).await;
@@ -70,13 +72,16 @@ pub async fn rows(effort: Effort) -> Vec<Row> {
     )
     .await;
     lost += subscriber.slow_consumer_drops();
-    rows.push(Row::throughput(
+    vec![Row::throughput(
         &format!("broker, NATS: NatsBroker vs async-nats (lost {lost}, raw {raw_lost})"),
         throughput,
         if lost == 0 { Target::AtLeast(0.95) } else { Target::Lost(lost) },
-    ));
+    )]
+}
 
-    // In-process: the broker's hub and channel vs a bare tokio channel.
+/// In-process: the broker's hub and channel vs a bare tokio channel.
+pub async fn memory_rows(effort: Effort) -> Vec<Row> {
+    let (payload, count) = (payload(), effort.messages_per_round);
     let (raw_tx, raw_rx) = mpsc::channel::<Bytes>(DEFAULT_SUBSCRIPTION_CAPACITY);
     let mut raw_rx = ReceiverStream::new(raw_rx);
     let broker = MemoryBroker::new();
@@ -109,12 +114,11 @@ pub async fn rows(effort: Effort) -> Vec<Row> {
     )
     .await;
     lost += broker.slow_consumer_drops();
-    rows.push(Row::throughput(
+    vec![Row::throughput(
         &format!("broker, memory: MemoryBroker vs mpsc (lost {lost}, raw {raw_lost})"),
         throughput,
         if lost == 0 { Target::AtLeast(0.7) } else { Target::Lost(lost) },
-    ));
-    rows
+    )]
 }
 
 async fn raw_nats(url: &str) -> async_nats::Client {
