@@ -25,7 +25,13 @@ fn main() {
     let effort = Effort::from_args();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let chosen: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
-    let wanted = |name: &str| chosen.is_empty() || chosen.iter().any(|c| name.starts_with(c));
+    let wanted = |name: &str| {
+        let wanted = chosen.is_empty() || chosen.iter().any(|c| name.starts_with(c.as_str()));
+        if wanted {
+            eprintln!("measuring {name}..."); // the table comes at the end
+        }
+        wanted
+    };
     let mut rows = Vec::new();
     runtime.block_on(async {
         if wanted("grpc") {
