@@ -145,14 +145,14 @@ impl Row {
 /// Prints the table: pattern, raw figure, pattern figure, ratio, target, verdict.
 pub fn print_table(rows: &[Row]) {
     println!(
-        "| {:<44} | {:>12} | {:>12} | {:>6} | {:>7} | {:<6} |",
+        "| {:<56} | {:>12} | {:>12} | {:>6} | {:>7} | {:<6} |",
         "pattern", "raw", "pattern", "ratio", "target", "result"
     );
-    println!("|{:-<46}|{:->14}|{:->14}|{:->8}|{:->9}|{:-<8}|", "", "", "", "", "", "");
+    println!("|{:-<58}|{:->14}|{:->14}|{:->8}|{:->9}|{:-<8}|", "", "", "", "", "", "");
     for row in rows {
         let (verdict, target) = row.verdict();
         println!(
-            "| {:<44} | {:>12} | {:>12} | {:>6.3} | {:>7} | {:<6} |",
+            "| {:<56} | {:>12} | {:>12} | {:>6.3} | {:>7} | {:<6} |",
             row.pattern, row.raw, row.measured, row.ratio, target, verdict
         );
     }

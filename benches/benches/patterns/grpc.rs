@@ -64,6 +64,13 @@ pub async fn rows(effort: Effort) -> Vec<Row> {
     );
 
     let hello = || HelloRequest { name: "bench".into() };
+    // The stack really takes turns: three calls, three nodes.
+    let mut answered = Vec::new();
+    for _ in 0..3 {
+        answered.push(full.say_hello(hello()).await.unwrap().into_inner().node);
+    }
+    answered.sort();
+    assert_eq!(answered, ids, "round robin over the three nodes");
     let full_stack = latency_pair(
         effort,
         async || {

@@ -44,6 +44,10 @@ pub async fn rows(effort: Effort) -> Vec<Row> {
     let channel = Channels::default().to(ada_node).unwrap();
     let mut raw = GreeterClient::new(channel);
     let mut sharded = GreeterClient::new(ShardRouter::new(live));
+    let mut request = tonic::Request::new(HelloRequest { name: "ada".into() });
+    request.metadata_mut().insert(USER_HEADER, "ada".parse().unwrap());
+    let reply = sharded.say_hello(request).await.unwrap().into_inner();
+    assert_eq!(reply.node, ada_node.id, "the router sends ada to ada's node");
     let unary = latency_pair(
         effort,
         async || {

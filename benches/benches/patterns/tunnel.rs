@@ -26,6 +26,8 @@ pub async fn rows(effort: Effort) -> Vec<Row> {
     let mut direct = GreeterClient::new(direct_channel().await);
     let mut tunneled = GreeterClient::new(tunnel_channel().await);
     let hello = || HelloRequest { name: "bench".into() };
+    let reply = tunneled.say_hello(hello()).await.unwrap().into_inner();
+    assert_eq!(reply.node, "node-b", "the call went through the tunnel");
     let unary = latency_pair(
         effort,
         async || {
