@@ -89,6 +89,8 @@ pub enum Target {
     AtLeast(f64),
     /// Reported, not judged.
     Report,
+    /// Messages were lost: whatever the speed, the pattern failed.
+    Lost(u64),
 }
 
 /// One line of the table.
@@ -101,6 +103,11 @@ pub struct Row {
 }
 
 impl Row {
+    /// A row with figures formatted by the caller.
+    pub fn new(pattern: &str, raw: String, measured: String, ratio: f64, target: Target) -> Row {
+        Row { pattern: pattern.to_owned(), raw, measured, ratio, target }
+    }
+
     pub fn latency(pattern: &str, (raw, measured): (Duration, Duration), target: Target) -> Row {
         Row {
             pattern: pattern.to_owned(),
@@ -130,6 +137,7 @@ impl Row {
                 (if self.ratio >= floor { "pass" } else { "short" }, format!(">= {floor:.2}"))
             }
             Target::Report => ("report", "-".to_owned()),
+            Target::Lost(count) => ("lost", format!("{count} lost")),
         }
     }
 }
@@ -137,14 +145,14 @@ impl Row {
 /// Prints the table: pattern, raw figure, pattern figure, ratio, target, verdict.
 pub fn print_table(rows: &[Row]) {
     println!(
-        "| {:<44} | {:>12} | {:>12} | {:>6} | {:>7} | {:<6} |",
+        "| {:<56} | {:>12} | {:>12} | {:>6} | {:>7} | {:<6} |",
         "pattern", "raw", "pattern", "ratio", "target", "result"
     );
-    println!("|{:-<46}|{:->14}|{:->14}|{:->8}|{:->9}|{:-<8}|", "", "", "", "", "", "");
+    println!("|{:-<58}|{:->14}|{:->14}|{:->8}|{:->9}|{:-<8}|", "", "", "", "", "", "");
     for row in rows {
         let (verdict, target) = row.verdict();
         println!(
-            "| {:<44} | {:>12} | {:>12} | {:>6.3} | {:>7} | {:<6} |",
+            "| {:<56} | {:>12} | {:>12} | {:>6.3} | {:>7} | {:<6} |",
             row.pattern, row.raw, row.measured, row.ratio, target, verdict
         );
     }

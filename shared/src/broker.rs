@@ -121,8 +121,9 @@ pub fn check_topic(topic: &str) -> Result<(), BrokerError> {
     let valid = !topic.is_empty()
         && topic.split('.').all(|word| {
             !word.is_empty()
-                && !word.contains(['*', '>'])
-                && !word.chars().any(|c| c.is_whitespace() || c.is_control())
+                && !word
+                    .chars()
+                    .any(|c| matches!(c, '*' | '>') || c.is_whitespace() || c.is_control())
         });
     if valid { Ok(()) } else { Err(BrokerError::InvalidTopic(topic.to_owned())) }
 }

@@ -13,10 +13,10 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use tokio::sync::oneshot;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::service::Routes;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 
 /// A server running in the background until shut down, crashed or dropped (a drop crashes).
 pub struct RunningServer {
@@ -40,7 +40,7 @@ impl RunningServer {
     /// `|incoming, stop| Server::builder()...serve_with_incoming_shutdown(incoming, stop)`.
     pub async fn start_with<F, Fut>(serve: F) -> std::io::Result<Self>
     where
-        F: FnOnce(TcpListenerStream, WaitForCancellationFutureOwned) -> Fut + Send + 'static,
+        F: FnOnce(TcpIncoming, WaitForCancellationFutureOwned) -> Fut + Send + 'static,
         Fut: Future<Output = Result<(), tonic::transport::Error>>,
     {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -58,7 +58,12 @@ impl RunningServer {
         let stop_signal = stop.clone().cancelled_owned();
         std::thread::spawn(move || {
             let result = runtime.block_on(async move {
-                let incoming = TcpListenerStream::new(tokio::net::TcpListener::from_std(listener)?);
+                // TCP_NODELAY on every accepted connection, as tonic's own `serve` sets it:
+                // without it the kernel holds a small write (a TLS handshake message) until
+                // the last one is acknowledged, and a handshake stalls for a delayed ACK
+                // (measured: 44 ms per new TLS connection instead of under 1 ms).
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
                 tokio::select! {
                     served = serve(incoming, stop_signal) => Ok(served?),
                     _ = crash_rx => Ok(()),

@@ -1,26 +1,40 @@
 //! gRPC: a raw tonic channel vs the same calls through wrappers on both sides (a metadata
-//! interceptor and a tower layer that sees every response's end, as the wrapper example's).
+//! interceptor and a tower layer that sees every response's end, as the wrapper example's),
+//! and vs the full client stack: those wrappers over round-robin selection among three
+//! registered nodes.
+//!
+//! The round-robin pick is the few lines of `RoundRobin::pick` in `examples/round-robin.rs`,
+//! copied here (an example's private code cannot be linked from a bench), and put under the
+//! generated client as a tower service the way `examples/sharding.rs` puts its router, so
+//! the wrappers stack on top of it. The node list and the channels come from the shared
+//! `microkit::discovery`, as in both examples.
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use micro_benches::{Effort, Row, Target, latency_pair, throughput_pair};
+use microkit::discovery::{Channels, LiveNodes};
 use microkit::greeter::HelloGreeter;
 use microkit::proto::greeter::greeter_client::GreeterClient;
 use microkit::proto::greeter::{GreetingsRequest, HelloRequest};
+use microkit::registry::{InMemoryRegistry, Node, Registration, Registry};
 use microkit::server::RunningServer;
+use tonic::body::Body;
 use tonic::service::InterceptorLayer;
 use tonic::transport::{Channel, Server};
 use tonic::{Request, Status};
-use tower::{Layer, Service, ServiceBuilder};
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+
+const SERVICE: &str = "greeter";
 
 pub async fn rows(effort: Effort) -> Vec<Row> {
     let raw_server = microkit::greeter::serve("raw").await.unwrap();
-    let wrapped_server = serve_wrapped().await;
+    let wrapped_server = serve_wrapped("wrapped").await;
     let mut raw = GreeterClient::new(connect(&raw_server).await);
     let mut wrapped = GreeterClient::new(
         ServiceBuilder::new()
@@ -29,7 +43,44 @@ pub async fn rows(effort: Effort) -> Vec<Row> {
             .service(connect(&wrapped_server).await),
     );
 
+    // The full stack: the same wrappers, over a turn-taking pick among three nodes.
+    let registry: Arc<dyn Registry> = Arc::new(InMemoryRegistry::new());
+    let mut nodes = Vec::new();
+    for name in ["greeter-a", "greeter-b", "greeter-c"] {
+        let server = serve_wrapped(name).await;
+        let node = Node::new(SERVICE, name, server.addr());
+        let registration =
+            Registration::start(registry.clone(), node, Duration::from_secs(60)).await.unwrap();
+        nodes.push((server, registration));
+    }
+    let live = LiveNodes::watch(&registry, SERVICE).await.unwrap();
+    let ids = ["greeter-a", "greeter-b", "greeter-c"];
+    live.wait_for_ids(&ids, Duration::from_secs(10)).await.unwrap();
+    let mut full = GreeterClient::new(
+        ServiceBuilder::new()
+            .layer(CountLayer::default())
+            .layer(InterceptorLayer::new(add_metadata))
+            .service(RoundRobin::new(live)),
+    );
+
     let hello = || HelloRequest { name: "bench".into() };
+    // The stack really takes turns: three calls, three nodes.
+    let mut answered = Vec::new();
+    for _ in 0..3 {
+        answered.push(full.say_hello(hello()).await.unwrap().into_inner().node);
+    }
+    answered.sort();
+    assert_eq!(answered, ids, "round robin over the three nodes");
+    let full_stack = latency_pair(
+        effort,
+        async || {
+            raw.say_hello(hello()).await.unwrap();
+        },
+        async || {
+            full.say_hello(hello()).await.unwrap();
+        },
+    )
+    .await;
     let unary = latency_pair(
         effort,
         async || {
@@ -51,6 +102,7 @@ pub async fn rows(effort: Effort) -> Vec<Row> {
     .await;
 
     vec![
+        Row::latency("unary p50: full client stack vs raw", full_stack, Target::AtMost(1.05)),
         Row::latency("unary p50: wrappers both sides vs raw", unary, Target::AtMost(1.05)),
         Row::throughput("server streaming: wrappers vs raw", streaming, Target::AtLeast(0.95)),
     ]
@@ -64,12 +116,12 @@ async fn connect(server: &RunningServer) -> Channel {
     Channel::from_shared(server.url()).unwrap().connect().await.unwrap()
 }
 
-async fn serve_wrapped() -> RunningServer {
+async fn serve_wrapped(name: &str) -> RunningServer {
     let layers = ServiceBuilder::new()
         .layer(CountLayer::default())
         .layer(InterceptorLayer::new(check_metadata))
         .into_inner();
-    let greeter = HelloGreeter::new("wrapped").into_service();
+    let greeter = HelloGreeter::new(name).into_service();
     RunningServer::start_with(move |incoming, stop| {
         Server::builder()
             .layer(layers)
@@ -78,6 +130,47 @@ async fn serve_wrapped() -> RunningServer {
     })
     .await
     .unwrap()
+}
+
+/// Round robin under the generated client: each request goes to the next node in turn.
+#[derive(Clone)]
+struct RoundRobin {
+    nodes: Arc<LiveNodes>,
+    next: Arc<AtomicUsize>,
+    channels: Channels,
+}
+
+impl RoundRobin {
+    fn new(nodes: LiveNodes) -> Self {
+        RoundRobin { nodes: Arc::new(nodes), next: Arc::default(), channels: Channels::default() }
+    }
+
+    /// As `examples/round-robin.rs` picks: the node list sorted by id, one shared counter.
+    fn pick(&self) -> Result<Node, Status> {
+        let nodes = self.nodes.current();
+        if nodes.is_empty() {
+            return Err(Status::unavailable(format!("no node of service \"{SERVICE}\"")));
+        }
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        Ok(nodes[turn % nodes.len()].clone())
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Service<http::Request<Body>> for RoundRobin {
+    type Response = http::Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Self::Response, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(())) // each call readies the channel it picks
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let channel = self.pick().and_then(|node| self.channels.to(&node));
+        Box::pin(async move { Ok(channel?.oneshot(request).await?) })
+    }
 }
 
 fn add_metadata(mut request: Request<()>) -> Result<Request<()>, Status> {

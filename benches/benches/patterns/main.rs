@@ -1,18 +1,57 @@
 //! Each pattern of the lessons beside the raw library doing the same work; one table.
 //!
-//! `scripts/bench.sh` runs it (`--quick` for a CI-sized run). Every row is a ratio taken
-//! side by side in this one run; see `notes/performance.md` for what each one means.
+//! `scripts/bench.sh` runs it (`--quick` for a CI-sized run; names such as `broker-memory tls`
+//! run only those modules, e.g. under a profiler). Every row is a ratio taken side by side
+//! in this one run; see `notes/performance.md` for what each one means.
 
+mod broker;
 mod grpc;
+mod sharding;
+mod tls;
+mod tunnel;
+
+// The tunnel example's own multiplexer and wire format, compiled here unchanged so the
+// bench measures the code a reader reads. (The bench uses only part of their API.)
+#[allow(dead_code)]
+#[path = "../../../examples/tunnel/frame.rs"]
+mod frame;
+#[allow(dead_code)]
+#[path = "../../../examples/tunnel/link.rs"]
+mod link;
 
 use micro_benches::{Effort, print_table};
 
 fn main() {
     let effort = Effort::from_args();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let chosen: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let wanted = |name: &str| {
+        let wanted = chosen.is_empty() || chosen.iter().any(|c| name.starts_with(c.as_str()));
+        if wanted {
+            eprintln!("measuring {name}..."); // the table comes at the end
+        }
+        wanted
+    };
     let mut rows = Vec::new();
     runtime.block_on(async {
-        rows.extend(grpc::rows(effort).await);
+        if wanted("grpc") {
+            rows.extend(grpc::rows(effort).await);
+        }
+        if wanted("broker-nats") {
+            rows.extend(broker::nats_rows(effort).await);
+        }
+        if wanted("broker-memory") {
+            rows.extend(broker::memory_rows(effort).await);
+        }
+        if wanted("tunnel") {
+            rows.extend(tunnel::rows(effort).await);
+        }
+        if wanted("tls") {
+            rows.extend(tls::rows(effort).await);
+        }
+        if wanted("sharding") {
+            rows.extend(sharding::rows(effort).await);
+        }
     });
     print_table(&rows);
 }
