@@ -249,6 +249,10 @@ async fn read_frames(
 ) {
     let reason = loop {
         let frame = tokio::select! {
+            // Checked first: once the link is cut, no frame that arrives after it may count.
+            // (A `Close` the other node sent because of the cut would otherwise turn a lost
+            // session into a clean end of stream.)
+            biased;
             _ = link.down.cancelled() => break "cut".to_owned(),
             frame = frames.next() => frame,
         };
