@@ -61,7 +61,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Status};
 
@@ -411,8 +411,9 @@ async fn serve_until_ctrl_c(listen: SocketAddr, certs: &Path, out: &Out) -> anyh
     Server::builder()
         .tls_config(tls)?
         .add_service(greeter)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-            let _ = tokio::signal::ctrl_c().await;
+        // No Nagle delay: a handshake's small writes would otherwise wait for an ACK.
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async {
+            let _ = microkit::signal::stop_requested().await;
         })
         .await?;
     Ok(())
