@@ -5,7 +5,7 @@
 //!
 //! The round-robin pick is the few lines of `RoundRobin::pick` in `examples/round-robin.rs`,
 //! copied here (an example's private code cannot be linked from a bench), and put under the
-//! generated client as a tower service the way `examples/sharding.rs` puts its router, so
+//! generated client as a tower service the way `examples/sharding/main.rs` puts its router, so
 //! the wrappers stack on top of it. The node list and the channels come from the shared
 //! `microkit::discovery`, as in both examples.
 

@@ -18,6 +18,9 @@ mod frame;
 #[allow(dead_code)]
 #[path = "../../../examples/tunnel/link.rs"]
 mod link;
+// The sharding example's node choosers, likewise.
+#[path = "../../../examples/sharding/hashing.rs"]
+mod hashing;
 
 use micro_benches::{Effort, print_table};
 

@@ -1,10 +1,9 @@
 //! Sharding: what choosing a node by the caller's `x-from-user` costs per call, and how many
 //! users move when a node joins.
 //!
-//! The rendezvous hash (`rendezvous`, `score`, `fnv1a`, `mix`) and go-micro's crc32 modulo
-//! are copied from `examples/sharding.rs`, where they are the lesson (an example's private
-//! code cannot be linked from a bench); the router is that example's `ShardRouter` without
-//! its round-robin fallback. Keep the copies in step with the example.
+//! The rendezvous hash and go-micro's crc32 modulo are the example's own
+//! `examples/sharding/hashing.rs`, compiled into this bench by path (see `main.rs`); the
+//! router is a few lines of that example's `ShardRouter`, without its round-robin fallback.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -14,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use micro_benches::{Effort, Row, Target, latency_pair};
+
+use crate::hashing::{crc32_modulo, moved_fraction, rendezvous};
 use microkit::discovery::{Channels, LiveNodes};
 use microkit::proto::greeter::HelloRequest;
 use microkit::proto::greeter::greeter_client::GreeterClient;
@@ -129,60 +130,6 @@ fn pick_costs(effort: Effort, users: &[String], nodes: &[Node]) -> (f64, f64) {
     raw.sort_by(f64::total_cmp);
     pattern.sort_by(f64::total_cmp);
     (raw[raw.len() / 2], pattern[pattern.len() / 2])
-}
-
-// ---- Copied from examples/sharding.rs ----------------------------------------------------
-
-fn rendezvous<'a>(user: &str, nodes: &'a [Node]) -> Option<&'a Node> {
-    nodes.iter().max_by_key(|node| score(user, &node.id))
-}
-
-fn score(user: &str, node: &str) -> u64 {
-    let mut bytes = Vec::with_capacity(user.len() + node.len() + 1);
-    bytes.extend_from_slice(user.as_bytes());
-    bytes.push(0);
-    bytes.extend_from_slice(node.as_bytes());
-    mix(fnv1a(&bytes))
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
-fn mix(mut x: u64) -> u64 {
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
-fn crc32_modulo<'a>(user: &str, nodes: &'a [Node]) -> Option<&'a Node> {
-    if nodes.is_empty() {
-        return None;
-    }
-    nodes.get(crc32(user.as_bytes()) as usize % nodes.len())
-}
-
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &byte in bytes {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
-        }
-    }
-    !crc
-}
-
-type Chooser = for<'a> fn(&str, &'a [Node]) -> Option<&'a Node>;
-
-fn moved_fraction(users: &[String], before: &[Node], after: &[Node], choose: Chooser) -> f64 {
-    let moved = users
-        .iter()
-        .filter(|user| choose(user, before).map(|n| &n.id) != choose(user, after).map(|n| &n.id))
-        .count();
-    moved as f64 / users.len() as f64
 }
 
 /// The example's `ShardRouter`, header required: the user's node, by rendezvous.
