@@ -263,7 +263,7 @@ async fn run_with(args: Args, nats_url: Option<&str>, out: &Out) -> anyhow::Resu
         );
     };
     let backend = args.backend.connect_with(Some(url)).await?;
-    if matches!(backend, Backend::InProcess { .. }) {
+    if matches!(backend, Backend::Memory { .. }) {
         bail!("the roles need NATS; drop --backend memory (or MICRO_BACKEND=memory)");
     }
     run_role(&backend, role, out).await

@@ -332,7 +332,7 @@ async fn client(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use microkit::registry::InMemoryRegistry;
+    use microkit::registry::MemoryRegistry;
 
     #[tokio::test]
     async fn prints_its_golden_output() {
@@ -345,8 +345,7 @@ mod tests {
     async fn prints_the_same_on_nats() {
         let nats = microkit::nats::NatsServer::start().await.expect(microkit::nats::INSTALL_HINT);
         let client = microkit::backend::connect(&nats.url()).await.unwrap();
-        let registry: Arc<dyn Registry> =
-            Arc::new(microkit::nats_registry::NatsRegistry::new(client));
+        let registry: Arc<dyn Registry> = Arc::new(microkit::registry::NatsRegistry::new(client));
         let out = Out::capture();
         demo(&registry, Duration::from_secs(1), &out).await.unwrap();
         microkit::golden::assert_matches("round-robin", &out.text());
@@ -354,7 +353,7 @@ mod tests {
 
     #[tokio::test]
     async fn turns_are_fair_over_many_calls() {
-        let registry: Arc<dyn Registry> = Arc::new(InMemoryRegistry::new());
+        let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
         let mut nodes = Vec::new();
         for name in ["n1", "n2", "n3"] {
             nodes.push(start_node(&registry, name, Duration::from_secs(5)).await.unwrap());
@@ -370,7 +369,7 @@ mod tests {
 
     #[tokio::test]
     async fn no_node_is_unavailable_naming_the_service() {
-        let registry: Arc<dyn Registry> = Arc::new(InMemoryRegistry::new());
+        let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
         let client = RoundRobin::new(&registry, "billing").await.unwrap();
         let status = client.say_hello("x").await.err().unwrap();
         assert_eq!(status.code(), Code::Unavailable);

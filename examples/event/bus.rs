@@ -37,7 +37,7 @@ pub struct EventBus {
 enum Store {
     // Boxed: a JetStream handle is large, and there is one per bus.
     JetStream(Box<jetstream::Context>),
-    InProcess(Arc<Mutex<MemoryStream>>),
+    Memory(Arc<Mutex<MemoryStream>>),
 }
 
 /// The in-process stand-in for a stream: every event, and per consumer name the position
@@ -52,7 +52,7 @@ impl EventBus {
     pub async fn connect(backend: &Backend) -> anyhow::Result<Self> {
         let broker = backend.broker().await?;
         let store = match backend {
-            Backend::InProcess { .. } => {
+            Backend::Memory { .. } => {
                 tracing::warn!(
                     "in-process: the durable stream lives in this process's memory, so it \
                      survives a consumer restart but not a process restart; run with NATS \
@@ -79,7 +79,7 @@ impl EventBus {
 
     /// An in-process bus on the given broker, with its stream in memory.
     pub fn in_process(broker: Arc<dyn Broker>) -> Self {
-        EventBus { broker, store: Store::InProcess(Arc::default()) }
+        EventBus { broker, store: Store::Memory(Arc::default()) }
     }
 
     /// Publishes an event for both kinds of consumer. On NATS it returns once JetStream has
@@ -93,7 +93,7 @@ impl EventBus {
                 let ack = jetstream.publish_with_headers(SUBJECT, headers, payload).await?;
                 ack.await.context("JetStream did not store the event")?;
             }
-            Store::InProcess(stream) => {
+            Store::Memory(stream) => {
                 stream.lock().unwrap().events.push(payload.clone());
                 let headers = Headers::from([("content-type".to_owned(), CONTENT_TYPE.to_owned())]);
                 self.broker.publish(SUBJECT, headers, payload).await?;
@@ -115,7 +115,7 @@ impl EventBus {
                 // Not there is fine: that is the state we want.
                 let _ = stream.delete_consumer(name).await;
             }
-            Store::InProcess(stream) => {
+            Store::Memory(stream) => {
                 stream.lock().unwrap().cursors.remove(name);
             }
         }
@@ -143,11 +143,11 @@ impl EventBus {
                     .await?;
                 Ok(Durable::JetStream(Box::new(consumer)))
             }
-            Store::InProcess(stream) => {
+            Store::Memory(stream) => {
                 let mut memory = stream.lock().unwrap();
                 let end = memory.events.len();
                 memory.cursors.entry(name.to_owned()).or_insert(end);
-                Ok(Durable::InProcess { stream: stream.clone(), name: name.to_owned() })
+                Ok(Durable::Memory { stream: stream.clone(), name: name.to_owned() })
             }
         }
     }
@@ -156,7 +156,7 @@ impl EventBus {
 /// A durable consumer, bound.
 pub enum Durable {
     JetStream(Box<jetstream::consumer::Consumer<pull::Config>>),
-    InProcess { stream: Arc<Mutex<MemoryStream>>, name: String },
+    Memory { stream: Arc<Mutex<MemoryStream>>, name: String },
 }
 
 impl Durable {
@@ -182,7 +182,7 @@ impl Durable {
                     taken += 1;
                 }
             }
-            Durable::InProcess { stream, name } => loop {
+            Durable::Memory { stream, name } => loop {
                 let next = {
                     let memory = stream.lock().unwrap();
                     let position = memory.cursors.get(name).copied().unwrap_or(memory.events.len());

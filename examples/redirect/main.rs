@@ -225,7 +225,7 @@ mod tests {
     use super::*;
     use axum::routing::get;
     use axum::{Json, Router};
-    use microkit::registry::{InMemoryRegistry, Registry};
+    use microkit::registry::{MemoryRegistry, Registry};
     use tower::ServiceExt;
 
     #[tokio::test]
@@ -277,7 +277,7 @@ mod tests {
 
     /// A gateway in front of `service` registered as `name`, to drive with `oneshot`.
     async fn gateway_for(name: &str, service: Router) -> (Router, HttpServer) {
-        let registry: Arc<dyn Registry> = Arc::new(InMemoryRegistry::new());
+        let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
         let server = HttpServer::start(service).await.unwrap();
         registry
             .register(&Node::new(name, "n-1", server.addr()), Duration::from_secs(60))

@@ -332,7 +332,7 @@ async fn client(
 mod tests {
     use super::*;
     use crate::hashing::{crc32, fnv1a};
-    use microkit::registry::InMemoryRegistry;
+    use microkit::registry::MemoryRegistry;
 
     fn nodes(ids: &[&str]) -> Vec<Node> {
         ids.iter().map(|id| Node::new(SERVICE, id, "127.0.0.1:1")).collect()
@@ -351,7 +351,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_user_reaches_one_node_over_many_calls() {
-        let registry: Arc<dyn Registry> = Arc::new(InMemoryRegistry::new());
+        let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
         let mut running = Vec::new();
         for name in ["n1", "n2", "n3"] {
             running.push(start_node(&registry, name).await.unwrap());
@@ -368,7 +368,7 @@ mod tests {
 
     #[tokio::test]
     async fn without_the_header_calls_go_round_robin() {
-        let registry: Arc<dyn Registry> = Arc::new(InMemoryRegistry::new());
+        let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
         let mut running = Vec::new();
         for name in ["n1", "n2", "n3"] {
             running.push(start_node(&registry, name).await.unwrap());
@@ -385,7 +385,7 @@ mod tests {
 
     #[tokio::test]
     async fn no_node_is_unavailable_naming_the_service() {
-        let registry: Arc<dyn Registry> = Arc::new(InMemoryRegistry::new());
+        let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
         let live = LiveNodes::watch(&registry, SERVICE).await.unwrap();
         let mut client = GreeterClient::new(ShardRouter::new(live));
         let status = hello(&mut client, Some("ada")).await.unwrap_err();

@@ -280,7 +280,7 @@ mod tests {
     use axum::http::{Request, StatusCode};
     use futures::StreamExt;
     use microkit::broker::MemoryBroker;
-    use microkit::registry::{InMemoryRegistry, Registry};
+    use microkit::registry::{MemoryRegistry, Registry};
     use tower::ServiceExt;
 
     #[tokio::test]
@@ -292,7 +292,7 @@ mod tests {
 
     /// A sidecar router over a fresh registry, and that registry.
     fn sidecar() -> (Router, Arc<dyn Registry>) {
-        let registry: Arc<dyn Registry> = Arc::new(InMemoryRegistry::new());
+        let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
         let broker = Arc::new(MemoryBroker::new());
         let sidecar = Sidecar { registry: registry.clone(), broker, forwarder: Forwarder::new() };
         let router = sidecar::router(sidecar);
@@ -484,7 +484,7 @@ mod tests {
 
     #[tokio::test]
     async fn publishing_is_accepted_once_the_broker_has_it_and_reaches_subscribers() {
-        let registry: Arc<dyn Registry> = Arc::new(InMemoryRegistry::new());
+        let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
         let broker = MemoryBroker::new();
         let mut listener =
             broker.connect_another().subscribe("orders.created", None).await.unwrap();

@@ -309,7 +309,7 @@ async fn websocket(url: &str, count: u32) -> anyhow::Result<(Vec<String>, String
 mod tests {
     use super::*;
     use axum::http::{Request, StatusCode};
-    use microkit::registry::InMemoryRegistry;
+    use microkit::registry::MemoryRegistry;
     use tower::ServiceExt;
 
     #[tokio::test]
@@ -339,7 +339,7 @@ mod tests {
     }
 
     fn registry() -> Arc<dyn Registry> {
-        Arc::new(InMemoryRegistry::new())
+        Arc::new(MemoryRegistry::new())
     }
 
     #[tokio::test]

@@ -1,11 +1,12 @@
-//! Which backend an example runs on: real NATS, or the in-process stand-ins.
+//! Which backend an example runs on: real NATS, or the memory backend inside this process.
 //!
 //! One rule, the same in every example:
 //! 1. `NATS_URL` is set: connect to it (an unreachable URL is an error naming it, never a
 //!    silent fall-back: the user asked for that server).
 //! 2. Else a `nats-server` binary is installed: start a private one (loopback, random port,
 //!    JetStream in a temporary folder, killed on exit).
-//! 3. Else: in-process, with one line on stderr saying so and how to install NATS.
+//! 3. Else: the memory backend (everything inside this one process), with one line on
+//!    stderr saying so and how to install NATS.
 //!
 //! `--backend memory|nats` (or `MICRO_BACKEND=memory|nats`) overrides the rule; the tests
 //! use it to run each example on both. Whichever runs, stdout is the same.
@@ -15,9 +16,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::broker::{Broker, MemoryBroker, NatsBroker};
 use crate::nats::{self, NatsServer};
-use crate::nats_registry::NatsRegistry;
-use crate::registry::{InMemoryRegistry, Registry};
+use crate::registry::{MemoryRegistry, NatsRegistry, Registry};
 
 /// The environment variable naming a NATS server to use.
 pub const NATS_URL: &str = "NATS_URL";
@@ -32,10 +33,10 @@ pub struct BackendArgs {
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum BackendChoice {
-    /// NATS_URL if set, else a private nats-server if installed, else in-process.
+    /// NATS_URL if set, else a private nats-server if installed, else memory.
     #[default]
     Auto,
-    /// In-process stand-ins: nothing to install, one process only.
+    /// The memory backend: nothing to install, one process only.
     Memory,
     /// NATS: NATS_URL if set, else a private nats-server.
     Nats,
@@ -44,10 +45,9 @@ pub enum BackendChoice {
 /// The backend an example ended up with.
 #[allow(clippy::large_enum_variant)] // one value per process: its size does not matter
 pub enum Backend {
-    InProcess {
-        /// The one registry every part of the process shares, as they would share NATS.
-        registry: InMemoryRegistry,
-    },
+    /// The registry and the broker hub live in this process, and every part of it shares
+    /// them, as separate programs would share one NATS deployment.
+    Memory { registry: MemoryRegistry, broker: MemoryBroker },
     Nats {
         client: async_nats::Client,
         url: String,
@@ -57,31 +57,31 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// A short name for logs: `in-process` or `nats`.
+    /// A short name for logs: `memory` or `nats`, as the `--backend` flag spells them.
     pub fn name(&self) -> &'static str {
         match self {
-            Backend::InProcess { .. } => "in-process",
+            Backend::Memory { .. } => "memory",
             Backend::Nats { .. } => "nats",
         }
     }
 
-    /// The service registry on this backend. In-process, every call hands out the same
+    /// The service registry on this backend. In memory, every call hands out the same
     /// registry; on NATS, each is a handle on the same bucket.
     pub fn registry(&self) -> Arc<dyn Registry> {
         match self {
-            Backend::InProcess { registry } => Arc::new(registry.clone()),
+            Backend::Memory { registry, .. } => Arc::new(registry.clone()),
             Backend::Nats { client, .. } => Arc::new(NatsRegistry::new(client.clone())),
         }
     }
 }
 
-fn in_process() -> Backend {
-    Backend::InProcess { registry: InMemoryRegistry::new() }
+fn memory() -> Backend {
+    Backend::Memory { registry: MemoryRegistry::new(), broker: MemoryBroker::new() }
 }
 
 impl Backend {
     /// For roles run as separate processes: they meet only on a NATS server that outlives
-    /// them (named by `NATS_URL`), never on a private server or in-process backend of their
+    /// them (named by `NATS_URL`), never on a private server or memory backend of their
     /// own, which would leave each role alone with itself. `roles` names them in the error.
     pub fn require_shared_nats(&self, roles: &str) -> anyhow::Result<()> {
         match self {
@@ -104,7 +104,7 @@ impl BackendArgs {
     /// The rule, with `NATS_URL`'s value passed in (so tests need not touch the environment).
     pub async fn connect_with(&self, nats_url: Option<&str>) -> anyhow::Result<Backend> {
         match (self.backend, nats_url) {
-            (BackendChoice::Memory, _) => Ok(in_process()),
+            (BackendChoice::Memory, _) => Ok(memory()),
             (BackendChoice::Auto | BackendChoice::Nats, Some(url)) => {
                 let client = connect(url).await?;
                 Ok(Backend::Nats { client, url: url.to_owned(), server: None })
@@ -113,28 +113,24 @@ impl BackendArgs {
             (BackendChoice::Auto, None) if nats::available() => start_private().await,
             (BackendChoice::Auto, None) => {
                 eprintln!(
-                    "note: no NATS_URL and no nats-server installed, so running in-process; \
-                     to run on NATS, {}",
+                    "note: no NATS_URL and no nats-server installed, so running on the memory \
+                     backend (one process only); to run on NATS, {}",
                     nats::INSTALL_HINT
                 );
-                Ok(in_process())
+                Ok(memory())
             }
         }
     }
 }
 
-/// The broker, by the same rule: every example gets its broker here.
 impl Backend {
     /// A new broker client: on NATS its own connection (sized for no silent drops, see
-    /// `broker::nats`); in-process, a client of the one in-process broker this program
-    /// shares, so a publisher and its subscribers in the same program always meet. (Tests
-    /// that run side by side in one process share it too, as programs share a NATS
-    /// server: give a test that publishes its own `MemoryBroker::new()`.)
-    pub async fn broker(&self) -> anyhow::Result<std::sync::Arc<dyn crate::broker::Broker>> {
-        use crate::broker::{MemoryBroker, NatsBroker};
+    /// `broker::nats`); in memory, another client of this backend's one hub, so a
+    /// publisher and its subscribers in the same program always meet.
+    pub async fn broker(&self) -> anyhow::Result<Arc<dyn Broker>> {
         Ok(match self {
-            Backend::InProcess { .. } => std::sync::Arc::new(MemoryBroker::process_wide()),
-            Backend::Nats { url, .. } => std::sync::Arc::new(NatsBroker::connect(url).await?),
+            Backend::Memory { broker, .. } => Arc::new(broker.connect_another()),
+            Backend::Nats { url, .. } => Arc::new(NatsBroker::connect(url).await?),
         })
     }
 }
@@ -157,7 +153,7 @@ pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
             format!(
                 "cannot reach NATS at {url} (from {NATS_URL} or --backend nats): is a server \
                  running there? Start one with `nats-server -js`, or unset {NATS_URL} to run \
-                 in-process"
+                 in memory"
             )
         })
 }
@@ -173,7 +169,7 @@ mod tests {
     #[tokio::test]
     async fn memory_is_chosen_explicitly_even_with_a_url() {
         let backend = args(BackendChoice::Memory).connect_with(Some("nats://127.0.0.1:1")).await;
-        assert!(matches!(backend.unwrap(), Backend::InProcess { .. }));
+        assert!(matches!(backend.unwrap(), Backend::Memory { .. }));
     }
 
     #[tokio::test]
@@ -208,7 +204,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_in_process_backend_shares_one_registry() {
+    async fn the_memory_backend_shares_one_registry() {
         let backend = args(BackendChoice::Memory).connect_with(None).await.unwrap();
         let node = crate::registry::Node::new("greeter", "a", "127.0.0.1:1");
         backend.registry().register(&node, Duration::from_secs(5)).await.unwrap();

@@ -3,7 +3,7 @@
 //! go-micro's `broker` package, ported: a small [`Broker`] trait with two implementations
 //! that keep the same rules, so an example prints the same lines on either:
 //!
-//! - [`MemoryBroker`]: in-process, on tokio channels; nothing to install.
+//! - [`MemoryBroker`]: in this process, on tokio channels; nothing to install.
 //! - [`NatsBroker`]: core NATS through async-nats; publishers and subscribers may live in
 //!   different processes and on different machines.
 //!
@@ -111,11 +111,11 @@ pub trait Broker: Send + Sync + 'static {
     /// How many messages were dropped because a subscriber fell behind (see rule 5).
     fn slow_consumer_drops(&self) -> u64;
 
-    /// `in-process` or `nats`, for logs.
+    /// `memory` or `nats`, for logs.
     fn name(&self) -> &'static str;
 }
 
-/// Checks a topic the same way on both brokers, so a topic that works in-process works on
+/// Checks a topic the same way on both brokers, so a topic that works in memory works on
 /// NATS too.
 pub fn check_topic(topic: &str) -> Result<(), BrokerError> {
     let valid = !topic.is_empty()

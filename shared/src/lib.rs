@@ -5,16 +5,16 @@
 //!
 //! - [`proto`]: the Greeter service and the example events, generated from `shared/proto`
 //!   at build time.
-//! - [`registry`]: service discovery (a `Registry` trait, an in-process implementation).
-//! - [`broker`]: publish/subscribe (a `Broker` trait, in-process and NATS implementations).
-//! - [`nats_registry`]: the same registry on a NATS JetStream key-value bucket.
+//! - [`registry`]: service discovery (a `Registry` trait, memory and NATS implementations).
+//! - [`broker`]: publish/subscribe (a `Broker` trait, memory and NATS implementations).
+//! - [`registered`]: a server listed in the registry for as long as it serves.
 //! - [`discovery`]: a client's live view of a service's nodes, and a channel per node.
-//! - [`backend`]: the one rule every example uses to pick NATS or the in-process backend.
+//! - [`backend`]: the one rule every example uses to pick NATS or the memory backend.
 //! - [`server`] and [`greeter`]: a gRPC server on a free loopback port, for demos and tests.
 //! - [`http`]: an axum server on a free loopback port and a forwarding client, for gateways.
 //! - [`nats`]: a private `nats-server` (single node or a small cluster) for demos and tests.
 //! - [`tls`]: an in-memory certificate authority with server and client certificates.
-//! - [`signal`]: waiting for ctrl-c or SIGTERM in a server role.
+//! - [`signal`]: the stop request (SIGTERM, SIGINT, SIGHUP) every long-running role honours.
 //! - [`out`] and [`golden`]: deterministic stdout, logs on stderr, golden-file checks.
 
 pub mod backend;
@@ -24,8 +24,8 @@ pub mod golden;
 pub mod greeter;
 pub mod http;
 pub mod nats;
-pub mod nats_registry;
 pub mod out;
+pub mod registered;
 pub mod registry;
 pub mod server;
 pub mod signal;
@@ -45,3 +45,8 @@ pub mod proto {
 }
 
 pub use out::{Out, init_tracing, report};
+
+/// How long a demo or a test waits for something that should happen at once (a registry
+/// change to arrive, a message to be delivered): a guard against a hang, never a pace. Every
+/// wait of that kind uses this one bound, so a slow machine is given the same room everywhere.
+pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use microkit::nats::{INSTALL_HINT, NatsCluster};
-use microkit::nats_registry::NatsRegistry;
+use microkit::registry::NatsRegistry;
 use microkit::registry::{Change, Node, Registration, Registry};
 
 /// Long enough that a leader election (a few seconds) does not expire a live node.

@@ -1,5 +1,5 @@
 //! One suite, two registries: every behaviour a client relies on is checked against the
-//! in-process [`InMemoryRegistry`] and the NATS [`NatsRegistry`] alike, in real time, so
+//! in-process [`MemoryRegistry`] and the NATS [`NatsRegistry`] alike, in real time, so
 //! an example behaves the same whichever backend it runs on.
 
 use std::sync::Arc;
@@ -8,8 +8,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use microkit::nats::{INSTALL_HINT, NatsServer};
-use microkit::nats_registry::{DEFAULT_BUCKET, NatsRegistry};
-use microkit::registry::{Change, InMemoryRegistry, Node, Registration, Registry};
+use microkit::registry::{Change, MemoryRegistry, Node, Registration, Registry};
+use microkit::registry::{DEFAULT_BUCKET, NatsRegistry};
 
 const TTL: Duration = Duration::from_millis(900);
 /// Only turns a hang into a failure.
@@ -22,7 +22,7 @@ struct Fixture {
 }
 
 fn in_memory() -> Fixture {
-    Fixture { registry: Arc::new(InMemoryRegistry::new()), nats: None }
+    Fixture { registry: Arc::new(MemoryRegistry::new()), nats: None }
 }
 
 async fn on_nats() -> Fixture {

@@ -22,7 +22,7 @@ use microkit::discovery::{Channels, LiveNodes};
 use microkit::greeter::HelloGreeter;
 use microkit::proto::greeter::greeter_client::GreeterClient;
 use microkit::proto::greeter::{GreetingsRequest, HelloRequest};
-use microkit::registry::{InMemoryRegistry, Node, Registration, Registry};
+use microkit::registry::{MemoryRegistry, Node, Registration, Registry};
 use microkit::server::RunningServer;
 use tonic::body::Body;
 use tonic::service::InterceptorLayer;
@@ -44,7 +44,7 @@ pub async fn rows(effort: Effort) -> Vec<Row> {
     );
 
     // The full stack: the same wrappers, over a turn-taking pick among three nodes.
-    let registry: Arc<dyn Registry> = Arc::new(InMemoryRegistry::new());
+    let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
     let mut nodes = Vec::new();
     for name in ["greeter-a", "greeter-b", "greeter-c"] {
         let server = serve_wrapped(name).await;

@@ -18,7 +18,7 @@ use crate::hashing::{crc32_modulo, moved_fraction, rendezvous};
 use microkit::discovery::{Channels, LiveNodes};
 use microkit::proto::greeter::HelloRequest;
 use microkit::proto::greeter::greeter_client::GreeterClient;
-use microkit::registry::{InMemoryRegistry, Node, Registration, Registry};
+use microkit::registry::{MemoryRegistry, Node, Registration, Registry};
 use tonic::Status;
 use tonic::body::Body;
 use tower::{Service, ServiceExt};
@@ -27,7 +27,7 @@ const SERVICE: &str = "greeter";
 const USER_HEADER: &str = "x-from-user";
 
 pub async fn rows(effort: Effort) -> Vec<Row> {
-    let registry: Arc<dyn Registry> = Arc::new(InMemoryRegistry::new());
+    let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
     let mut running = Vec::new();
     for name in ["greeter-a", "greeter-b", "greeter-c"] {
         let server = microkit::greeter::serve(name).await.unwrap();

@@ -1,4 +1,4 @@
-//! One suite, two brokers: every rule in the `broker` module docs, checked on the in-process
+//! One suite, two brokers: every rule in the `broker` module docs, checked on the memory
 //! broker and on NATS (a private `nats-server` per test). A rule that holds on one and not
 //! the other fails here, not in an example.
 
@@ -278,7 +278,7 @@ conformance!(nats);
 
 #[tokio::test]
 async fn the_in_process_slow_consumer_count_is_exact() {
-    // In-process, every drop is counted: buffer 4, nothing read, 10 sent: 6 dropped.
+    // In memory, every drop is counted: buffer 4, nothing read, 10 sent: 6 dropped.
     let pair = memory(4).await;
     let _slow = pair.small_buffers.subscribe("feed", None).await.unwrap();
     publish_numbered(&*pair.publisher, "feed", 0..10).await;

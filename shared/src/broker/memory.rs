@@ -1,15 +1,15 @@
-//! The in-process broker: a table of subscribers per topic, each fed by a bounded channel.
+//! The memory broker: a table of subscribers per topic, each fed by a bounded channel.
 //!
 //! It is shaped like NATS so the two behave alike: a [`Hub`] plays the server (the topic
 //! table), and each [`MemoryBroker`] is one client of it, with its own subscriptions, its
-//! own slow-consumer count, and its own `drain`. All the brokers of one process that come
-//! from [`MemoryBroker::process_wide`] share one hub, as all the clients of a NATS
-//! deployment share its servers.
+//! own slow-consumer count, and its own `drain`. Every client made from one broker by
+//! [`MemoryBroker::connect_another`] shares its hub, as all the clients of a NATS
+//! deployment share its servers; the memory backend holds one hub and hands out clients.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use async_trait::async_trait;
@@ -23,7 +23,7 @@ use super::{
     check_headers, check_topic,
 };
 
-/// An in-process broker client. Cheap to clone (clones are the same client).
+/// A memory broker client. Cheap to clone (clones are the same client).
 #[derive(Clone)]
 pub struct MemoryBroker {
     hub: Arc<Hub>,
@@ -78,13 +78,6 @@ impl MemoryBroker {
     /// A broker on a hub of its own: nothing else in the process sees its topics.
     pub fn new() -> Self {
         Self::on_hub(Arc::default(), DEFAULT_SUBSCRIPTION_CAPACITY)
-    }
-
-    /// A new client of the one hub this process shares: what every example gets from the
-    /// in-process backend, so its publisher and its subscribers meet.
-    pub fn process_wide() -> Self {
-        static HUB: OnceLock<Arc<Hub>> = OnceLock::new();
-        Self::on_hub(HUB.get_or_init(Arc::default).clone(), DEFAULT_SUBSCRIPTION_CAPACITY)
     }
 
     /// Another client of the same hub (like a second connection to the same NATS server).
@@ -239,7 +232,7 @@ impl Broker for MemoryBroker {
     }
 
     fn name(&self) -> &'static str {
-        "in-process"
+        "memory"
     }
 }
 
