@@ -68,6 +68,49 @@ impl Drop for HttpServer {
     }
 }
 
+/// An HTTP handler's refusal: a status and the one-line reason sent as the body.
+///
+/// Handlers return `Result<_, ApiError>` and use `?`, so every error path answers the
+/// same way and none can forget its status. The reason is plain text; an API that speaks
+/// JSON wraps it in its own type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: http::StatusCode,
+    pub reason: String,
+}
+
+impl ApiError {
+    pub fn new(status: http::StatusCode, reason: impl Into<String>) -> Self {
+        ApiError { status, reason: reason.into() }
+    }
+    pub fn bad_request(reason: impl Into<String>) -> Self {
+        Self::new(http::StatusCode::BAD_REQUEST, reason)
+    }
+    pub fn not_found(reason: impl Into<String>) -> Self {
+        Self::new(http::StatusCode::NOT_FOUND, reason)
+    }
+    pub fn bad_gateway(reason: impl Into<String>) -> Self {
+        Self::new(http::StatusCode::BAD_GATEWAY, reason)
+    }
+    pub fn unavailable(reason: impl Into<String>) -> Self {
+        Self::new(http::StatusCode::SERVICE_UNAVAILABLE, reason)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.status, self.reason)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl axum::response::IntoResponse for ApiError {
+    fn into_response(self) -> axum::response::Response {
+        (self.status, self.reason).into_response()
+    }
+}
+
 /// Why a forwarded request got no answer from the node.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
