@@ -9,20 +9,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::{example, run_within, text, topics};
+use common::{example, run_within, takes_backend, text, topics};
 use microkit::nats::NatsServer;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// Examples that use the broker or registry say so by flattening `BackendArgs`.
-fn takes_backend(topic: &str) -> bool {
-    let file = common::root().join("examples").join(format!("{topic}.rs"));
-    let source = std::fs::read_to_string(&file)
-        .or_else(|_| {
-            std::fs::read_to_string(common::root().join("examples").join(topic).join("main.rs"))
-        })
-        .unwrap_or_default();
-    source.contains("BackendArgs")
+#[test]
+fn every_topic_is_declared() {
+    assert_eq!(topics(), common::example_dirs(), "tests/common's TOPICS and examples/ disagree");
 }
 
 #[test]

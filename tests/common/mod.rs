@@ -15,8 +15,51 @@ pub fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Every topic with a file (or folder) in `examples/`, sorted.
+/// What the tests know of each topic, declared once: its name (as in `examples/` and
+/// `Cargo.toml`) and whether it takes `--backend` (uses the broker or the registry, so it runs
+/// on both backends with the same stdout).
+pub struct Topic {
+    pub name: &'static str,
+    pub takes_backend: bool,
+}
+
+const fn topic(name: &'static str, takes_backend: bool) -> Topic {
+    Topic { name, takes_backend }
+}
+
+/// Every topic, sorted by name. `every_topic_is_declared` in `tests/examples.rs` fails when
+/// this and `examples/` disagree.
+pub const TOPICS: &[Topic] = &[
+    topic("broker", true),
+    topic("event", true),
+    topic("metadata", false),
+    topic("mocking", false),
+    topic("pubsub", true),
+    topic("redirect", true),
+    topic("round-robin", true),
+    topic("secure", false),
+    topic("sharding", true),
+    topic("shutdown", true),
+    topic("sidecar", true),
+    topic("stream", false),
+    topic("tunnel", false),
+    topic("waitgroup", false),
+    topic("web", true),
+    topic("wrapper", false),
+];
+
+/// Every topic's name, sorted.
 pub fn topics() -> Vec<String> {
+    TOPICS.iter().map(|t| t.name.to_owned()).collect()
+}
+
+/// Whether `topic` takes `--backend`.
+pub fn takes_backend(topic: &str) -> bool {
+    TOPICS.iter().any(|t| t.name == topic && t.takes_backend)
+}
+
+/// What is in `examples/`: a file `<topic>.rs` or a folder with `main.rs`, sorted.
+pub fn example_dirs() -> Vec<String> {
     let mut topics: Vec<String> = std::fs::read_dir(root().join("examples"))
         .expect("examples/ exists")
         .map(|entry| entry.unwrap().path())
