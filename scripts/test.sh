@@ -45,6 +45,10 @@ if ! command -v python3 >/dev/null 2>&1; then
   fi
 fi
 
+# Every process this run starts inherits this mark, so the end of the run can tell its own
+# leftovers from anything else on the machine (see the check at the bottom).
+export MICRO_TEST_RUN="test-$$-$(date +%s)"
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -56,4 +60,32 @@ cargo build --examples --quiet
 
 # --no-fail-fast: one failing test binary must not hide the results of the others.
 echo "== cargo test"
-cargo test --workspace --no-fail-fast
+status=0
+cargo test --workspace --no-fail-fast || status=$?
+
+# Nothing this run started may still be running: no example, no private nats-server, no
+# Python peer. A leftover is a bug (a child that outlived its parent), so it fails the run.
+leftovers() {
+  local env pid
+  for env in /proc/[0-9]*/environ; do
+    pid=${env#/proc/}
+    pid=${pid%/environ}
+    { [ "$pid" = "$$" ] || [ "$pid" = "$BASHPID" ]; } && continue
+    if { tr '\0' '\n' <"$env"; } 2>/dev/null | grep -qx "MICRO_TEST_RUN=$MICRO_TEST_RUN"; then
+      echo "$pid: $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | cut -c1-120)"
+    fi
+  done
+}
+for _ in $(seq 50); do
+  left=$(leftovers)
+  [ -z "$left" ] && break
+  sleep 0.1
+done
+if [ -n "$left" ]; then
+  echo "== processes started by this run are still running:" >&2
+  echo "$left" >&2
+  status=1
+else
+  echo "== no process of this run is left running"
+fi
+exit "$status"

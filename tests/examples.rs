@@ -107,3 +107,37 @@ async fn every_backend_example_names_an_unreachable_nats_url() {
         assert!(output.stdout.is_empty(), "{topic} printed results without its backend");
     }
 }
+
+/// An example that starts a private nats-server and is then killed outright (SIGKILL: no
+/// Drop runs, no handler) must not leave the server behind.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_private_nats_server_dies_with_a_killed_example() {
+    // A long TTL makes the run last long enough to be killed mid-way.
+    let mut command = example("round-robin");
+    command.env("MICRO_BACKEND", "nats").args(["--ttl-ms", "20000"]);
+    let mut child = command.spawn().expect("spawning round-robin");
+    let pid = child.id().unwrap();
+    let deadline = std::time::Instant::now() + microkit::PATIENCE;
+    let servers = loop {
+        let servers: Vec<u32> = common::descendants(pid)
+            .into_iter()
+            .filter(|(_, cmdline)| cmdline.contains("nats-server") && !cmdline.starts_with("sh "))
+            .map(|(pid, _)| pid)
+            .collect();
+        if !servers.is_empty() {
+            break servers;
+        }
+        assert!(std::time::Instant::now() < deadline, "round-robin started no nats-server");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    child.kill().await.unwrap(); // SIGKILL
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while servers.iter().any(|&server| common::alive(server)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nats-server {servers:?} outlived the example that started it"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -83,7 +83,15 @@ impl NatsServer {
     /// Kills the server (clients see the connection drop); the store is kept.
     pub async fn stop(&mut self) -> anyhow::Result<()> {
         if let Some(mut child) = self.child.take() {
-            child.kill().await.context("stopping nats-server")?;
+            // Closing the supervisor's stdin is the kill order (see `supervised`); it exits
+            // once the server is gone, so the port is free when this returns.
+            drop(child.stdin.take());
+            match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
+                Ok(status) => {
+                    status.context("stopping nats-server")?;
+                }
+                Err(_) => child.kill().await.context("stopping nats-server")?,
+            }
         }
         Ok(())
     }
@@ -102,7 +110,7 @@ impl NatsServer {
         let binary =
             server_binary().with_context(|| format!("nats-server not found: {INSTALL_HINT}"))?;
         let store = self.dir.path().join("jetstream");
-        let mut command = Command::new(&binary);
+        let mut command = supervised(&binary);
         command
             .args(["--addr", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--server_name", &self.name, "--jetstream", "--store_dir"])
@@ -110,7 +118,6 @@ impl NatsServer {
             .arg("--log")
             .arg(self.log_path())
             .args(&self.extra_args)
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true);
@@ -153,10 +160,37 @@ impl NatsServer {
 }
 
 impl Drop for NatsServer {
+    /// Dropping the child closes the supervisor's stdin, and the supervisor kills the server.
     fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.start_kill();
-        }
+        drop(self.child.take());
+    }
+}
+
+/// A command that runs `binary` so that it cannot outlive this process, however it ends.
+///
+/// A child is not killed when its parent dies: a test killed by a timeout, an example ended by
+/// SIGKILL or by a second ctrl-c would leave its private nats-server running for ever. The
+/// kernel does close every file a dead process held, though, so the server runs under a small
+/// `sh` supervisor whose stdin is a pipe from us: when that pipe closes (we dropped it, or
+/// we died), the supervisor's `read` ends and it kills the server. No signal handling and no
+/// `unsafe` in this process are needed. Without a Unix shell the server is started directly.
+fn supervised(binary: &std::path::Path) -> Command {
+    #[cfg(unix)]
+    {
+        const SUPERVISOR: &str = r#"exec 3<&0
+"$0" "$@" </dev/null &
+server=$!
+( read -r _ <&3; kill -9 "$server" 2>/dev/null ) &
+wait "$server""#;
+        let mut command = Command::new("sh");
+        command.arg("-c").arg(SUPERVISOR).arg(binary).stdin(Stdio::piped());
+        command
+    }
+    #[cfg(not(unix))]
+    {
+        let mut command = Command::new(binary);
+        command.stdin(Stdio::null());
+        command
     }
 }
 

@@ -131,3 +131,41 @@ pub async fn run_within(mut command: Command, limit: Duration) -> Output {
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
+
+/// The processes below `pid` (children, their children...), read from `/proc`.
+#[cfg(target_os = "linux")]
+pub fn descendants(pid: u32) -> Vec<(u32, String)> {
+    let mut table = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+        // The command name may hold spaces and parentheses: the parent pid follows its last ')'.
+        let Some(parent) = stat.rsplit_once(')').and_then(|(_, rest)| {
+            rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok())
+        }) else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        table.push((child, parent, cmdline));
+    }
+    let mut found = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(parent) = frontier.pop() {
+        for (child, _, cmdline) in table.iter().filter(|(_, p, _)| *p == parent) {
+            found.push((*child, cmdline.clone()));
+            frontier.push(*child);
+        }
+    }
+    found
+}
+
+/// Whether a process with this pid still exists (and is not a zombie).
+#[cfg(target_os = "linux")]
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    })
+}
