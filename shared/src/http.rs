@@ -6,6 +6,7 @@
 //! example; this module only moves bytes.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -17,28 +18,58 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// The time limits every HTTP server here keeps, because each faces clients it does not
+/// control: one that sends half a request and waits must not hold a connection, or a stop,
+/// for as long as it likes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// From a connection's start, or the end of its last answer, to the end of the next
+    /// request's headers. It is also the idle timeout of a kept-alive connection.
+    pub header_timeout: Duration,
+    /// How long a graceful stop lets requests in flight finish before it cuts them.
+    pub drain_deadline: Duration,
+}
+
+impl Default for Limits {
+    /// 10 s for headers (a browser sends them in one packet; a person does not type them),
+    /// 5 s to drain (longer than any answer here takes, short enough for a process manager
+    /// that sends SIGKILL after 10 s).
+    fn default() -> Self {
+        Limits { header_timeout: Duration::from_secs(10), drain_deadline: Duration::from_secs(5) }
+    }
+}
+
 /// An axum server on `127.0.0.1:<free port>`, running until [`HttpServer::shutdown`].
+///
+/// It serves each connection with hyper directly rather than through `axum::serve`, which
+/// has no header timeout and no drain deadline (see [`Limits`]).
 pub struct HttpServer {
     addr: SocketAddr,
     stop: CancellationToken,
-    task: Option<JoinHandle<std::io::Result<()>>>,
+    task: Option<JoinHandle<()>>,
 }
 
 impl HttpServer {
     /// Binds a free loopback port and serves `router` there in the background.
     pub async fn start(router: Router) -> std::io::Result<Self> {
-        Self::start_on("127.0.0.1:0".parse().expect("a valid address"), router).await
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), router).await
     }
 
-    /// Serves `router` on `addr` (port 0: the OS picks one).
+    /// Serves `router` on `addr` (port 0: the OS picks one) with the default [`Limits`].
     pub async fn start_on(addr: SocketAddr, router: Router) -> std::io::Result<Self> {
+        Self::start_with(addr, router, Limits::default()).await
+    }
+
+    /// Serves `router` on `addr` within `limits`.
+    pub async fn start_with(
+        addr: SocketAddr,
+        router: Router,
+        limits: Limits,
+    ) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
-        let signal = stop.clone().cancelled_owned();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, router).with_graceful_shutdown(signal).await
-        });
+        let task = tokio::spawn(serve(listener, router, limits, stop.clone()));
         Ok(HttpServer { addr, stop, task: Some(task) })
     }
 
@@ -51,11 +82,12 @@ impl HttpServer {
         format!("http://{}", self.addr)
     }
 
-    /// Stops accepting, lets requests in flight finish, then returns.
+    /// Stops accepting, lets requests in flight finish within the drain deadline, cuts what
+    /// is left, then returns.
     pub async fn shutdown(mut self) -> std::io::Result<()> {
         self.stop.cancel();
         match self.task.take() {
-            Some(task) => task.await.map_err(std::io::Error::other)?,
+            Some(task) => task.await.map_err(std::io::Error::other),
             None => Ok(()),
         }
     }
@@ -65,6 +97,75 @@ impl Drop for HttpServer {
     /// Dropped without `shutdown`: stop serving anyway, so no server outlives its owner.
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+/// The accept loop: one task per connection, each told to finish when `stop` fires.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: Limits,
+    stop: CancellationToken,
+) {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(limits.header_timeout)
+        .keep_alive_timeout(limits.header_timeout);
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                // Out of file descriptors, or a connection reset before it was accepted: the
+                // listener itself is fine, so keep serving after a breath.
+                Err(error) => {
+                    tracing::warn!("accept failed: {error}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let builder = builder.clone();
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = stop.cancelled() => {
+                    // Finish the request in flight, take no more on this connection.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = result {
+                tracing::debug!(%peer, "connection ended: {error}");
+            }
+        });
+        // Reap finished connections so the set holds only live ones.
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(limits.drain_deadline, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            left = connections.len(),
+            "requests still open after the drain deadline of {:?}: cut",
+            limits.drain_deadline
+        );
+        connections.shutdown().await;
     }
 }
 
@@ -232,7 +333,63 @@ pub async fn body_text(body: Body, limit: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::routing::get;
+    use axum::routing::{get, post};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const SHORT: Limits = Limits {
+        header_timeout: Duration::from_millis(300),
+        drain_deadline: Duration::from_millis(300),
+    };
+
+    async fn echo_server(limits: Limits) -> HttpServer {
+        let router = Router::new()
+            .route("/", get(|| async { "ok" }))
+            .route("/upload", post(|body: String| async move { body.len().to_string() }));
+        HttpServer::start_with(SocketAddr::from(([127, 0, 0, 1], 0)), router, limits).await.unwrap()
+    }
+
+    /// Reads until the server closes the connection; fails past `limit`.
+    async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> Vec<u8> {
+        let mut seen = Vec::new();
+        tokio::time::timeout(limit, stream.read_to_end(&mut seen))
+            .await
+            .expect("the server kept the connection open")
+            .ok();
+        seen
+    }
+
+    #[tokio::test]
+    async fn half_sent_headers_are_cut_after_the_header_timeout() {
+        let server = echo_server(SHORT).await;
+        let mut stream = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap(); // no blank line
+        closed_within(&mut stream, Duration::from_secs(3)).await;
+    }
+
+    #[tokio::test]
+    async fn an_idle_kept_alive_connection_is_closed() {
+        let server = echo_server(SHORT).await;
+        let mut stream = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let seen = closed_within(&mut stream, Duration::from_secs(3)).await;
+        assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200"), "answered first");
+    }
+
+    #[tokio::test]
+    async fn a_stop_cuts_a_half_sent_body_at_the_drain_deadline() {
+        let server = echo_server(SHORT).await;
+        let mut stream = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+        let head = "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789";
+        stream.write_all(head.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await; // the request is in flight
+        let started = std::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(3), server.shutdown())
+            .await
+            .expect("the stop waited for a client that never finished")
+            .unwrap();
+        assert!(started.elapsed() >= SHORT.drain_deadline, "a request in flight gets its drain");
+        closed_within(&mut stream, Duration::from_secs(1)).await;
+    }
 
     #[tokio::test]
     async fn forwards_path_query_and_body_and_drops_hop_by_hop_headers() {
