@@ -73,9 +73,13 @@ pub enum BrokerError {
     /// The broker was drained (or its connection closed): it takes no more work.
     #[error("the broker is closed")]
     Closed,
-    /// The NATS connection refused the request.
-    #[error("NATS: {0}")]
-    Nats(String),
+    /// The NATS connection refused the request, or did not answer.
+    #[error("NATS: {what}")]
+    Nats {
+        what: String,
+        #[source]
+        source: Option<crate::registry::BoxError>,
+    },
 }
 
 /// Publish and subscribe. Both implementations keep the rules in the module docs.

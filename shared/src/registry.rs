@@ -59,11 +59,30 @@ pub enum Change {
     Left { service: String, id: String },
 }
 
+/// A cause of any type, kept so that `{:#}` prints the whole chain.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     /// The registry's backend could not be reached or refused the request.
-    #[error("registry backend failed: {0}")]
-    Backend(String),
+    #[error("registry backend failed: {what}")]
+    Backend {
+        what: String,
+        #[source]
+        source: Option<BoxError>,
+    },
+}
+
+impl RegistryError {
+    /// The backend failed at `what`, because of `source`.
+    pub fn backend(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        RegistryError::Backend { what: what.into(), source: Some(source.into()) }
+    }
+
+    /// A request the registry refuses by its own rule (no underlying error).
+    pub fn refused(what: impl Into<String>) -> Self {
+        RegistryError::Backend { what: what.into(), source: None }
+    }
 }
 
 /// Register, deregister, list and watch the nodes of a service.
@@ -136,5 +155,20 @@ impl Drop for Registration {
     /// TTL, exactly as if the process had crashed.
     fn drop(&mut self) {
         self.heartbeat.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_keeps_its_cause_for_the_whole_chain() {
+        let cause = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused by peer");
+        let error = anyhow::Error::new(RegistryError::backend("a NATS request", cause));
+        assert_eq!(
+            format!("{error:#}"),
+            "registry backend failed: a NATS request: refused by peer"
+        );
     }
 }

@@ -59,11 +59,12 @@ impl NatsBroker {
             })
             .connect(url)
             .await
-            .map_err(|error| {
-                BrokerError::Nats(format!(
-                    "cannot reach NATS at {url}: {error} (is a server running there? Start one \
-                     with `nats-server -js`)"
-                ))
+            .map_err(|error| BrokerError::Nats {
+                what: format!(
+                    "cannot reach NATS at {url} (is a server running there? Start one with \
+                     `nats-server -js`)"
+                ),
+                source: Some(error.into()),
             })?;
         Ok(NatsBroker { client, slow_consumer_drops, closed })
     }
@@ -87,9 +88,10 @@ impl NatsBroker {
         match tokio::time::timeout(ROUND_TRIP_LIMIT, echo.next()).await {
             Ok(Some(_)) => Ok(()),
             Ok(None) => Err(BrokerError::Closed),
-            Err(_) => Err(BrokerError::Nats(format!(
-                "no answer from the server within {ROUND_TRIP_LIMIT:?}"
-            ))),
+            Err(_) => Err(BrokerError::Nats {
+                what: format!("no answer from the server within {ROUND_TRIP_LIMIT:?}"),
+                source: None,
+            }),
         }
     }
 
@@ -119,8 +121,8 @@ fn on_event(event: Event, slow_consumer_drops: &AtomicU64, draining: bool) {
     }
 }
 
-fn nats_error(error: impl std::fmt::Display) -> BrokerError {
-    BrokerError::Nats(error.to_string())
+fn nats_error(error: impl std::error::Error + Send + Sync + 'static) -> BrokerError {
+    BrokerError::Nats { what: "a NATS request".into(), source: Some(error.into()) }
 }
 
 #[async_trait]

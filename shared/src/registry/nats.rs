@@ -126,12 +126,14 @@ impl NatsRegistry {
                 };
                 let created = self.jetstream.get_or_create_stream(config).await;
                 if let Err(e) = created {
-                    return Err(backend(format!("creating bucket {}: {e}", self.bucket)));
+                    return Err(RegistryError::backend(
+                        format!("creating bucket {}", self.bucket),
+                        e,
+                    ));
                 }
-                self.jetstream
-                    .get_key_value(&self.bucket)
-                    .await
-                    .map_err(|e| backend(format!("opening bucket {}: {e}", self.bucket)))
+                self.jetstream.get_key_value(&self.bucket).await.map_err(|e| {
+                    RegistryError::backend(format!("opening bucket {}", self.bucket), e)
+                })
             })
             .await
     }
@@ -141,7 +143,7 @@ impl NatsRegistry {
 impl Registry for NatsRegistry {
     async fn register(&self, node: &Node, ttl: Duration) -> Result<(), RegistryError> {
         if ttl.is_zero() || ttl > MAX_TTL {
-            return Err(backend(format!(
+            return Err(RegistryError::refused(format!(
                 "a TTL must be between 1 ms and {MAX_TTL:?}, not {ttl:?}"
             )));
         }
@@ -415,12 +417,8 @@ fn unescape(escaped: &str) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
-fn backend(message: String) -> RegistryError {
-    RegistryError::Backend(message)
-}
-
-fn to_backend(error: impl std::fmt::Display) -> RegistryError {
-    RegistryError::Backend(error.to_string())
+fn to_backend(error: impl std::error::Error + Send + Sync + 'static) -> RegistryError {
+    RegistryError::backend("a NATS request", error)
 }
 
 #[cfg(test)]
