@@ -75,12 +75,13 @@ impl NatsServer {
         self.port
     }
 
-    /// The server's own log, for a test that wants to show why something failed.
-    pub fn log_path(&self) -> PathBuf {
+    /// The server's own log (it says why a start failed).
+    fn log_path(&self) -> PathBuf {
         self.dir.path().join("nats-server.log")
     }
 
     /// Kills the server (clients see the connection drop); the store is kept.
+    #[cfg(any(test, feature = "testing"))]
     pub async fn stop(&mut self) -> anyhow::Result<()> {
         if let Some(mut child) = self.child.take() {
             // Closing the supervisor's stdin is the kill order (see `supervised`); it exits
@@ -97,6 +98,7 @@ impl NatsServer {
     }
 
     /// Starts it again on the same port with the same JetStream store.
+    #[cfg(any(test, feature = "testing"))]
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.stop().await?;
         self.spawn().await
@@ -195,10 +197,12 @@ wait "$server""#;
 }
 
 /// Three `nats-server` nodes routed into one cluster, JetStream replicated across them.
+#[cfg(any(test, feature = "testing"))]
 pub struct NatsCluster {
     pub nodes: Vec<NatsServer>,
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl NatsCluster {
     /// Starts `size` nodes (3 for a JetStream quorum) on loopback and waits for the routes.
     pub async fn start(size: usize) -> anyhow::Result<Self> {

@@ -85,6 +85,7 @@ impl MemoryBroker {
         Self::on_hub(self.hub.clone(), self.client.capacity)
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// Sets how far each of this client's subscriptions may fall behind (see the module docs
     /// of `broker`, rule 5). Applies to subscriptions made after the call.
     pub fn with_subscription_capacity(self, capacity: usize) -> Self {
