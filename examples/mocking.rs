@@ -254,18 +254,11 @@ mod tests {
         assert_eq!(welcome.greeted, ["hello ada", "hello bo"]);
     }
 
-    // Sequences: guests are greeted in the order given.
+    // Sequences: guests are greeted in the order given (`mock_expecting` puts one
+    // expectation a guest into one `Sequence`).
     #[tokio::test]
     async fn guests_are_greeted_in_order() {
-        let mut mock = MockGreet::new();
-        let mut order = Sequence::new();
-        for name in ["cy", "ada", "bo"] {
-            mock.expect_say_hello()
-                .withf(move |asked| asked == name)
-                .times(1)
-                .in_sequence(&mut order)
-                .returning(hello);
-        }
+        let mock = mock_expecting(&["cy", "ada", "bo"]);
         WelcomeDesk { greeter: mock }.welcome(&guests(&["cy", "ada", "bo"])).await;
     }
 

@@ -326,84 +326,62 @@ async fn main() -> std::process::ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use microkit::proto::greeter::HelloReply;
+    use tonic::Response;
 
-    fn notes(journal: &[Note]) -> Vec<(usize, &str)> {
-        journal.iter().map(|(depth, what)| (*depth, what.as_str())).collect()
+    /// One SayHello against a fresh demo: through the full client stack with `Some(token)`,
+    /// through the stack without its auth wrapper with `None`.
+    async fn hello_with(token: Option<&str>) -> Traced<Response<HelloReply>> {
+        let demo = Demo::start().await.unwrap();
+        let traced = match token {
+            Some(token) => {
+                let mut client =
+                    client_with_token(demo.channel.clone(), &demo.client, token.into());
+                demo.trace(client.say_hello(hello())).await
+            }
+            None => {
+                let mut client = client_without_token(demo.channel.clone(), &demo.client);
+                demo.trace(client.say_hello(hello())).await
+            }
+        };
+        demo.server.shutdown().await.unwrap();
+        traced
+    }
+
+    /// What one side's journal holds for a call that passed both of its wrappers.
+    fn passed(side: &str, method: &str) -> Vec<Note> {
+        let auth = if side == "client" { "token added" } else { "token accepted" };
+        vec![
+            (0, format!("{side} log: request /greeter.v1.Greeter/{method}")),
+            (1, format!("{side} auth: {auth}")),
+            (0, format!("{side} log: response head, grpc-status in trailers")),
+            (0, format!("{side} log: response end")),
+        ]
+    }
+
+    fn refused(traced: Traced<Response<HelloReply>>) -> (Status, Vec<Note>, Vec<Note>) {
+        (traced.result.unwrap_err(), traced.client, traced.server)
     }
 
     #[tokio::test]
     async fn a_unary_call_passes_log_then_auth_on_each_side() {
-        let demo = Demo::start().await.unwrap();
-        let mut client = client_with_token(demo.channel.clone(), &demo.client, TOKEN.into());
-        let traced = demo.trace(async { client.say_hello(hello()).await }).await;
+        let traced = hello_with(Some(TOKEN)).await;
         assert_eq!(traced.result.unwrap().get_ref().message, "hello ada");
-        assert_eq!(
-            notes(&traced.client),
-            [
-                (0, "client log: request /greeter.v1.Greeter/SayHello"),
-                (1, "client auth: token added"),
-                (0, "client log: response head, grpc-status in trailers"),
-                (0, "client log: response end"),
-            ]
-        );
-        assert_eq!(
-            notes(&traced.server),
-            [
-                (0, "server log: request /greeter.v1.Greeter/SayHello"),
-                (1, "server auth: token accepted"),
-                (0, "server log: response head, grpc-status in trailers"),
-                (0, "server log: response end"),
-            ]
-        );
-        demo.server.shutdown().await.unwrap();
+        assert_eq!(traced.client, passed("client", "SayHello"));
+        assert_eq!(traced.server, passed("server", "SayHello"));
     }
 
     #[tokio::test]
-    async fn a_server_stream_ends_in_the_log_after_its_last_reply() {
+    async fn a_server_stream_passes_the_same_wrappers_and_ends_after_its_last_reply() {
         let demo = Demo::start().await.unwrap();
         let mut client = client_with_token(demo.channel.clone(), &demo.client, TOKEN.into());
         let request = GreetingsRequest { name: "ada".into(), count: 3, interval_ms: 0 };
         let traced = demo
-            .trace(async {
-                let stream = client.greetings(request).await?.into_inner();
-                Ok(stream.collect::<Vec<_>>().await.len())
-            })
+            .trace(async { Ok(client.greetings(request).await?.into_inner().count().await) })
             .await;
         assert_eq!(traced.result.unwrap(), 3);
-        assert_eq!(traced.client.last().unwrap().1, "client log: response end");
-        assert_eq!(traced.server.last().unwrap().1, "server log: response end");
-        demo.server.shutdown().await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_call_without_a_token_is_refused_before_the_handler() {
-        let demo = Demo::start().await.unwrap();
-        let mut client = client_without_token(demo.channel.clone(), &demo.client);
-        let traced = demo.trace(async { client.say_hello(hello()).await }).await;
-        let status = traced.result.unwrap_err();
-        assert_eq!(status.code(), tonic::Code::Unauthenticated);
-        assert_eq!(status.message(), "missing bearer token");
-        // Trailers-only: the status is in the head, and there is no body whose end to note.
-        assert_eq!(
-            notes(&traced.client),
-            [
-                (0, "client log: request /greeter.v1.Greeter/SayHello"),
-                (0, "client log: response head, grpc-status 16"),
-            ]
-        );
-        assert!(notes(&traced.server).contains(&(1, "server auth: no token, refused")));
-        demo.server.shutdown().await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_wrong_token_is_refused_by_the_server_wrapper() {
-        let demo = Demo::start().await.unwrap();
-        let mut client = client_with_token(demo.channel.clone(), &demo.client, "wrong".into());
-        let traced = demo.trace(async { client.say_hello(hello()).await }).await;
-        let status = traced.result.unwrap_err();
-        assert_eq!(status.code(), tonic::Code::Unauthenticated);
-        assert_eq!(status.message(), "invalid bearer token");
-        assert!(notes(&traced.server).contains(&(1, "server auth: wrong token, refused")));
+        assert_eq!(traced.client, passed("client", "Greetings"));
+        assert_eq!(traced.server, passed("server", "Greetings"));
         demo.server.shutdown().await.unwrap();
     }
 
@@ -415,16 +393,30 @@ mod tests {
         let traced =
             demo.trace(async { Ok(client.chat(names).await?.into_inner().count().await) }).await;
         assert_eq!(traced.result.unwrap(), 2);
-        assert_eq!(
-            notes(&traced.server),
-            [
-                (0, "server log: request /greeter.v1.Greeter/Chat"),
-                (1, "server auth: token accepted"),
-                (0, "server log: response head, grpc-status in trailers"),
-                (0, "server log: response end"),
-            ]
-        );
+        assert_eq!(traced.server, passed("server", "Chat"));
         demo.server.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_call_without_a_token_is_refused_before_the_handler() {
+        let (status, client, server) = refused(hello_with(None).await);
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        assert_eq!(status.message(), "missing bearer token");
+        // Trailers-only: the status is in the head, and there is no body whose end to note.
+        let head = (0, "client log: response head, grpc-status 16".to_owned());
+        assert_eq!(client, [passed("client", "SayHello")[0].clone(), head]);
+        assert!(server.contains(&(1, "server auth: no token, refused".to_owned())), "{server:?}");
+    }
+
+    #[tokio::test]
+    async fn a_wrong_token_is_refused_by_the_server_wrapper() {
+        let (status, _, server) = refused(hello_with(Some("wrong")).await);
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        assert_eq!(status.message(), "invalid bearer token");
+        assert!(
+            server.contains(&(1, "server auth: wrong token, refused".to_owned())),
+            "{server:?}"
+        );
     }
 
     #[test]
