@@ -33,6 +33,7 @@ use microkit::greeter::HelloGreeter;
 use microkit::proto::greeter::greeter_client::GreeterClient;
 use microkit::proto::greeter::{GreetingsRequest, HelloRequest};
 use microkit::server::RunningServer;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::{Interceptor, InterceptorLayer};
 use tonic::transport::{Channel, Server};
@@ -144,12 +145,25 @@ impl<B: Body> Body for NoticeEnd<B> {
 /// The one token the server accepts. A real service would verify a signed token instead.
 const TOKEN: &str = "let-me-in";
 
+/// Why a token can be refused before it is sent: a text metadata value travels as an HTTP/2
+/// header, so it must be visible ASCII. tonic's parser lets bytes above 127 through, and the
+/// server's `to_str()` then cannot read them: `é` would arrive as no token at all.
+const VISIBLE_ASCII: &str = "a metadata value must be visible ASCII (space to '~')";
+
+/// The `authorization` value for `token`, or a refusal that names the rule it breaks.
+fn bearer(token: &str) -> Result<MetadataValue<Ascii>, Status> {
+    let header = format!("Bearer {token}");
+    match header.parse() {
+        Ok(value) if header.bytes().all(|b| (b' '..=b'~').contains(&b)) => Ok(value),
+        _ => Err(Status::invalid_argument(format!("token {token:?} not sent: {VISIBLE_ASCII}"))),
+    }
+}
+
 /// A tonic interceptor is the simplest wrapper: it sees (and may change or refuse) the
 /// request's metadata, never the response. This one adds the bearer token.
 fn add_token(token: String, journal: Journal) -> impl Interceptor + Clone {
     move |mut request: Request<()>| {
-        let value = format!("Bearer {token}").parse().map_err(|_| Status::internal("bad token"))?;
-        request.metadata_mut().insert("authorization", value);
+        request.metadata_mut().insert("authorization", bearer(&token)?);
         journal.note(1, "client auth: token added");
         Ok(request)
     }
@@ -158,19 +172,24 @@ fn add_token(token: String, journal: Journal) -> impl Interceptor + Clone {
 /// The server half: refuses a call before it reaches the handler.
 fn check_token(journal: Journal) -> impl Interceptor + Clone {
     move |request: Request<()>| {
-        let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
-        match header.and_then(|h| h.strip_prefix("Bearer ")) {
-            Some(TOKEN) => {
+        let missing = ("no token", "missing bearer token");
+        let verdict = match request.metadata().get("authorization").map(|v| v.to_str()) {
+            None => Err(missing),
+            Some(Err(_)) => Err(("unreadable token", "authorization header not visible ASCII")),
+            Some(Ok(header)) => match header.strip_prefix("Bearer ") {
+                Some(TOKEN) => Ok(()),
+                Some(_) => Err(("wrong token", "invalid bearer token")),
+                None => Err(missing),
+            },
+        };
+        match verdict {
+            Ok(()) => {
                 journal.note(1, "server auth: token accepted");
                 Ok(request)
             }
-            Some(_) => {
-                journal.note(1, "server auth: wrong token, refused");
-                Err(Status::unauthenticated("invalid bearer token"))
-            }
-            None => {
-                journal.note(1, "server auth: no token, refused");
-                Err(Status::unauthenticated("missing bearer token"))
+            Err((note, why)) => {
+                journal.note(1, format!("server auth: {note}, refused"));
+                Err(Status::unauthenticated(why))
             }
         }
     }
@@ -312,9 +331,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
 #[derive(Parser, Debug)]
 #[command(about = "tower layers as client and server wrappers, for unary and streaming calls")]
 struct Args {
-    /// The token the client's auth wrapper sends.
-    #[arg(long, default_value = TOKEN)]
+    /// The token the client's auth wrapper sends (visible ASCII, as metadata must be).
+    #[arg(long, default_value = TOKEN, value_parser = visible_token)]
     token: String,
+}
+
+fn visible_token(token: &str) -> Result<String, String> {
+    bearer(token).map(|_| token.to_owned()).map_err(|status| status.message().to_owned())
 }
 
 #[tokio::main]
@@ -417,6 +440,32 @@ mod tests {
             server.contains(&(1, "server auth: wrong token, refused".to_owned())),
             "{server:?}"
         );
+    }
+
+    #[test]
+    fn a_token_flag_that_is_not_visible_ascii_is_refused_naming_the_rule() {
+        let error = Args::try_parse_from(["wrapper", "--token", "é"]).unwrap_err().to_string();
+        assert!(error.contains("a metadata value must be visible ASCII"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn the_client_wrapper_refuses_to_send_a_token_that_is_not_visible_ascii() {
+        let traced = hello_with(Some("é")).await;
+        let status = traced.result.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains("a metadata value must be visible ASCII"), "{status}");
+        assert!(traced.server.is_empty(), "nothing may be sent: {:?}", traced.server);
+    }
+
+    #[test]
+    fn the_server_wrapper_names_an_authorization_header_it_cannot_read() {
+        let mut request = Request::new(());
+        // tonic's own parser lets bytes above 127 through: what a careless client sends.
+        let value = MetadataValue::try_from("Bearer é".as_bytes()).unwrap();
+        request.metadata_mut().insert("authorization", value);
+        let status = check_token(Journal::default()).call(request).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        assert!(status.message().contains("not visible ASCII"), "{status}");
     }
 
     #[test]
