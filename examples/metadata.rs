@@ -1,11 +1,14 @@
 //! # metadata: what travels beside a message
 //!
-//! go-micro's example put `User` and `ID` into the context on the client and echoed the map
-//! on the server. What it never said: its keys were silently title-cased (`X-User-Id`),
-//! while gRPC, which this port uses, sends every key in lower case, and a value that is not
-//! plain ASCII needs a binary key ending in `-bin`. Here the client sets metadata two ways
-//! (an interceptor for every call, and per call), the server reads it, and metadata flows
-//! back as response headers and as trailers, after the last message.
+//! Metadata is a gRPC call's HTTP/2 headers: key/value pairs *about* the call (who calls,
+//! which request this is, a trace id) that travel beside the message, readable by every
+//! layer without decoding it. Here the client sets it two ways ([`TraceEveryCall`], an
+//! interceptor for every call, and per call), the server ([`MetadataGreeter`]) reads it, and
+//! metadata flows back as response headers and as trailers, after the last message.
+//!
+//! go-micro's example echoed a `User`/`ID` map but never said that its keys were silently
+//! title-cased (`X-User-Id`), while gRPC sends every key in lower case, nor that a value
+//! that is not printable ASCII ([`ascii`]) needs a binary key ending in `-bin`.
 //!
 //! Run it:
 //!
@@ -14,35 +17,11 @@
 //! cargo run --example metadata -- --user ada
 //! ```
 //!
-//! It prints (the golden file `tests/golden/metadata.txt` holds exactly this):
-//!
-//! ```text
-//! key "X-User-Name" is sent as "x-user-name": gRPC keys are lower case
-//! refused as an ASCII value: "two\nlines" (failed to parse metadata value)
-//! refused as a binary key: "trace" (invalid gRPC metadata key name)
-//! call 1: say_hello as john
-//!   server saw trace-bin = de ad be ef (binary)
-//!   server saw x-request-id = req-1
-//!   server saw x-user-name = john
-//!   reply: hello john
-//!   response header x-served-by = greeter-1
-//! call 2: say_hello as nobody
-//!   server saw trace-bin = de ad be ef (binary)
-//!   server saw x-request-id = req-2
-//!   server saw x-user-name = nobody
-//!   refused: PermissionDenied "nobody may not be greeted"
-//!   trailer x-denied-by = policy-7
-//! call 3: greetings as john, 2 replies
-//!   reply 1: hello john
-//!   reply 2: hello john
-//!   trailer x-replies-sent = 2
-//! ```
-//!
-//! Read it beside `notes/metadata.md`.
+//! Prints `tests/golden/metadata.txt`; explained in `notes/metadata.md`.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 
 use clap::Parser;
 use futures::Stream;
@@ -50,80 +29,15 @@ use microkit::proto::greeter::greeter_client::GreeterClient;
 use microkit::proto::greeter::greeter_server::{Greeter, GreeterServer};
 use microkit::proto::greeter::{GreetingsRequest, HelloReply, HelloRequest, NamesSummary};
 use microkit::server::RunningServer;
-use microkit::{Out, say};
-use tonic::metadata::{Ascii, Binary, MetadataKey, MetadataMap, MetadataValue};
+use tonic::metadata::{Ascii, Binary, KeyAndValueRef, MetadataKey, MetadataMap, MetadataValue};
 use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status, Streaming};
 
-#[derive(Parser, Debug)]
-#[command(about = "gRPC metadata: request headers, response headers, trailers")]
-struct Args {
-    /// The user name the client sends as `x-user-name` (printable ASCII, as the key needs).
-    #[arg(long, default_value = "john", value_parser = printable_ascii)]
-    user: String,
-}
+// ---- the client half: metadata on every call ----
 
-fn printable_ascii(text: &str) -> Result<String, String> {
-    ascii(text).map(|_| text.to_owned()).map_err(|status| status.message().to_owned())
-}
-
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    microkit::init_tracing();
-    microkit::report(run(Args::parse(), &Out::stdout()).await)
-}
-
-async fn run(args: Args, out: &Out) -> anyhow::Result<()> {
-    show_key_rules(out);
-
-    let server =
-        RunningServer::start(tonic::service::Routes::new(GreeterServer::new(MetadataGreeter {
-            out: out.clone(),
-        })))
-        .await?;
-    let channel = tonic::transport::Channel::from_shared(server.url())?.connect().await?;
-    // The interceptor runs on every call made through this client: go-micro's client wrapper.
-    let mut client = GreeterClient::with_interceptor(channel, TraceEveryCall::default());
-
-    say!(out, "call 1: say_hello as {}", args.user);
-    say_hello(&mut client, &args.user, out).await;
-
-    say!(out, "call 2: say_hello as nobody");
-    say_hello(&mut client, "nobody", out).await;
-
-    say!(out, "call 3: greetings as {}, 2 replies", args.user);
-    let mut request =
-        Request::new(GreetingsRequest { name: args.user.clone(), count: 2, interval_ms: 0 });
-    request.metadata_mut().insert("x-user-name", ascii(&args.user)?);
-    let mut replies = client.greetings(request).await?.into_inner();
-    while let Some(reply) = replies.message().await? {
-        say!(out, "  reply {}: {}", reply.seq, reply.message);
-    }
-    // Trailers arrive after the last message: the place for facts known only at the end.
-    if let Some(trailers) = replies.trailers().await? {
-        print_entry(out, "trailer", &trailers, "x-replies-sent");
-    }
-
-    server.shutdown().await
-}
-
-/// gRPC's key and value rules, shown by the type system and the parsers.
-fn show_key_rules(out: &Out) {
-    // HTTP/2 header names are lower case, so tonic lower-cases the key for us.
-    let key = MetadataKey::<Ascii>::from_bytes(b"X-User-Name").expect("a valid name");
-    say!(out, "key \"X-User-Name\" is sent as \"{}\": gRPC keys are lower case", key.as_str());
-
-    // ASCII values must be printable; anything else goes under a `-bin` key.
-    if let Err(e) = "two\nlines".parse::<MetadataValue<Ascii>>() {
-        say!(out, "refused as an ASCII value: \"two\\nlines\" ({e})");
-    }
-    // And a binary value's key must end in `-bin`: a separate type, checked on parse.
-    if let Err(e) = MetadataKey::<Binary>::from_bytes(b"trace") {
-        say!(out, "refused as a binary key: \"trace\" ({e})");
-    }
-}
-
-/// Adds a request id and a binary trace id to every outgoing call.
+/// Adds a request id and a binary trace id to every outgoing call: go-micro's client wrapper.
 #[derive(Clone, Default)]
 struct TraceEveryCall {
     calls: Arc<AtomicU32>,
@@ -140,35 +54,6 @@ impl Interceptor for TraceEveryCall {
     }
 }
 
-type Client = GreeterClient<
-    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, TraceEveryCall>,
->;
-
-/// One unary call with per-call metadata, printing what came back beside the reply.
-async fn say_hello(client: &mut Client, user: &str, out: &Out) {
-    let mut request = Request::new(HelloRequest { name: user.to_owned() });
-    // Metadata for this call only: go-micro's metadata.NewContext.
-    request.metadata_mut().insert("x-user-name", ascii(user).expect("checked when parsed"));
-    match client.say_hello(request).await {
-        Ok(response) => {
-            say!(out, "  reply: {}", response.get_ref().message);
-            print_entry(out, "response header", response.metadata(), "x-served-by");
-        }
-        Err(status) => {
-            say!(out, "  refused: {:?} \"{}\"", status.code(), status.message());
-            // An error's metadata travels in the trailers that carry the status itself.
-            print_entry(out, "trailer", status.metadata(), "x-denied-by");
-        }
-    }
-}
-
-fn print_entry(out: &Out, kind: &str, metadata: &MetadataMap, key: &str) {
-    match metadata.get(key).and_then(|v| v.to_str().ok()) {
-        Some(value) => say!(out, "  {kind} {key} = {value}"),
-        None => say!(out, "  {kind} {key} is missing"),
-    }
-}
-
 /// A text value for an ASCII key. Stricter than the parser, which lets bytes above 127
 /// through even though the reading side's `to_str()` then refuses them.
 fn ascii(text: &str) -> Result<MetadataValue<Ascii>, Status> {
@@ -179,36 +64,33 @@ fn ascii(text: &str) -> Result<MetadataValue<Ascii>, Status> {
     text.parse().map_err(|_| not_ascii())
 }
 
-/// The server half: reads what the client sent and answers with metadata of its own.
+// ---- the server half: read what came, answer with metadata of its own ----
+
+/// A Greeter that reads the client's metadata and sends some back, before and after replies.
 struct MetadataGreeter {
-    out: Out,
+    /// What the server read, kept for the story to print beside the reply.
+    seen: Seen,
 }
 
-impl MetadataGreeter {
-    /// Prints the application metadata the server saw, sorted, binary values in hex.
-    /// Transport headers (content-type, te, user-agent...) are left out.
-    fn print_seen(&self, metadata: &MetadataMap) {
-        let mut seen = Vec::new();
-        for entry in metadata.iter() {
-            match entry {
-                tonic::metadata::KeyAndValueRef::Ascii(key, value)
-                    if key.as_str().starts_with("x-") =>
-                {
-                    seen.push(format!("{} = {}", key, value.to_str().unwrap_or("<not text>")));
-                }
-                tonic::metadata::KeyAndValueRef::Binary(key, value) => {
-                    let bytes = value.to_bytes().map(|b| b.to_vec()).unwrap_or_default();
-                    let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
-                    seen.push(format!("{} = {} (binary)", key, hex.join(" ")));
-                }
-                tonic::metadata::KeyAndValueRef::Ascii(..) => {}
+/// The application metadata of a request, sorted, `key = value`, binary values in hex.
+/// Transport headers (content-type, te, user-agent...) are left out.
+fn application_metadata(metadata: &MetadataMap) -> Vec<String> {
+    let mut seen = Vec::new();
+    for entry in metadata.iter() {
+        match entry {
+            KeyAndValueRef::Ascii(key, value) if key.as_str().starts_with("x-") => {
+                seen.push(format!("{key} = {}", value.to_str().unwrap_or("<not text>")));
             }
-        }
-        seen.sort();
-        for line in seen {
-            say!(self.out, "  server saw {line}");
+            KeyAndValueRef::Binary(key, value) => {
+                let bytes = value.to_bytes().map(|b| b.to_vec()).unwrap_or_default();
+                let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                seen.push(format!("{key} = {} (binary)", hex.join(" ")));
+            }
+            KeyAndValueRef::Ascii(..) => {}
         }
     }
+    seen.sort();
+    seen
 }
 
 type ReplyStream = Pin<Box<dyn Stream<Item = Result<HelloReply, Status>> + Send>>;
@@ -219,9 +101,10 @@ impl Greeter for MetadataGreeter {
         &self,
         request: Request<HelloRequest>,
     ) -> Result<Response<HelloReply>, Status> {
-        self.print_seen(request.metadata());
+        self.seen.record(application_metadata(request.metadata()));
         let name = request.into_inner().name;
         if name == "nobody" {
+            // An error's metadata travels in the trailers that carry the status itself.
             let mut trailers = MetadataMap::new();
             trailers.insert("x-denied-by", MetadataValue::from_static("policy-7"));
             let message = "nobody may not be greeted";
@@ -269,26 +152,227 @@ impl Greeter for MetadataGreeter {
     }
 }
 
+/// What the server read from the last call's metadata.
+#[derive(Clone, Default)]
+struct Seen(Arc<Mutex<Vec<String>>>);
+
+impl Seen {
+    fn record(&self, entries: Vec<String>) {
+        *self.0.lock().unwrap() = entries;
+    }
+
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+// ---- the story: three calls, and what travelled beside each ----
+
+type Client = GreeterClient<InterceptedService<Channel, TraceEveryCall>>;
+
+/// A metadata greeter on a free port, and a client whose every call is intercepted.
+async fn start() -> anyhow::Result<(RunningServer, Seen, Client)> {
+    let seen = Seen::default();
+    let greeter = GreeterServer::new(MetadataGreeter { seen: seen.clone() });
+    let server = RunningServer::start(tonic::service::Routes::new(greeter)).await?;
+    let channel = Channel::from_shared(server.url())?.connect().await?;
+    Ok((server, seen, GreeterClient::with_interceptor(channel, TraceEveryCall::default())))
+}
+
+/// One unary call: what the server read, and what came back.
+struct Hello {
+    seen: Vec<String>,
+    result: Result<Response<HelloReply>, Status>,
+}
+
+/// One unary call with metadata for this call only: go-micro's `metadata.NewContext`.
+async fn say_hello(client: &mut Client, seen: &Seen, user: &str) -> anyhow::Result<Hello> {
+    let mut request = Request::new(HelloRequest { name: user.to_owned() });
+    request.metadata_mut().insert("x-user-name", ascii(user)?);
+    let result = client.say_hello(request).await;
+    Ok(Hello { seen: seen.take(), result })
+}
+
+/// A server stream with per-call metadata: its replies, then the trailers after the last.
+async fn greetings(
+    client: &mut Client,
+    user: &str,
+    count: u32,
+) -> anyhow::Result<(Vec<HelloReply>, MetadataMap)> {
+    let mut request =
+        Request::new(GreetingsRequest { name: user.to_owned(), count, interval_ms: 0 });
+    request.metadata_mut().insert("x-user-name", ascii(user)?);
+    let mut stream = client.greetings(request).await?.into_inner();
+    let mut replies = Vec::new();
+    while let Some(reply) = stream.message().await? {
+        replies.push(reply);
+    }
+    // Trailers arrive after the last message: the place for facts known only at the end.
+    Ok((replies, stream.trailers().await?.unwrap_or_default()))
+}
+
+/// gRPC's key and value rules, as tonic's types and parsers enforce them.
+struct KeyRules {
+    /// What `X-User-Name` is sent as: HTTP/2 header names are lower case.
+    sent_as: String,
+    /// Why a value with a line break is refused: ASCII values must be printable.
+    multi_line_value: Option<String>,
+    /// Why a binary value's key without `-bin` is refused: a separate type, checked on parse.
+    binary_key_without_bin: Option<String>,
+}
+
+fn key_rules() -> KeyRules {
+    let key = MetadataKey::<Ascii>::from_bytes(b"X-User-Name").expect("a valid name");
+    KeyRules {
+        sent_as: key.as_str().to_owned(),
+        multi_line_value: "two\nlines".parse::<MetadataValue<Ascii>>().err().map(|e| e.to_string()),
+        binary_key_without_bin: MetadataKey::<Binary>::from_bytes(b"trace")
+            .err()
+            .map(|e| e.to_string()),
+    }
+}
+
+/// A text entry of `metadata`, if it is there and readable.
+fn text<'m>(metadata: &'m MetadataMap, key: &str) -> Option<&'m str> {
+    metadata.get(key).and_then(|v| v.to_str().ok())
+}
+
+fn print_entry(kind: &str, metadata: &MetadataMap, key: &str) {
+    match text(metadata, key) {
+        Some(value) => println!("  {kind} {key} = {value}"),
+        None => println!("  {kind} {key} is missing"),
+    }
+}
+
+fn print_hello(hello: &Hello) {
+    for line in &hello.seen {
+        println!("  server saw {line}");
+    }
+    match &hello.result {
+        Ok(response) => {
+            println!("  reply: {}", response.get_ref().message);
+            print_entry("response header", response.metadata(), "x-served-by");
+        }
+        Err(status) => {
+            println!("  refused: {:?} \"{}\"", status.code(), status.message());
+            print_entry("trailer", status.metadata(), "x-denied-by");
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let rules = key_rules();
+    println!("key \"X-User-Name\" is sent as \"{}\": gRPC keys are lower case", rules.sent_as);
+    if let Some(why) = rules.multi_line_value {
+        println!("refused as an ASCII value: \"two\\nlines\" ({why})");
+    }
+    if let Some(why) = rules.binary_key_without_bin {
+        println!("refused as a binary key: \"trace\" ({why})");
+    }
+
+    let (server, seen, mut client) = start().await?;
+    println!("call 1: say_hello as {}", args.user);
+    print_hello(&say_hello(&mut client, &seen, &args.user).await?);
+    println!("call 2: say_hello as nobody");
+    print_hello(&say_hello(&mut client, &seen, "nobody").await?);
+
+    println!("call 3: greetings as {}, 2 replies", args.user);
+    let (replies, trailers) = greetings(&mut client, &args.user, 2).await?;
+    for reply in replies {
+        println!("  reply {}: {}", reply.seq, reply.message);
+    }
+    print_entry("trailer", &trailers, "x-replies-sent");
+    server.shutdown().await
+}
+
+// ---- the command line ----
+
+#[derive(Parser, Debug)]
+#[command(about = "gRPC metadata: request headers, response headers, trailers")]
+struct Args {
+    /// The user name the client sends as `x-user-name` (printable ASCII, as the key needs).
+    #[arg(long, default_value = "john", value_parser = printable_ascii)]
+    user: String,
+}
+
+fn printable_ascii(text: &str) -> Result<String, String> {
+    ascii(text).map(|_| text.to_owned()).map_err(|status| status.message().to_owned())
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    microkit::init_tracing();
+    microkit::report(run(Args::parse()).await)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn prints_its_golden_output() {
-        let out = Out::capture();
-        run(Args::parse_from(["metadata"]), &out).await.unwrap();
-        microkit::golden::assert_matches("metadata", &out.text());
+    async fn per_call_and_intercepted_metadata_reach_the_server() {
+        let (server, seen, mut client) = start().await.unwrap();
+        let hello = say_hello(&mut client, &seen, "ada").await.unwrap();
+        assert_eq!(
+            hello.seen,
+            ["trace-bin = de ad be ef (binary)", "x-request-id = req-1", "x-user-name = ada"]
+        );
+        let response = hello.result.unwrap();
+        assert_eq!(response.get_ref().message, "hello ada");
+        assert_eq!(text(response.metadata(), "x-served-by"), Some("greeter-1"));
+        server.shutdown().await.unwrap();
     }
 
     #[tokio::test]
-    async fn the_user_flag_reaches_the_server_as_metadata() {
-        let out = Out::capture();
-        run(Args::parse_from(["metadata", "--user", "ada"]), &out).await.unwrap();
-        assert!(out.text().contains("  server saw x-user-name = ada\n"), "{}", out.text());
+    async fn the_interceptor_numbers_every_call() {
+        let (server, seen, mut client) = start().await.unwrap();
+        for n in 1..=3 {
+            let hello = say_hello(&mut client, &seen, "ada").await.unwrap();
+            assert!(hello.seen.contains(&format!("x-request-id = req-{n}")), "{:?}", hello.seen);
+        }
+        server.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_refusal_carries_its_metadata_in_the_trailers() {
+        let (server, seen, mut client) = start().await.unwrap();
+        let status = say_hello(&mut client, &seen, "nobody").await.unwrap().result.unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied);
+        assert_eq!(status.message(), "nobody may not be greeted");
+        assert_eq!(text(status.metadata(), "x-denied-by"), Some("policy-7"));
+        server.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_stream_sends_its_trailers_after_the_last_reply() {
+        let (server, _, mut client) = start().await.unwrap();
+        let (replies, trailers) = greetings(&mut client, "bo", 3).await.unwrap();
+        let seqs: Vec<u32> = replies.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, [1, 2, 3]);
+        assert_eq!(replies[0].message, "hello bo");
+        assert_eq!(text(&trailers, "x-replies-sent"), Some("3"));
+        server.shutdown().await.unwrap();
     }
 
     #[test]
-    fn a_non_ascii_user_is_refused_before_anything_is_sent() {
+    fn keys_are_lower_cased_and_bad_values_and_binary_keys_refused() {
+        let rules = key_rules();
+        assert_eq!(rules.sent_as, "x-user-name");
+        assert!(rules.multi_line_value.is_some());
+        assert!(rules.binary_key_without_bin.is_some());
+    }
+
+    #[test]
+    fn only_printable_ascii_makes_a_text_value() {
+        assert!(ascii("john").is_ok());
+        for refused in ["zoë", "two\nlines"] {
+            assert_eq!(ascii(refused).unwrap_err().code(), Code::InvalidArgument, "{refused:?}");
+        }
+    }
+
+    #[test]
+    fn the_user_flag_is_parsed_and_a_non_ascii_user_refused_before_anything_is_sent() {
+        assert_eq!(Args::try_parse_from(["metadata", "--user", "ada"]).unwrap().user, "ada");
         let error = Args::try_parse_from(["metadata", "--user", "zoë"]).unwrap_err().to_string();
         assert!(error.contains("not printable ASCII"), "{error}");
     }

@@ -1,18 +1,15 @@
 //! # mocking: testing code that calls another service
 //!
-//! go-micro's example swapped in a hand-written mock client when a flag said so, at run
-//! time, and had no tests at all: nothing checked that the code called the service as it
-//! should. Here the code under test (a `WelcomeDesk` that greets guests, skips blank names
-//! and retries a call once when the service is unavailable) depends on the Greeter only
-//! through a small trait, `Greet`. It then meets two stand-ins:
+//! The code under test, a [`WelcomeDesk`] that greets guests, skips blank names and retries a
+//! call once when the service is unavailable, depends on the Greeter only through a small
+//! trait, [`Greet`]. It meets two stand-ins: a mockall mock, which answers as told and checks
+//! every call (its argument, how many times, in what order), and the real Greeter server in
+//! the same process, reached by a real tonic client whose transport is an in-memory pipe
+//! (`tokio::io::duplex`): no socket, no port. The tests at the bottom are the point: each
+//! fails if the desk stops calling the service as it should.
 //!
-//! 1. a mockall mock, which answers as told and checks every call: its argument, how
-//!    many times, in what order;
-//! 2. the real Greeter server, in the same process, reached by a real tonic client whose
-//!    transport is an in-memory pipe (`tokio::io::duplex`): no socket, no port.
-//!
-//! The tests at the bottom are the point: each fails if the desk stops calling the
-//! service as it should.
+//! go-micro's example swapped in a hand-written mock when a flag said so, at run time, and
+//! had no tests at all: nothing checked that the code called the service as it should.
 //!
 //! Run it:
 //!
@@ -22,58 +19,23 @@
 //! cargo test --example mocking
 //! ```
 //!
-//! It prints (the golden file `tests/golden/mocking.txt` holds exactly this):
-//!
-//! ```text
-//! guests: ["ada", " ", "bo"]
-//! 1. a mockall mock: each named guest greeted once, in order
-//!    greeted: hello ada (from the mock)
-//!    greeted: hello bo (from the mock)
-//!    blank names skipped: 1
-//!    the mock saw every call it expected, and no other
-//! 2. a mock that fails: Unavailable once for the first guest, refused for the last
-//!    greeted: hello ada (from the mock, on the retry)
-//!    failed: bo: PermissionDenied
-//!    blank names skipped: 1
-//! 3. the real Greeter in-process: tonic over tokio::io::duplex, no socket
-//!    greeted: hello ada (from in-process)
-//!    greeted: hello bo (from in-process)
-//!    blank names skipped: 1
-//! ```
-//!
-//! Read it beside `notes/mocking.md`.
+//! Prints `tests/golden/mocking.txt`; explained in `notes/mocking.md`.
 
-use std::sync::Arc;
+use std::io;
 
 use clap::Parser;
+use futures::future::{Ready, ready};
 use hyper_util::rt::TokioIo;
 use microkit::greeter::HelloGreeter;
 use microkit::proto::greeter::HelloRequest;
 use microkit::proto::greeter::greeter_client::GreeterClient;
-use microkit::{Out, say};
 use mockall::Sequence;
+use tokio::io::DuplexStream;
 use tokio::sync::Mutex;
-use tonic::transport::{Channel, Endpoint, Server};
+use tonic::transport::{Channel, Endpoint, Server, Uri};
 use tonic::{Code, Status};
 
-#[derive(Parser, Debug)]
-#[command(
-    about = "Testing code that calls a service: mockall mocks, and the real server in-process"
-)]
-struct Args {
-    /// The guests to greet; blank names are skipped.
-    #[arg(long, value_delimiter = ',', default_value = "ada, ,bo")]
-    guests: Vec<String>,
-}
-
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    microkit::init_tracing();
-    microkit::report(run(Args::parse(), &Out::stdout()).await)
-}
-
-// ---------------------------------------------------------------------------------------
-// The code under test, and the one seam it needs.
+// ---- the code under test, and the one seam it needs ----
 
 /// What the desk needs from the Greeter service, in its own words: one method, not the
 /// whole generated client. A small trait is easy to mock and easy to read in a test.
@@ -123,8 +85,7 @@ impl<G: Greet> WelcomeDesk<G> {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// The production implementation: a tonic client.
+// ---- the production implementation, and the real server in-process ----
 
 /// `Greet` over gRPC. The generated client wants `&mut self`, so calls go through a lock
 /// (cloning the client per call would do as well: a `Channel` clone is cheap).
@@ -148,34 +109,34 @@ async fn in_process_client(node: &str) -> anyhow::Result<GreeterClient<Channel>>
 
     let greeter = HelloGreeter::new(node).into_service();
     // The server's "listener" yields exactly one connection: the server end of the pipe.
-    let incoming = futures::stream::iter([Ok::<_, std::io::Error>(server_end)]);
+    let incoming = futures::stream::iter([Ok::<_, io::Error>(server_end)]);
     tokio::spawn(Server::builder().add_service(greeter).serve_with_incoming(incoming));
 
-    // The connector hands tonic the client end once. A second call would mean tonic is
-    // reconnecting, which a pipe cannot do: that is an error, not a hang.
-    let client_end = Arc::new(std::sync::Mutex::new(Some(client_end)));
-    let connector = tower::service_fn(move |_uri| {
-        let pipe = client_end.lock().unwrap().take();
-        async move {
-            pipe.map(TokioIo::new)
-                .ok_or_else(|| std::io::Error::other("the in-process pipe is used up"))
-        }
-    });
     // The URI is required but unused: the connector decides where bytes go.
-    let channel =
-        Endpoint::from_static("http://in-process").connect_with_connector(connector).await?;
+    let channel = Endpoint::from_static("http://in-process")
+        .connect_with_connector(tower::service_fn(connect_once(client_end)))
+        .await?;
     Ok(GreeterClient::new(channel))
 }
 
-// ---------------------------------------------------------------------------------------
-// The demo: the same desk, against each stand-in.
+/// A connector, for `tower::service_fn`, that hands tonic the client end of a pipe, once. A
+/// second call would mean tonic is reconnecting, which a pipe cannot do: that is an error,
+/// not a hang.
+fn connect_once(pipe: DuplexStream) -> impl FnMut(Uri) -> Ready<io::Result<TokioIo<DuplexStream>>> {
+    let mut pipe = Some(pipe);
+    move |_| {
+        ready(
+            pipe.take()
+                .map(TokioIo::new)
+                .ok_or_else(|| io::Error::other("the in-process pipe is used up")),
+        )
+    }
+}
 
-async fn run(args: Args, out: &Out) -> anyhow::Result<()> {
-    let guests = args.guests;
-    let names: Vec<&str> = guests.iter().map(|g| g.trim()).filter(|g| !g.is_empty()).collect();
-    say!(out, "guests: {:?}", guests);
+// ---- the story: the same desk, against each stand-in ----
 
-    say!(out, "1. a mockall mock: each named guest greeted once, in order");
+/// A mock that expects each of `names` once, in that order, and answers for it.
+fn mock_expecting(names: &[&str]) -> MockGreet {
     let mut mock = MockGreet::new();
     let mut order = Sequence::new();
     for name in names.iter().map(|n| n.to_string()) {
@@ -185,23 +146,7 @@ async fn run(args: Args, out: &Out) -> anyhow::Result<()> {
             .in_sequence(&mut order)
             .returning(|name| Ok(format!("hello {name} (from the mock)")));
     }
-    let mut desk = WelcomeDesk { greeter: mock };
-    print(out, &desk.welcome(&guests).await);
-    // Panics if an expected call did not happen (an unexpected call panicked already).
-    desk.greeter.checkpoint();
-    say!(out, "   the mock saw every call it expected, and no other");
-
-    say!(out, "2. a mock that fails: Unavailable once for the first guest, refused for the last");
-    let mock = failing_mock(&names);
-    let desk = WelcomeDesk { greeter: mock };
-    print(out, &desk.welcome(&guests).await);
-
-    say!(out, "3. the real Greeter in-process: tonic over tokio::io::duplex, no socket");
-    let desk = WelcomeDesk {
-        greeter: GrpcGreet { client: Mutex::new(in_process_client("in-process").await?) },
-    };
-    print(out, &desk.welcome(&guests).await);
-    Ok(())
+    mock
 }
 
 /// The first guest meets `Unavailable`, then is greeted on the retry (two expectations
@@ -232,14 +177,56 @@ fn failing_mock(names: &[&str]) -> MockGreet {
     mock
 }
 
-fn print(out: &Out, welcome: &Welcome) {
+fn print(welcome: &Welcome) {
     for reply in &welcome.greeted {
-        say!(out, "   greeted: {reply}");
+        println!("   greeted: {reply}");
     }
     for (guest, code) in &welcome.failed {
-        say!(out, "   failed: {guest}: {code:?}");
+        println!("   failed: {guest}: {code:?}");
     }
-    say!(out, "   blank names skipped: {}", welcome.skipped);
+    println!("   blank names skipped: {}", welcome.skipped);
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let guests = args.guests;
+    let names: Vec<&str> = guests.iter().map(|g| g.trim()).filter(|g| !g.is_empty()).collect();
+    println!("guests: {guests:?}");
+
+    println!("1. a mockall mock: each named guest greeted once, in order");
+    let mut desk = WelcomeDesk { greeter: mock_expecting(&names) };
+    print(&desk.welcome(&guests).await);
+    // Panics if an expected call did not happen (an unexpected call panicked already).
+    desk.greeter.checkpoint();
+    println!("   the mock saw every call it expected, and no other");
+
+    println!("2. a mock that fails: Unavailable once for the first guest, refused for the last");
+    let desk = WelcomeDesk { greeter: failing_mock(&names) };
+    print(&desk.welcome(&guests).await);
+
+    println!("3. the real Greeter in-process: tonic over tokio::io::duplex, no socket");
+    let desk = WelcomeDesk {
+        greeter: GrpcGreet { client: Mutex::new(in_process_client("in-process").await?) },
+    };
+    print(&desk.welcome(&guests).await);
+    Ok(())
+}
+
+// ---- the command line ----
+
+#[derive(Parser, Debug)]
+#[command(
+    about = "Testing code that calls a service: mockall mocks, and the real server in-process"
+)]
+struct Args {
+    /// The guests to greet; blank names are skipped.
+    #[arg(long, value_delimiter = ',', default_value = "ada, ,bo")]
+    guests: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    microkit::init_tracing();
+    microkit::report(run(Args::parse()).await)
 }
 
 #[cfg(test)]
@@ -252,13 +239,6 @@ mod tests {
 
     fn hello(name: &str) -> Result<String, Status> {
         Ok(format!("hello {name}"))
-    }
-
-    #[tokio::test]
-    async fn prints_its_golden_output() {
-        let out = Out::capture();
-        run(Args::parse_from(["mocking"]), &out).await.unwrap();
-        microkit::golden::assert_matches("mocking", &out.text());
     }
 
     // Argument matching and call counts: each guest's name reaches the service once.
@@ -274,18 +254,11 @@ mod tests {
         assert_eq!(welcome.greeted, ["hello ada", "hello bo"]);
     }
 
-    // Sequences: guests are greeted in the order given.
+    // Sequences: guests are greeted in the order given (`mock_expecting` puts one
+    // expectation a guest into one `Sequence`).
     #[tokio::test]
     async fn guests_are_greeted_in_order() {
-        let mut mock = MockGreet::new();
-        let mut order = Sequence::new();
-        for name in ["cy", "ada", "bo"] {
-            mock.expect_say_hello()
-                .withf(move |asked| asked == name)
-                .times(1)
-                .in_sequence(&mut order)
-                .returning(hello);
-        }
+        let mock = mock_expecting(&["cy", "ada", "bo"]);
         WelcomeDesk { greeter: mock }.welcome(&guests(&["cy", "ada", "bo"])).await;
     }
 
@@ -347,6 +320,25 @@ mod tests {
         desk.greeter.checkpoint();
     }
 
+    // The story's two mocks, on its default guests: what steps 1 and 2 print.
+    #[tokio::test]
+    async fn the_story_mocks_greet_retry_and_refuse_as_they_say() {
+        let guests = guests(&["ada", " ", "bo"]);
+        let mut desk = WelcomeDesk { greeter: mock_expecting(&["ada", "bo"]) };
+        let welcome = desk.welcome(&guests).await;
+        desk.greeter.checkpoint();
+        assert_eq!(welcome.greeted, ["hello ada (from the mock)", "hello bo (from the mock)"]);
+        assert_eq!(welcome.skipped, 1);
+
+        let desk = WelcomeDesk { greeter: failing_mock(&["ada", "bo"]) };
+        let expected = Welcome {
+            greeted: vec!["hello ada (from the mock, on the retry)".into()],
+            failed: vec![("bo".into(), Code::PermissionDenied)],
+            skipped: 1,
+        };
+        assert_eq!(desk.welcome(&guests).await, expected);
+    }
+
     // The in-process alternative: the real server, the real client, no socket.
     #[tokio::test]
     async fn the_real_greeter_in_process_greets_every_named_guest() {
@@ -363,27 +355,21 @@ mod tests {
     async fn a_lost_in_process_server_is_an_error_not_a_hang() {
         let (client_end, server_end) = tokio::io::duplex(1024);
         drop(server_end); // the server is gone before the first call
-        let client_end = std::sync::Mutex::new(Some(client_end));
-        let connector = tower::service_fn(move |_uri| {
-            let pipe = client_end.lock().unwrap().take();
-            async move { pipe.map(TokioIo::new).ok_or_else(|| std::io::Error::other("used up")) }
-        });
-        let channel =
-            Endpoint::from_static("http://in-process").connect_with_connector_lazy(connector);
+        let channel = Endpoint::from_static("http://in-process")
+            .connect_with_connector_lazy(tower::service_fn(connect_once(client_end)));
         let desk =
             WelcomeDesk { greeter: GrpcGreet { client: Mutex::new(GreeterClient::new(channel)) } };
-        let welcome = tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            desk.welcome(&guests(&["ada"])),
-        )
-        .await
-        .expect("a lost server must fail the call, not hang it");
+        let welcome = tokio::time::timeout(microkit::PATIENCE, desk.welcome(&guests(&["ada"])))
+            .await
+            .expect("a lost server must fail the call, not hang it");
         assert!(welcome.greeted.is_empty());
         assert_eq!(welcome.failed.len(), 1, "{welcome:?}");
     }
 
     #[test]
-    fn an_unknown_flag_is_refused() {
+    fn the_guests_flag_splits_on_commas_and_an_unknown_flag_is_refused() {
+        let args = Args::try_parse_from(["mocking", "--guests", "ada,bo,cy"]).unwrap();
+        assert_eq!(args.guests, ["ada", "bo", "cy"]);
         assert!(Args::try_parse_from(["mocking", "--colour"]).is_err());
     }
 }

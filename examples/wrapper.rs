@@ -1,17 +1,15 @@
 //! # wrapper: middleware around every call, on the client and on the server
 //!
-//! go-micro has two kinds of wrapper: `client.Wrapper` (`func(Client) Client`, passed with
-//! `micro.WrapClient`) and `server.HandlerWrapper` (`func(HandlerFunc) HandlerFunc`, passed
-//! with `micro.WrapHandler`). Its example logged each call, but its client wrapper dropped
-//! the caller's call options, and only unary calls went through: streams needed a third
-//! kind of wrapper that the example never wrote.
+//! A wrapper is middleware: code every call passes through, on its way out of a client or
+//! into a server. In Rust both kinds are tower layers, and one layer type works on a tonic
+//! client channel and on a tonic server, for unary and streaming calls alike, because it sits
+//! below gRPC, on HTTP/2 requests. Each side here stacks two: an outer [`LogLayer`] (a
+//! hand-written layer that sees the request, the response head and the response end) and an
+//! inner auth interceptor ([`add_token`] on the client, [`check_token`] on the server). Each
+//! side keeps a [`Journal`], indented by depth, so the nesting order shows.
 //!
-//! In Rust both kinds are tower layers: a `Layer` wraps a `Service`, and the same layer
-//! type works on a tonic client channel and on a tonic server, for unary and streaming calls
-//! alike, because it sits below gRPC, at the level of HTTP/2 requests. Here each side has two
-//! layers, an outer `log` (a hand-written tower layer that notes what passes through it) and
-//! an inner `auth` (a tonic interceptor: the client adds a token, the server checks it).
-//! Each side writes a journal, indented by depth, so the nesting order is visible.
+//! go-micro's client wrapper dropped the caller's call options, and only unary calls went
+//! through it: streams needed a third kind of wrapper that its example never wrote.
 //!
 //! Run it:
 //!
@@ -20,42 +18,9 @@
 //! cargo run --example wrapper -- --token wrong
 //! ```
 //!
-//! It prints (the golden file `tests/golden/wrapper.txt` holds exactly this):
-//!
-//! ```text
-//! call 1: SayHello with a token
-//!   client log: request /greeter.v1.Greeter/SayHello
-//!     client auth: token added
-//!   client log: response head, grpc-status in trailers
-//!   client log: response end
-//!   server log: request /greeter.v1.Greeter/SayHello
-//!     server auth: token accepted
-//!   server log: response head, grpc-status in trailers
-//!   server log: response end
-//!   reply: hello ada
-//! call 2: Greetings (server streaming, 3 replies) with a token
-//!   client log: request /greeter.v1.Greeter/Greetings
-//!     client auth: token added
-//!   client log: response head, grpc-status in trailers
-//!   client log: response end
-//!   server log: request /greeter.v1.Greeter/Greetings
-//!     server auth: token accepted
-//!   server log: response head, grpc-status in trailers
-//!   server log: response end
-//!   replies: 3
-//! call 3: SayHello without a token
-//!   client log: request /greeter.v1.Greeter/SayHello
-//!   client log: response head, grpc-status 16
-//!   server log: request /greeter.v1.Greeter/SayHello
-//!     server auth: no token, refused
-//!   server log: response head, grpc-status 16
-//!   refused: Unauthenticated "missing bearer token"
-//! ```
-//!
-//! The client's journal is printed first, but the server's happened in the middle of it:
-//! between the client's `token added` and its `response head`, the request crossed the
-//! network. Read it beside `notes/wrapper.md`.
+//! Prints `tests/golden/wrapper.txt`; explained in `notes/wrapper.md`.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
@@ -68,126 +33,14 @@ use microkit::greeter::HelloGreeter;
 use microkit::proto::greeter::greeter_client::GreeterClient;
 use microkit::proto::greeter::{GreetingsRequest, HelloRequest};
 use microkit::server::RunningServer;
-use microkit::{Out, say};
-use tonic::service::InterceptorLayer;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::{Interceptor, InterceptorLayer};
 use tonic::transport::{Channel, Server};
 use tonic::{Request, Status};
 use tower::{Layer, Service, ServiceBuilder};
 
-/// The one token the server accepts. A real service would verify a signed token instead.
-const TOKEN: &str = "let-me-in";
-
-#[derive(Parser, Debug)]
-#[command(about = "tower layers as client and server wrappers, for unary and streaming calls")]
-struct Args {
-    /// The token the client's auth wrapper sends.
-    #[arg(long, default_value = TOKEN)]
-    token: String,
-}
-
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    microkit::init_tracing();
-    microkit::report(run(Args::parse(), &Out::stdout()).await)
-}
-
-async fn run(args: Args, out: &Out) -> anyhow::Result<()> {
-    let server_journal = Journal::default();
-    let server = start_server(server_journal.clone()).await?;
-    let channel = Channel::from_shared(server.url())?.connect().await?;
-
-    let client_journal = Journal::default();
-    // The client's stack, outermost first: go-micro's `micro.WrapClient(log, auth)`.
-    let with_token = ServiceBuilder::new()
-        .layer(LogLayer::new("client log", &client_journal))
-        .layer(InterceptorLayer::new(add_token(args.token, client_journal.clone())))
-        .service(channel.clone());
-    let mut client = GreeterClient::new(with_token);
-
-    say!(out, "call 1: SayHello with a token");
-    let reply = client.say_hello(HelloRequest { name: "ada".into() }).await;
-    print_journals(out, &client_journal, &server_journal);
-    match reply {
-        Ok(reply) => say!(out, "  reply: {}", reply.get_ref().message),
-        Err(status) => say!(out, "  refused: {:?} \"{}\"", status.code(), status.message()),
-    }
-
-    say!(out, "call 2: Greetings (server streaming, 3 replies) with a token");
-    let request = GreetingsRequest { name: "ada".into(), count: 3, interval_ms: 0 };
-    // The same layers wrap a stream: no separate stream wrapper is needed.
-    let replies = match client.greetings(request).await {
-        Ok(stream) => Ok(stream.into_inner().collect::<Vec<_>>().await),
-        Err(status) => Err(status),
-    };
-    print_journals(out, &client_journal, &server_journal);
-    match replies {
-        Ok(replies) => say!(out, "  replies: {}", replies.iter().filter(|r| r.is_ok()).count()),
-        Err(status) => say!(out, "  refused: {:?} \"{}\"", status.code(), status.message()),
-    }
-
-    say!(out, "call 3: SayHello without a token");
-    let without_token =
-        ServiceBuilder::new().layer(LogLayer::new("client log", &client_journal)).service(channel);
-    let status = GreeterClient::new(without_token)
-        .say_hello(HelloRequest { name: "ada".into() })
-        .await
-        .expect_err("the server's auth wrapper refuses a call without a token");
-    print_journals(out, &client_journal, &server_journal);
-    say!(out, "  refused: {:?} \"{}\"", status.code(), status.message());
-
-    server.shutdown().await
-}
-
-/// The server's stack, outermost first: go-micro's `micro.WrapHandler(log, auth)`.
-async fn start_server(journal: Journal) -> std::io::Result<RunningServer> {
-    let layers = ServiceBuilder::new()
-        .layer(LogLayer::new("server log", &journal))
-        .layer(InterceptorLayer::new(check_token(journal.clone())))
-        .into_inner();
-    let greeter = HelloGreeter::new("greeter-1").into_service();
-    RunningServer::start_with(move |incoming, stop| {
-        Server::builder()
-            .layer(layers)
-            .add_service(greeter)
-            .serve_with_incoming_shutdown(incoming, stop)
-    })
-    .await
-}
-
-/// A tonic interceptor is the simplest wrapper: it sees (and may change or refuse) the
-/// request's metadata, never the response. This one adds the bearer token.
-fn add_token(
-    token: String,
-    journal: Journal,
-) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
-    move |mut request| {
-        let value = format!("Bearer {token}").parse().map_err(|_| Status::internal("bad token"))?;
-        request.metadata_mut().insert("authorization", value);
-        journal.note(1, "client auth: token added");
-        Ok(request)
-    }
-}
-
-/// The server half: refuses a call before it reaches the handler.
-fn check_token(journal: Journal) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
-    move |request| {
-        let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
-        match header.and_then(|h| h.strip_prefix("Bearer ")) {
-            Some(TOKEN) => {
-                journal.note(1, "server auth: token accepted");
-                Ok(request)
-            }
-            Some(_) => {
-                journal.note(1, "server auth: wrong token, refused");
-                Err(Status::unauthenticated("invalid bearer token"))
-            }
-            None => {
-                journal.note(1, "server auth: no token, refused");
-                Err(Status::unauthenticated("missing bearer token"))
-            }
-        }
-    }
-}
+// ---- the log wrapper: a full tower layer ----
 
 /// A full tower layer: unlike an interceptor it sees the request, the response head and,
 /// by wrapping the response body, the end of the response (for a stream, after its last
@@ -287,69 +140,337 @@ impl<B: Body> Body for NoticeEnd<B> {
     }
 }
 
+// ---- the auth wrapper: a tonic interceptor on each side ----
+
+/// The one token the server accepts. A real service would verify a signed token instead.
+const TOKEN: &str = "let-me-in";
+
+/// Why a token can be refused before it is sent: a text metadata value travels as an HTTP/2
+/// header, so it must be visible ASCII. tonic's parser lets bytes above 127 through, and the
+/// server's `to_str()` then cannot read them: `é` would arrive as no token at all.
+const VISIBLE_ASCII: &str = "a metadata value must be visible ASCII (space to '~')";
+
+/// The `authorization` value for `token`, or a refusal that names the rule it breaks.
+fn bearer(token: &str) -> Result<MetadataValue<Ascii>, Status> {
+    let header = format!("Bearer {token}");
+    match header.parse() {
+        Ok(value) if header.bytes().all(|b| (b' '..=b'~').contains(&b)) => Ok(value),
+        _ => Err(Status::invalid_argument(format!("token {token:?} not sent: {VISIBLE_ASCII}"))),
+    }
+}
+
+/// A tonic interceptor is the simplest wrapper: it sees (and may change or refuse) the
+/// request's metadata, never the response. This one adds the bearer token.
+fn add_token(token: String, journal: Journal) -> impl Interceptor + Clone {
+    move |mut request: Request<()>| {
+        request.metadata_mut().insert("authorization", bearer(&token)?);
+        journal.note(1, "client auth: token added");
+        Ok(request)
+    }
+}
+
+/// The server half: refuses a call before it reaches the handler.
+fn check_token(journal: Journal) -> impl Interceptor + Clone {
+    move |request: Request<()>| {
+        let missing = ("no token", "missing bearer token");
+        let verdict = match request.metadata().get("authorization").map(|v| v.to_str()) {
+            None => Err(missing),
+            Some(Err(_)) => Err(("unreadable token", "authorization header not visible ASCII")),
+            Some(Ok(header)) => match header.strip_prefix("Bearer ") {
+                Some(TOKEN) => Ok(()),
+                Some(_) => Err(("wrong token", "invalid bearer token")),
+                None => Err(missing),
+            },
+        };
+        match verdict {
+            Ok(()) => {
+                journal.note(1, "server auth: token accepted");
+                Ok(request)
+            }
+            Err((note, why)) => {
+                journal.note(1, format!("server auth: {note}, refused"));
+                Err(Status::unauthenticated(why))
+            }
+        }
+    }
+}
+
 /// What one side's wrappers noted during a call, with the depth of each wrapper.
 #[derive(Clone, Default)]
-struct Journal(Arc<Mutex<Vec<(usize, String)>>>);
+struct Journal(Arc<Mutex<Vec<Note>>>);
+
+/// A wrapper's depth in its stack (0 is outermost) and what it noted.
+type Note = (usize, String);
 
 impl Journal {
     fn note(&self, depth: usize, what: impl Into<String>) {
         self.0.lock().unwrap().push((depth, what.into()));
     }
 
-    fn take(&self) -> Vec<(usize, String)> {
+    fn take(&self) -> Vec<Note> {
         std::mem::take(&mut *self.0.lock().unwrap())
     }
 }
 
-fn print_journals(out: &Out, client: &Journal, server: &Journal) {
-    for (depth, what) in client.take().into_iter().chain(server.take()) {
-        say!(out, "  {}{what}", "  ".repeat(depth));
+// ---- the stacks, outermost first ----
+
+/// The server's stack: go-micro's `micro.WrapHandler(log, auth)`.
+async fn start_server(journal: Journal) -> std::io::Result<RunningServer> {
+    let layers = ServiceBuilder::new()
+        .layer(LogLayer::new("server log", &journal))
+        .layer(InterceptorLayer::new(check_token(journal.clone())))
+        .into_inner();
+    let greeter = HelloGreeter::new("greeter-1").into_service();
+    RunningServer::start_with(move |incoming, stop| {
+        Server::builder()
+            .layer(layers)
+            .add_service(greeter)
+            .serve_with_incoming_shutdown(incoming, stop)
+    })
+    .await
+}
+
+/// The client's stack: go-micro's `micro.WrapClient(log, auth)`.
+fn client_with_token(
+    channel: Channel,
+    journal: &Journal,
+    token: String,
+) -> GreeterClient<Log<InterceptedService<Channel, impl Interceptor + Clone>>> {
+    let stack = ServiceBuilder::new()
+        .layer(LogLayer::new("client log", journal))
+        .layer(InterceptorLayer::new(add_token(token, journal.clone())))
+        .service(channel);
+    GreeterClient::new(stack)
+}
+
+/// The same client stack without its auth wrapper: no token goes out.
+fn client_without_token(channel: Channel, journal: &Journal) -> GreeterClient<Log<Channel>> {
+    GreeterClient::new(
+        ServiceBuilder::new().layer(LogLayer::new("client log", journal)).service(channel),
+    )
+}
+
+// ---- the story: three calls, and what the wrappers noted ----
+
+/// A server with its stack on a free port, a channel to it, and each side's journal.
+struct Demo {
+    server: RunningServer,
+    channel: Channel,
+    client: Journal,
+    server_journal: Journal,
+}
+
+/// One call's result and what each side's wrappers noted during it.
+struct Traced<T> {
+    client: Vec<Note>,
+    server: Vec<Note>,
+    result: Result<T, Status>,
+}
+
+impl Demo {
+    async fn start() -> anyhow::Result<Demo> {
+        let server_journal = Journal::default();
+        let server = start_server(server_journal.clone()).await?;
+        let channel = Channel::from_shared(server.url())?.connect().await?;
+        Ok(Demo { server, channel, client: Journal::default(), server_journal })
     }
+
+    /// Runs one call, then takes what both journals noted during it.
+    async fn trace<T>(&self, call: impl Future<Output = Result<T, Status>>) -> Traced<T> {
+        let result = call.await;
+        Traced { client: self.client.take(), server: self.server_journal.take(), result }
+    }
+}
+
+fn hello() -> HelloRequest {
+    HelloRequest { name: "ada".into() }
+}
+
+/// The client's journal is printed first, but the server's happened in the middle of it:
+/// between the client's `token added` and its `response head`, the request crossed the
+/// network.
+fn print_traced<T>(traced: &Traced<T>, ok: impl Fn(&T) -> String) {
+    for (depth, what) in traced.client.iter().chain(&traced.server) {
+        println!("  {}{what}", "  ".repeat(*depth));
+    }
+    match &traced.result {
+        Ok(value) => println!("  {}", ok(value)),
+        Err(status) => println!("  refused: {:?} \"{}\"", status.code(), status.message()),
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let demo = Demo::start().await?;
+    let mut client = client_with_token(demo.channel.clone(), &demo.client, args.token);
+
+    println!("call 1: SayHello with a token");
+    let reply = demo.trace(async { Ok(client.say_hello(hello()).await?.into_inner()) }).await;
+    print_traced(&reply, |reply| format!("reply: {}", reply.message));
+
+    println!("call 2: Greetings (server streaming, 3 replies) with a token");
+    let request = GreetingsRequest { name: "ada".into(), count: 3, interval_ms: 0 };
+    // The same layers wrap a stream: no separate stream wrapper is needed.
+    let replies = demo
+        .trace(async {
+            let stream = client.greetings(request).await?.into_inner();
+            Ok(stream.filter(|reply| futures::future::ready(reply.is_ok())).count().await)
+        })
+        .await;
+    print_traced(&replies, |count| format!("replies: {count}"));
+
+    println!("call 3: SayHello without a token");
+    let mut client = client_without_token(demo.channel.clone(), &demo.client);
+    let refused = demo.trace(async { Ok(client.say_hello(hello()).await?.into_inner()) }).await;
+    print_traced(&refused, |reply| format!("reply: {}", reply.message));
+
+    demo.server.shutdown().await
+}
+
+// ---- the command line ----
+
+#[derive(Parser, Debug)]
+#[command(about = "tower layers as client and server wrappers, for unary and streaming calls")]
+struct Args {
+    /// The token the client's auth wrapper sends (visible ASCII, as metadata must be).
+    #[arg(long, default_value = TOKEN, value_parser = visible_token)]
+    token: String,
+}
+
+fn visible_token(token: &str) -> Result<String, String> {
+    bearer(token).map(|_| token.to_owned()).map_err(|status| status.message().to_owned())
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    microkit::init_tracing();
+    microkit::report(run(Args::parse()).await)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use microkit::proto::greeter::HelloReply;
+    use tonic::Response;
 
-    #[tokio::test]
-    async fn prints_its_golden_output() {
-        let out = Out::capture();
-        run(Args::parse_from(["wrapper"]), &out).await.unwrap();
-        microkit::golden::assert_matches("wrapper", &out.text());
+    /// One SayHello against a fresh demo: through the full client stack with `Some(token)`,
+    /// through the stack without its auth wrapper with `None`.
+    async fn hello_with(token: Option<&str>) -> Traced<Response<HelloReply>> {
+        let demo = Demo::start().await.unwrap();
+        let traced = match token {
+            Some(token) => {
+                let mut client =
+                    client_with_token(demo.channel.clone(), &demo.client, token.into());
+                demo.trace(client.say_hello(hello())).await
+            }
+            None => {
+                let mut client = client_without_token(demo.channel.clone(), &demo.client);
+                demo.trace(client.say_hello(hello())).await
+            }
+        };
+        demo.server.shutdown().await.unwrap();
+        traced
+    }
+
+    /// What one side's journal holds for a call that passed both of its wrappers.
+    fn passed(side: &str, method: &str) -> Vec<Note> {
+        let auth = if side == "client" { "token added" } else { "token accepted" };
+        vec![
+            (0, format!("{side} log: request /greeter.v1.Greeter/{method}")),
+            (1, format!("{side} auth: {auth}")),
+            (0, format!("{side} log: response head, grpc-status in trailers")),
+            (0, format!("{side} log: response end")),
+        ]
+    }
+
+    fn refused(traced: Traced<Response<HelloReply>>) -> (Status, Vec<Note>, Vec<Note>) {
+        (traced.result.unwrap_err(), traced.client, traced.server)
     }
 
     #[tokio::test]
-    async fn a_wrong_token_is_refused_by_the_server_wrapper() {
-        let out = Out::capture();
-        run(Args::parse_from(["wrapper", "--token", "wrong"]), &out).await.unwrap();
-        let text = out.text();
-        assert!(text.contains("    server auth: wrong token, refused\n"), "{text}");
-        assert!(text.contains("  refused: Unauthenticated \"invalid bearer token\"\n"), "{text}");
-        assert!(!text.contains("reply: hello"), "no call may pass with a wrong token: {text}");
+    async fn a_unary_call_passes_log_then_auth_on_each_side() {
+        let traced = hello_with(Some(TOKEN)).await;
+        assert_eq!(traced.result.unwrap().get_ref().message, "hello ada");
+        assert_eq!(traced.client, passed("client", "SayHello"));
+        assert_eq!(traced.server, passed("server", "SayHello"));
+    }
+
+    #[tokio::test]
+    async fn a_server_stream_passes_the_same_wrappers_and_ends_after_its_last_reply() {
+        let demo = Demo::start().await.unwrap();
+        let mut client = client_with_token(demo.channel.clone(), &demo.client, TOKEN.into());
+        let request = GreetingsRequest { name: "ada".into(), count: 3, interval_ms: 0 };
+        let traced = demo
+            .trace(async { Ok(client.greetings(request).await?.into_inner().count().await) })
+            .await;
+        assert_eq!(traced.result.unwrap(), 3);
+        assert_eq!(traced.client, passed("client", "Greetings"));
+        assert_eq!(traced.server, passed("server", "Greetings"));
+        demo.server.shutdown().await.unwrap();
     }
 
     #[tokio::test]
     async fn the_server_wrappers_wrap_a_bidi_stream_too() {
-        let journal = Journal::default();
-        let server = start_server(journal.clone()).await.unwrap();
-        let channel = Channel::from_shared(server.url()).unwrap().connect().await.unwrap();
-        let client_journal = Journal::default();
-        let stack = ServiceBuilder::new()
-            .layer(InterceptorLayer::new(add_token(TOKEN.into(), client_journal)))
-            .service(channel);
+        let demo = Demo::start().await.unwrap();
+        let mut client = client_with_token(demo.channel.clone(), &demo.client, TOKEN.into());
         let names = futures::stream::iter(["a", "b"].map(|n| HelloRequest { name: n.into() }));
-        let replies = GreeterClient::new(stack).chat(names).await.unwrap().into_inner();
-        assert_eq!(replies.count().await, 2);
-        let noted: Vec<String> = journal.take().into_iter().map(|(_, what)| what).collect();
-        assert_eq!(
-            noted,
-            [
-                "server log: request /greeter.v1.Greeter/Chat",
-                "server auth: token accepted",
-                "server log: response head, grpc-status in trailers",
-                "server log: response end",
-            ]
+        let traced =
+            demo.trace(async { Ok(client.chat(names).await?.into_inner().count().await) }).await;
+        assert_eq!(traced.result.unwrap(), 2);
+        assert_eq!(traced.server, passed("server", "Chat"));
+        demo.server.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_call_without_a_token_is_refused_before_the_handler() {
+        let (status, client, server) = refused(hello_with(None).await);
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        assert_eq!(status.message(), "missing bearer token");
+        // Trailers-only: the status is in the head, and there is no body whose end to note.
+        let head = (0, "client log: response head, grpc-status 16".to_owned());
+        assert_eq!(client, [passed("client", "SayHello")[0].clone(), head]);
+        assert!(server.contains(&(1, "server auth: no token, refused".to_owned())), "{server:?}");
+    }
+
+    #[tokio::test]
+    async fn a_wrong_token_is_refused_by_the_server_wrapper() {
+        let (status, _, server) = refused(hello_with(Some("wrong")).await);
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        assert_eq!(status.message(), "invalid bearer token");
+        assert!(
+            server.contains(&(1, "server auth: wrong token, refused".to_owned())),
+            "{server:?}"
         );
-        server.shutdown().await.unwrap();
+    }
+
+    #[test]
+    fn a_token_flag_that_is_not_visible_ascii_is_refused_naming_the_rule() {
+        let error = Args::try_parse_from(["wrapper", "--token", "é"]).unwrap_err().to_string();
+        assert!(error.contains("a metadata value must be visible ASCII"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn the_client_wrapper_refuses_to_send_a_token_that_is_not_visible_ascii() {
+        let traced = hello_with(Some("é")).await;
+        let status = traced.result.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains("a metadata value must be visible ASCII"), "{status}");
+        assert!(traced.server.is_empty(), "nothing may be sent: {:?}", traced.server);
+    }
+
+    #[test]
+    fn the_server_wrapper_names_an_authorization_header_it_cannot_read() {
+        let mut request = Request::new(());
+        // tonic's own parser lets bytes above 127 through: what a careless client sends.
+        let value = MetadataValue::try_from("Bearer é".as_bytes()).unwrap();
+        request.metadata_mut().insert("authorization", value);
+        let status = check_token(Journal::default()).call(request).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        assert!(status.message().contains("not visible ASCII"), "{status}");
+    }
+
+    #[test]
+    fn the_token_flag_is_parsed() {
+        assert_eq!(Args::try_parse_from(["wrapper"]).unwrap().token, TOKEN);
+        assert_eq!(Args::try_parse_from(["wrapper", "--token", "x"]).unwrap().token, "x");
     }
 }
