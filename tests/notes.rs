@@ -1,6 +1,8 @@
-//! The notes stay true to the code: each note quotes its example's exact output, and every
-//! relative link in the notes and the README points at a file that exists (and a line
-//! anchor at a line that exists).
+//! The notes stay true to the code: each note quotes its example's exact output and shows
+//! code its example really holds; every relative link in the notes (the Chinese article and
+//! the glossary included) and the README points at a file that exists (and a heading or a
+//! line that exists); both articles cover every topic, and the Chinese questions table has a
+//! row for every row of the English one.
 
 mod common;
 
@@ -32,11 +34,9 @@ fn each_note_quotes_the_output_its_golden_file_holds() {
 #[test]
 fn every_relative_link_points_at_something_that_exists() {
     let mut documents: Vec<PathBuf> = vec![root().join("README.md")];
-    for entry in std::fs::read_dir(root().join("notes")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "md") {
-            documents.push(path);
-        }
+    markdown_files(&root().join("notes"), &mut documents);
+    for required in ["notes/glossary.md", "notes/zh/README.md"] {
+        assert!(documents.contains(&root().join(required)), "{required} is missing");
     }
     let mut broken = Vec::new();
     for document in &documents {
@@ -48,6 +48,18 @@ fn every_relative_link_points_at_something_that_exists() {
         }
     }
     assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
+
+/// Every `.md` file under `dir`, subfolders included (`notes/zh/`).
+fn markdown_files(dir: &Path, found: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            markdown_files(&path, found);
+        } else if path.extension().is_some_and(|e| e == "md") {
+            found.push(path);
+        }
+    }
 }
 
 /// The targets of `[text](target)` links, outside code blocks.
@@ -125,9 +137,154 @@ fn slug(heading: &str) -> String {
 }
 
 #[test]
-fn the_article_links_every_topic_note() {
-    let article = std::fs::read_to_string(root().join("notes/README.md")).unwrap();
-    let missing: Vec<String> =
-        topics().into_iter().filter(|t| !article.contains(&format!("]({t}.md)"))).collect();
-    assert!(missing.is_empty(), "notes/README.md does not link these notes: {missing:?}");
+fn both_articles_link_every_topic_note() {
+    for (article, prefix) in [("notes/README.md", ""), ("notes/zh/README.md", "../")] {
+        let text = std::fs::read_to_string(root().join(article)).unwrap();
+        // A topic whose note is not written yet is tests/examples.rs's to report.
+        let missing: Vec<String> = topics()
+            .into_iter()
+            .filter(|t| root().join("notes").join(format!("{t}.md")).is_file())
+            .filter(|t| !text.contains(&format!("]({prefix}{t}.md)")))
+            .collect();
+        assert!(missing.is_empty(), "{article} does not link these notes: {missing:?}");
+    }
+}
+
+/// The rows of the questions table: the table under the heading that starts with
+/// `heading`, each row reduced to the notes it links (`wrapper.md#which-order`, with any
+/// `../` dropped), in order. Links within the article itself are left out: each language
+/// has its own headings.
+fn question_rows(article: &str, heading: &str) -> Vec<Vec<String>> {
+    let text = std::fs::read_to_string(root().join(article)).unwrap();
+    let section = text
+        .split("\n## ")
+        .find(|s| s.starts_with(heading))
+        .unwrap_or_else(|| panic!("{article} has no section \"## {heading}...\""));
+    let rows: Vec<&str> = section.lines().filter(|l| l.starts_with('|')).skip(2).collect();
+    assert!(!rows.is_empty(), "{article}: no questions table under \"## {heading}\"");
+    rows.iter()
+        .map(|row| {
+            link_targets(row)
+                .into_iter()
+                .filter(|t| t.contains(".md"))
+                .map(|t| t.trim_start_matches("../").to_owned())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn the_chinese_questions_table_has_a_row_for_every_english_question() {
+    let english = question_rows("notes/README.md", "Every question");
+    let chinese = question_rows("notes/zh/README.md", "每个问题");
+    for (n, row) in english.iter().enumerate() {
+        assert_eq!(
+            chinese.get(n),
+            Some(row),
+            "question {} of notes/README.md's table links {row:?}; row {} of \
+             notes/zh/README.md's table should link the same sections",
+            n + 1,
+            n + 1
+        );
+    }
+    assert_eq!(chinese.len(), english.len(), "the Chinese table has rows the English one lacks");
+}
+
+/// The `rust` blocks of a note.
+fn rust_excerpts(note: &str) -> Vec<Vec<&str>> {
+    let mut excerpts = Vec::new();
+    let mut current: Option<Vec<&str>> = None;
+    for line in note.lines() {
+        match (&mut current, line.trim()) {
+            (None, "```rust") => current = Some(Vec::new()),
+            (Some(_), "```") => excerpts.push(current.take().unwrap()),
+            (Some(lines), _) => lines.push(line),
+            (None, _) => {}
+        }
+    }
+    excerpts
+}
+
+/// An excerpt's line that stands for lines left out; it is not looked for in the code.
+const ELISION: &str = "// ...";
+
+/// The Rust files of a topic's example: `examples/<topic>.rs`, or every file of
+/// `examples/<topic>/`.
+fn example_sources(topic: &str) -> Vec<(PathBuf, String)> {
+    let mut files = vec![root().join("examples").join(format!("{topic}.rs"))];
+    if let Ok(entries) = std::fs::read_dir(root().join("examples").join(topic)) {
+        files.extend(entries.map(|e| e.unwrap().path()));
+    }
+    files
+        .into_iter()
+        .filter(|path| path.extension().is_some_and(|e| e == "rs"))
+        .filter_map(|path| Some((path.clone(), std::fs::read_to_string(&path).ok()?)))
+        .collect()
+}
+
+/// Whether `source` holds the excerpt: its lines, indentation aside, in one run, or in
+/// several runs in that order where the excerpt has an `// ...` line.
+fn holds(source: &str, excerpt: &[&str]) -> bool {
+    let source: Vec<&str> = source.lines().map(str::trim).collect();
+    let mut from = 0;
+    for run in excerpt.split(|line| line.trim() == ELISION) {
+        let run: Vec<&str> = run.iter().map(|l| l.trim()).collect();
+        if run.is_empty() {
+            continue;
+        }
+        let Some(at) = (from..source.len().saturating_sub(run.len() - 1))
+            .find(|&i| source[i..i + run.len()] == run[..])
+        else {
+            return false;
+        };
+        from = at + run.len();
+    }
+    true
+}
+
+#[test]
+fn every_topic_note_shows_code_its_example_holds() {
+    let mut problems = Vec::new();
+    for topic in topics() {
+        let Ok(note) = std::fs::read_to_string(root().join("notes").join(format!("{topic}.md")))
+        else {
+            continue; // tests/examples.rs reports a missing note
+        };
+        let sources = example_sources(&topic);
+        let excerpts = rust_excerpts(&note);
+        if excerpts.is_empty() {
+            problems.push(format!("notes/{topic}.md has no ```rust excerpt of its example"));
+        }
+        for excerpt in excerpts {
+            let first = excerpt.iter().find(|l| !l.trim().is_empty()).copied().unwrap_or("");
+            if !(5..=25).contains(&excerpt.len()) {
+                problems.push(format!(
+                    "notes/{topic}.md: the excerpt starting `{}` has {} lines, not 5 to 25",
+                    first.trim(),
+                    excerpt.len()
+                ));
+            }
+            if !sources.iter().any(|(_, source)| holds(source, &excerpt)) {
+                problems.push(format!(
+                    "notes/{topic}.md: the excerpt starting `{}` is not in {:?}",
+                    first.trim(),
+                    sources
+                        .iter()
+                        .map(|(p, _)| p.strip_prefix(root()).unwrap())
+                        .collect::<Vec<_>>()
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "notes and code disagree:\n{}", problems.join("\n"));
+}
+
+#[test]
+fn excerpts_are_found_across_elisions_and_indentation_only() {
+    let source = "fn f() {\n    let a = 1;\n    let b = 2;\n    let c = 3;\n}\n";
+    assert!(holds(source, &["let a = 1;", "let b = 2;"]));
+    assert!(holds(source, &["        let a = 1;", "// ...", "let c = 3;", "}"]));
+    assert!(!holds(source, &["let a = 1;", "let c = 3;"]), "lines must be consecutive");
+    assert!(!holds(source, &["let c = 3;", "// ...", "let a = 1;"]), "runs keep their order");
+    assert!(!holds(source, &["let a = 2;"]));
 }
