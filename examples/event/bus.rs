@@ -8,11 +8,12 @@
 //!
 //! On NATS the stream is JetStream (file storage: it survives a server restart too), and
 //! one JetStream publish reaches both kinds, since a JetStream publish is also a core NATS
-//! message. In-process the stream is a list in memory and a cursor per consumer name,
+//! message. On the memory backend the stream is a list and a cursor per consumer name,
 //! which is exactly what JetStream keeps for us, minus the disk and the server.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use async_nats::jetstream::{self, consumer::pull, stream};
@@ -21,6 +22,7 @@ use cloudevents::Event;
 use futures::StreamExt;
 use microkit::backend::Backend;
 use microkit::broker::{Broker, Headers, Subscription};
+use tokio::sync::watch;
 
 /// The subject every login event is published on.
 pub const SUBJECT: &str = "events.user.login";
@@ -37,15 +39,23 @@ pub struct EventBus {
 enum Store {
     // Boxed: a JetStream handle is large, and there is one per bus.
     JetStream(Box<jetstream::Context>),
-    Memory(Arc<Mutex<MemoryStream>>),
+    /// A watch, so a consumer waiting for the next event is woken when one is stored.
+    Memory(watch::Sender<MemoryStream>),
 }
 
-/// The in-process stand-in for a stream: every event, and per consumer name the position
-/// of the next event it has not acknowledged.
+/// The memory backend's stand-in for a stream: every event, and per consumer name the
+/// position of the next event it has not acknowledged.
 #[derive(Default)]
 pub struct MemoryStream {
     events: Vec<Bytes>,
     cursors: HashMap<String, usize>,
+}
+
+impl MemoryStream {
+    /// The next event `name` has not acknowledged, if one is stored.
+    fn next_for(&self, name: &str) -> Option<&Bytes> {
+        self.events.get(self.cursors.get(name).copied().unwrap_or(self.events.len()))
+    }
 }
 
 impl EventBus {
@@ -54,11 +64,11 @@ impl EventBus {
         let store = match backend {
             Backend::Memory { .. } => {
                 tracing::warn!(
-                    "in-process: the durable stream lives in this process's memory, so it \
+                    "memory backend: the durable stream lives in this process's memory, so it \
                      survives a consumer restart but not a process restart; run with NATS \
                      (JetStream, file storage) for events that outlive the process"
                 );
-                return Ok(Self::in_process(broker));
+                Store::Memory(watch::Sender::default())
             }
             Backend::Nats { client, .. } => {
                 let jetstream = jetstream::new(client.clone());
@@ -77,11 +87,6 @@ impl EventBus {
         Ok(EventBus { broker, store })
     }
 
-    /// An in-process bus on the given broker, with its stream in memory.
-    pub fn in_process(broker: Arc<dyn Broker>) -> Self {
-        EventBus { broker, store: Store::Memory(Arc::default()) }
-    }
-
     /// Publishes an event for both kinds of consumer. On NATS it returns once JetStream has
     /// stored it (the publish is acknowledged): from here on it cannot be lost.
     pub async fn publish(&self, event: &Event) -> anyhow::Result<()> {
@@ -94,7 +99,7 @@ impl EventBus {
                 ack.await.context("JetStream did not store the event")?;
             }
             Store::Memory(stream) => {
-                stream.lock().unwrap().events.push(payload.clone());
+                stream.send_modify(|stream| stream.events.push(payload.clone()));
                 let headers = Headers::from([("content-type".to_owned(), CONTENT_TYPE.to_owned())]);
                 self.broker.publish(SUBJECT, headers, payload).await?;
             }
@@ -116,7 +121,9 @@ impl EventBus {
                 let _ = stream.delete_consumer(name).await;
             }
             Store::Memory(stream) => {
-                stream.lock().unwrap().cursors.remove(name);
+                stream.send_modify(|stream| {
+                    stream.cursors.remove(name);
+                });
             }
         }
         Ok(())
@@ -144,9 +151,10 @@ impl EventBus {
                 Ok(Durable::JetStream(Box::new(consumer)))
             }
             Store::Memory(stream) => {
-                let mut memory = stream.lock().unwrap();
-                let end = memory.events.len();
-                memory.cursors.entry(name.to_owned()).or_insert(end);
+                stream.send_modify(|memory| {
+                    let end = memory.events.len();
+                    memory.cursors.entry(name.to_owned()).or_insert(end);
+                });
                 Ok(Durable::Memory { stream: stream.clone(), name: name.to_owned() })
             }
         }
@@ -156,24 +164,30 @@ impl EventBus {
 /// A durable consumer, bound.
 pub enum Durable {
     JetStream(Box<jetstream::consumer::Consumer<pull::Config>>),
-    Memory { stream: Arc<Mutex<MemoryStream>>, name: String },
+    Memory { stream: watch::Sender<MemoryStream>, name: String },
 }
 
 impl Durable {
-    /// Takes every event waiting for this consumer (without waiting for new ones), hands
-    /// each to `handle`, then acknowledges it. Returns how many it took.
+    /// Takes up to `max` events, waiting at most `within` for them to arrive: each goes to
+    /// `handle` (`None`: a payload that is not a CloudEvent), then is acknowledged. Returns
+    /// how many it took, which is fewer than `max` only when `within` ran out.
     ///
     /// Acknowledging after handling is what makes this at-least-once: a consumer that dies
     /// between the two gets the event again, so handlers must tolerate a duplicate (the
     /// CloudEvent's `id` is there to spot one).
-    pub async fn take_waiting(
+    pub async fn take(
         &self,
+        max: usize,
+        within: Duration,
         mut handle: impl FnMut(Option<Event>),
     ) -> anyhow::Result<usize> {
         let mut taken = 0;
         match self {
             Durable::JetStream(consumer) => {
-                let mut batch = consumer.fetch().max_messages(100).messages().await?;
+                // One pull request for up to `max`, held by the server until they are there
+                // or `within` ends: a wait on the server, not a poll.
+                let batch = consumer.batch().max_messages(max).expires(within);
+                let mut batch = batch.messages().await?;
                 while let Some(message) = batch.next().await {
                     let message = message.map_err(|e| anyhow::anyhow!(e))?;
                     handle(decode(&message.payload));
@@ -182,17 +196,20 @@ impl Durable {
                     taken += 1;
                 }
             }
-            Durable::Memory { stream, name } => loop {
-                let next = {
-                    let memory = stream.lock().unwrap();
-                    let position = memory.cursors.get(name).copied().unwrap_or(memory.events.len());
-                    memory.events.get(position).cloned()
-                };
-                let Some(payload) = next else { break };
-                handle(decode(&payload));
-                *stream.lock().unwrap().cursors.entry(name.clone()).or_default() += 1; // the ack
-                taken += 1;
-            },
+            Durable::Memory { stream, name } => {
+                let deadline = tokio::time::Instant::now() + within;
+                let mut stored = stream.subscribe();
+                while taken < max {
+                    let next = stored.wait_for(|stream| stream.next_for(name).is_some());
+                    let Ok(next) = tokio::time::timeout_at(deadline, next).await else { break };
+                    let payload = next?.next_for(name).cloned().expect("waited for it");
+                    handle(decode(&payload));
+                    stream.send_modify(|stream| {
+                        *stream.cursors.entry(name.clone()).or_default() += 1
+                    });
+                    taken += 1;
+                }
+            }
         }
         Ok(taken)
     }

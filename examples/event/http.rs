@@ -16,6 +16,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use cloudevents::{AttributesReader, Event, EventBuilder, EventBuilderV10};
+use microkit::http::ApiError;
 use microkit::proto::events::UserLoggedIn;
 
 use crate::bus::EventBus;
@@ -31,27 +32,21 @@ pub fn router(bus: Arc<EventBus>) -> Router {
     Router::new().route("/user/login", post(login)).route("/events", post(ingest)).with_state(bus)
 }
 
-type Reply = (StatusCode, String);
-
-fn bad_request(reason: impl std::fmt::Display) -> Reply {
-    (StatusCode::BAD_REQUEST, reason.to_string())
-}
+/// An accepted event: 202 and the event's id.
+type Accepted = (StatusCode, String);
 
 /// `POST /user/login`: the application's JSON in, a CloudEvent out.
-async fn login(State(bus): State<Arc<EventBus>>, body: Bytes) -> Reply {
+async fn login(State(bus): State<Arc<EventBus>>, body: Bytes) -> Result<Accepted, ApiError> {
     // The body is parsed here rather than by axum's `Json` extractor, so that the 400's
     // text is ours and names the problem.
-    let login: UserLoggedIn = match serde_json::from_slice(&body) {
-        Ok(login) => login,
-        Err(error) => return bad_request(format!("malformed JSON: {error}")),
-    };
+    let login: UserLoggedIn = serde_json::from_slice(&body)
+        .map_err(|error| ApiError::bad_request(format!("malformed JSON: {error}")))?;
     if login.user.is_empty() {
-        return bad_request("missing field `user`");
+        return Err(ApiError::bad_request("missing field `user`"));
     }
-    let event = match login_event(&login) {
-        Ok(event) => event,
-        Err(error) => return (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
-    };
+    let event = login_event(&login).map_err(|error| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("no event made: {error:#}"))
+    })?;
     accept(&bus, event).await
 }
 
@@ -70,26 +65,22 @@ pub fn login_event(login: &UserLoggedIn) -> anyhow::Result<Event> {
 }
 
 /// `POST /events`: a CloudEvent made elsewhere, checked before it goes any further.
-async fn ingest(State(bus): State<Arc<EventBus>>, body: Bytes) -> Reply {
+async fn ingest(State(bus): State<Arc<EventBus>>, body: Bytes) -> Result<Accepted, ApiError> {
     // The SDK's deserializer enforces the spec: specversion, id, source and type must be
     // there (and be well-formed); anything else is refused here, at the edge.
-    let event: Event = match serde_json::from_slice(&body) {
-        Ok(event) => event,
-        Err(error) => return bad_request(format!("not a CloudEvent: {error}")),
-    };
+    let event: Event = serde_json::from_slice(&body)
+        .map_err(|error| ApiError::bad_request(format!("not a CloudEvent: {error}")))?;
     if event.ty() != LOGIN_TYPE {
-        return bad_request(format!("type {:?} is not handled here", event.ty()));
+        return Err(ApiError::bad_request(format!("type {:?} is not handled here", event.ty())));
     }
     accept(&bus, event).await
 }
 
-async fn accept(bus: &EventBus, event: Event) -> Reply {
-    match bus.publish(&event).await {
-        // 202: taken for delivery. Whoever consumes it does so later, elsewhere.
-        Ok(()) => (StatusCode::ACCEPTED, event.id().to_owned()),
-        Err(error) => {
-            tracing::error!(%error, "publishing an event failed");
-            (StatusCode::SERVICE_UNAVAILABLE, format!("could not publish: {error:#}"))
-        }
-    }
+async fn accept(bus: &EventBus, event: Event) -> Result<Accepted, ApiError> {
+    bus.publish(&event).await.map_err(|error| {
+        tracing::error!(error = format!("{error:#}"), "publishing an event failed");
+        ApiError::unavailable(format!("could not publish: {error:#}"))
+    })?;
+    // 202: taken for delivery. Whoever consumes it does so later, elsewhere.
+    Ok((StatusCode::ACCEPTED, event.id().to_owned()))
 }
