@@ -12,13 +12,16 @@
 //! which is exactly what JetStream keeps for us, minus the disk and the server.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use async_nats::connection::State;
+use async_nats::jetstream::context::{PublishError as JetStreamError, PublishErrorKind};
 use async_nats::jetstream::{self, consumer::pull, stream};
 use bytes::Bytes;
-use cloudevents::Event;
+use cloudevents::{AttributesReader, Event};
 use futures::StreamExt;
 use microkit::backend::Backend;
 use microkit::broker::{Broker, Headers, Subscription};
@@ -30,6 +33,29 @@ pub const SUBJECT: &str = "events.user.login";
 pub const STREAM: &str = "EVENTS";
 /// CloudEvents' media type for an event in JSON "structured mode".
 const CONTENT_TYPE: &str = "application/cloudevents+json";
+/// The largest event (as JSON) the bus takes. An event states a fact; a file belongs
+/// elsewhere. It is also well under NATS's default message limit (1 MiB), so an event the
+/// HTTP side accepted is never one the server refuses for its size.
+pub const MAX_EVENT_BYTES: usize = 64 * 1024;
+/// How long the stream remembers an event's `(source, id)` to drop a second copy: a client
+/// retrying within this window after an unanswered request stores its event once.
+pub const DEDUP_WINDOW: Duration = Duration::from_secs(120);
+
+/// Why an event was not stored, or not surely: each asks the sender for something else.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("the event is {size} bytes, over the {MAX_EVENT_BYTES}-byte bound")]
+    TooLarge { size: usize },
+    /// Nothing was sent (the client is not connected), so nothing can arrive later.
+    #[error("NATS is unreachable, so the event was not stored")]
+    Unreachable,
+    /// Sent, but the confirmation did not come: it may be stored. Sending it again with the
+    /// same id is safe (de-duplicated), and the only way to know.
+    #[error("JetStream did not confirm the event, so it may or may not be stored")]
+    Unconfirmed(#[source] JetStreamError),
+    #[error("the event was not stored")]
+    NotStored(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
 
 pub struct EventBus {
     broker: Arc<dyn Broker>,
@@ -43,12 +69,13 @@ enum Store {
     Memory(watch::Sender<MemoryStream>),
 }
 
-/// The memory backend's stand-in for a stream: every event, and per consumer name the
-/// position of the next event it has not acknowledged.
+/// The memory backend's stand-in for a stream: every event, per consumer name the position
+/// of the next event it has not acknowledged, and when each `(source, id)` was stored.
 #[derive(Default)]
 pub struct MemoryStream {
     events: Vec<Bytes>,
     cursors: HashMap<String, usize>,
+    stored: HashMap<String, Instant>,
 }
 
 impl MemoryStream {
@@ -77,6 +104,7 @@ impl EventBus {
                         name: STREAM.to_owned(),
                         subjects: vec!["events.>".to_owned()],
                         storage: stream::StorageType::File,
+                        duplicate_window: DEDUP_WINDOW,
                         ..Default::default()
                     })
                     .await
@@ -87,21 +115,46 @@ impl EventBus {
         Ok(EventBus { broker, store })
     }
 
-    /// Publishes an event for both kinds of consumer. On NATS it returns once JetStream has
-    /// stored it (the publish is acknowledged): from here on it cannot be lost.
-    pub async fn publish(&self, event: &Event) -> anyhow::Result<()> {
-        let payload = Bytes::from(serde_json::to_vec(event)?);
+    /// Publishes an event for both kinds of consumer, and returns once the stream has it:
+    /// from then on it cannot be lost. The same `(source, id)` again within
+    /// [`DEDUP_WINDOW`] is taken without being stored twice.
+    pub async fn publish(&self, event: &Event) -> Result<(), PublishError> {
+        let json = serde_json::to_vec(event).map_err(|e| PublishError::NotStored(e.into()))?;
+        if json.len() > MAX_EVENT_BYTES {
+            return Err(PublishError::TooLarge { size: json.len() });
+        }
+        let (payload, key) = (Bytes::from(json), format!("{} {}", event.source(), event.id()));
         match &self.store {
             Store::JetStream(jetstream) => {
+                // A publish while disconnected is queued in the client and sent on
+                // reconnecting, whatever was answered meanwhile: so send nothing then, and
+                // "not stored" stays true.
+                if jetstream.client().connection_state() != State::Connected {
+                    return Err(PublishError::Unreachable);
+                }
                 let mut headers = async_nats::HeaderMap::new();
                 headers.insert("content-type", CONTENT_TYPE);
-                let ack = jetstream.publish_with_headers(SUBJECT, headers, payload).await?;
-                ack.await.context("JetStream did not store the event")?;
+                // JetStream drops a second message with the same id within the window.
+                headers.insert("Nats-Msg-Id", key.as_str());
+                let sent = jetstream.publish_with_headers(SUBJECT, headers, payload).await;
+                sent.map_err(unconfirmed)?.await.map_err(unconfirmed)?;
             }
             Store::Memory(stream) => {
-                stream.send_modify(|stream| stream.events.push(payload.clone()));
+                stream.send_modify(|stream| {
+                    // What JetStream does with a duplicate: drop it, and answer as if stored.
+                    let now = Instant::now();
+                    stream.stored.retain(|_, at| now.duration_since(*at) < DEDUP_WINDOW);
+                    if let Entry::Vacant(first) = stream.stored.entry(key) {
+                        first.insert(now);
+                        stream.events.push(payload.clone());
+                    }
+                });
+                // As on NATS, where a duplicate is dropped by the stream, not by the subject.
+                // Stored is what counts; a plain subscriber missing it is at-most-once.
                 let headers = Headers::from([("content-type".to_owned(), CONTENT_TYPE.to_owned())]);
-                self.broker.publish(SUBJECT, headers, payload).await?;
+                if let Err(error) = self.broker.publish(SUBJECT, headers, payload).await {
+                    tracing::warn!(%error, "stored, but not sent to the plain subscribers");
+                }
             }
         }
         Ok(())
@@ -212,6 +265,16 @@ impl Durable {
             }
         }
         Ok(taken)
+    }
+}
+
+/// A failed JetStream publish: if the message may have left, the outcome is unknown.
+fn unconfirmed(error: JetStreamError) -> PublishError {
+    match error.kind() {
+        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
+            PublishError::Unconfirmed(error)
+        }
+        _ => PublishError::NotStored(error.into()),
     }
 }
 

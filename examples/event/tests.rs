@@ -150,3 +150,144 @@ async fn the_roles_need_a_shared_server() {
     let error = run(args).await.unwrap_err();
     assert!(error.to_string().contains("NATS_URL"), "{error}");
 }
+
+/// Waits until the backend's own NATS client is (or is not) connected: an outage as the
+/// example's client sees it, not only as the server's process table does.
+async fn until_connected(backend: &Backend, connected: bool) {
+    let Backend::Nats { client, .. } = backend else { panic!("not NATS") };
+    let state = || client.connection_state() == async_nats::connection::State::Connected;
+    tokio::time::timeout(PATIENCE, async {
+        while state() != connected {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the client never became connected={connected}"));
+}
+
+/// A CloudEvent as another system would POST it to `/events`, with its own id.
+fn sso_login(id: &str, user: &str) -> String {
+    let ty = http::LOGIN_TYPE;
+    format!(
+        r#"{{"specversion":"1.0","id":"{id}","source":"/sso","type":"{ty}","data":{{"user":"{user}"}}}}"#
+    )
+}
+
+/// A client that retries until its event is accepted, as one should after a 503.
+async fn post_until_accepted(router: &Router, body: &str) {
+    tokio::time::timeout(PATIENCE, async {
+        while post(router, "/events", body).await.unwrap() != StatusCode::ACCEPTED {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("accepted once NATS is back");
+}
+
+#[tokio::test]
+async fn a_503_means_not_stored_and_a_retried_id_is_stored_once() {
+    let mut server = NatsServer::start().await.expect(INSTALL_HINT);
+    let backend = nats_backend(&server).await;
+    let bus = Arc::new(EventBus::connect(&backend).await.unwrap());
+    let audit = bus.durable(AUDIT).await.unwrap();
+    let router = http::router(bus.clone());
+    let mut ids = Vec::new();
+    let mut take = async |count| {
+        let record = |e: Option<Event>| ids.extend(e.map(|e| e.id().to_owned()));
+        audit.take(count, PATIENCE, record).await.unwrap();
+        std::mem::take(&mut ids)
+    };
+
+    server.stop().await.unwrap();
+    until_connected(&backend, false).await;
+    let refused = post(&router, "/events", &sso_login("sso-1", "ada")).await.unwrap();
+    assert_eq!(refused, StatusCode::SERVICE_UNAVAILABLE);
+
+    server.restart().await.unwrap();
+    until_connected(&backend, true).await;
+    // What the client held back during the outage reaches the server ahead of this one.
+    post_until_accepted(&router, &sso_login("sso-2", "grace")).await;
+    assert_eq!(take(1).await, ["sso-2"], "the event answered 503 was stored after all");
+
+    // The client retries sso-1, twice, as if the first 202 had been lost on its way back.
+    post_until_accepted(&router, &sso_login("sso-1", "ada")).await;
+    post_until_accepted(&router, &sso_login("sso-1", "ada")).await;
+    post_until_accepted(&router, &sso_login("sso-3", "linus")).await;
+    assert_eq!(take(2).await, ["sso-1", "sso-3"], "a retried id is stored once");
+}
+
+#[tokio::test]
+async fn a_retried_id_is_stored_once_in_memory_too() {
+    let bus = Arc::new(EventBus::connect(&memory_backend().await).await.unwrap());
+    let audit = bus.durable(AUDIT).await.unwrap();
+    let router = http::router(bus.clone());
+    for body in [sso_login("sso-1", "ada"), sso_login("sso-1", "ada"), sso_login("sso-2", "ken")] {
+        assert_eq!(post(&router, "/events", &body).await.unwrap(), StatusCode::ACCEPTED);
+    }
+    let mut ids = Vec::new();
+    audit.take(2, PATIENCE, |e| ids.extend(e.map(|e| e.id().to_owned()))).await.unwrap();
+    assert_eq!(ids, ["sso-1", "sso-2"]);
+}
+
+#[tokio::test]
+async fn what_the_cloudevents_spec_forbids_is_refused() {
+    let bus = Arc::new(EventBus::connect(&memory_backend().await).await.unwrap());
+    let mut live = bus.subscribe().await.unwrap();
+    let router = http::router(bus.clone());
+    let ty = http::LOGIN_TYPE;
+    for (body, reason) in [
+        (format!(r#"{{"specversion":"1.0","id":"","source":"/s","type":"{ty}"}}"#), "id"),
+        (format!(r#"{{"specversion":"1.0","id":"x","source":"","type":"{ty}"}}"#), "source"),
+        (format!(r#"{{"specversion":"0.3","id":"x","source":"/s","type":"{ty}"}}"#), "0.3"),
+        (
+            format!(r#"{{"specversion":"1.0","id":"x","source":"/s","type":"{ty}","Tenant":"a"}}"#),
+            "Tenant",
+        ),
+        (
+            format!(
+                r#"{{"specversion":"1.0","id":"x","source":"/s","type":"{ty}","ten_ant":"a"}}"#
+            ),
+            "ten_ant",
+        ),
+    ] {
+        assert_eq!(
+            post(&router, "/events", &body).await.unwrap(),
+            StatusCode::BAD_REQUEST,
+            "{body}"
+        );
+        assert!(http::check(&serde_json::from_str(&body).unwrap()).unwrap_err().contains(reason));
+    }
+    let fine =
+        format!(r#"{{"specversion":"1.0","id":"x","source":"/s","type":"{ty}","tenant2":"a"}}"#);
+    assert_eq!(post(&router, "/events", &fine).await.unwrap(), StatusCode::ACCEPTED);
+    // Order per publisher: had a refused event been published, it would come first.
+    let first = tokio::time::timeout(PATIENCE, live.next()).await.unwrap().unwrap();
+    assert_eq!(bus::decode(&first.payload).unwrap().id(), "x");
+}
+
+#[tokio::test]
+async fn an_event_over_the_bound_is_413_on_both_backends() {
+    let server = NatsServer::start().await.expect(INSTALL_HINT);
+    let big = |bytes: usize| sso_login("big", &"a".repeat(bytes));
+    for backend in [memory_backend().await, nats_backend(&server).await] {
+        let router = http::router(Arc::new(EventBus::connect(&backend).await.unwrap()));
+        // Just over the bound; and over NATS's own message limit (1 MiB), which the server
+        // would refuse as "could not publish".
+        for body in [big(bus::MAX_EVENT_BYTES), big(1 << 20)] {
+            let status = post(&router, "/events", &body).await.unwrap();
+            assert_eq!(
+                status,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "{} on {}",
+                body.len(),
+                backend.name()
+            );
+        }
+        // A login whose event, not its body, goes over the bound.
+        let login =
+            format!(r#"{{"user":"{}","method":"m"}}"#, "a".repeat(bus::MAX_EVENT_BYTES - 40));
+        let status = post(&router, "/user/login", &login).await.unwrap();
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{}", backend.name());
+        assert_eq!(post(&router, "/events", &big(1000)).await.unwrap(), StatusCode::ACCEPTED);
+    }
+}
