@@ -1,146 +1,96 @@
 //! # broker: raw publish/subscribe, and the rules it keeps
 //!
-//! go-micro's broker example published a message every second and printed what a
-//! subscriber got. It also defined a queue-group subscriber and never ran it, and it never
-//! said what the broker promises: is delivery synchronous? What happens to a message
-//! nobody listens for? Here the rules are run, not described: two broadcast subscribers
-//! and a two-member queue group listen side by side, every handler is held while the
-//! messages are published, and the totals printed at the end are the answers.
+//! A broker takes a message for a topic and hands a copy to whoever subscribed. What it
+//! promises is the lesson, and [`observe`] runs those promises instead of describing them:
+//! two broadcast subscribers and a two-member queue group listen side by side, every
+//! handler is held while the orders are published, and the counts it returns answer the
+//! questions (is delivery asynchronous? who gets a copy? what happens to a message nobody
+//! listens for? in which order do they come?).
+//!
+//! go-micro's example published a message every second and printed it; it defined a
+//! queue-group subscriber, never ran it, and never said what the broker promises.
 //!
 //! Run it:
 //!
 //! ```text
-//! cargo run --example broker                       # NATS if installed, else in-process
-//! cargo run --example broker -- --backend memory   # the in-process broker
+//! cargo run --example broker                       # NATS if installed, else in memory
+//! cargo run --example broker -- --backend memory   # the memory backend
 //! cargo run --example broker -- --messages 1000
 //! ```
 //!
-//! It prints (the golden file `tests/golden/broker.txt` holds exactly this, on either
-//! backend):
+//! Which queue-group member got which message is the broker's choice (round robin in
+//! memory, random on NATS): it is logged with `RUST_LOG=info`, not printed.
 //!
-//! ```text
-//! published order 0 before anyone subscribed: accepted, no error
-//! subscribed: broadcast a, broadcast b, queue group "workers" with members w1 and w2
-//! published orders 1..=10 while every handler was held
-//!   publish returned 10 times, handlers had run 0 times: delivery is asynchronous
-//! released the handlers
-//! broadcast a: 10 of 10 messages, in publish order
-//! broadcast b: 10 of 10 messages, in publish order
-//! queue group "workers": 10 of 10 messages between its 2 members, none twice
-//! headers intact on all 30 deliveries, e.g. {seq: "1", sender: "order-service"}
-//! order 0: delivered 0 times (at-most-once: nobody was subscribed)
-//! dropped by slow consumers: 0
-//! ```
-//!
-//! Which member of the queue group got which message is up to the broker (round robin
-//! in-process, random on NATS): it is logged with `RUST_LOG=info`, not printed.
-//!
-//! Read it beside `notes/broker.md`.
+//! Prints `tests/golden/broker.txt`; explained in `notes/broker.md`.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use anyhow::Context;
 use bytes::Bytes;
 use clap::Parser;
 use futures::future::BoxFuture;
+use microkit::PATIENCE;
 use microkit::backend::{Backend, BackendArgs};
 use microkit::broker::{Headers, Message};
-use microkit::{Out, say};
-use tokio::sync::Semaphore;
-
-#[derive(Parser, Debug)]
-#[command(
-    about = "The broker's rules, shown: asynchronous, broadcast vs queue group, at-most-once"
-)]
-struct Args {
-    #[command(flatten)]
-    backend: BackendArgs,
-
-    /// How many orders to publish after the subscribers are in place.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    messages: u32,
-}
+use tokio::sync::{Semaphore, watch};
 
 const TOPIC: &str = "orders";
 const QUEUE: &str = "workers";
-/// Every wait in this example is capped; this only turns a hang into an error.
-const PATIENCE: Duration = Duration::from_secs(10);
+/// The subscribers, and the queue group each is in (`None`: a broadcast subscriber).
+const SUBSCRIBERS: [(&str, Option<&str>); 4] =
+    [("a", None), ("b", None), ("w1", Some(QUEUE)), ("w2", Some(QUEUE))];
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    microkit::init_tracing();
-    microkit::report(run(Args::parse(), &Out::stdout()).await)
-}
-
-async fn run(args: Args, out: &Out) -> anyhow::Result<()> {
-    let backend = args.backend.connect().await?;
-    run_on(&backend, args.messages, out).await
-}
-
-/// Who received what, recorded by the handlers.
-#[derive(Default)]
-struct Deliveries {
-    /// Subscriber name -> sequence numbers, in arrival order.
-    seqs: BTreeMap<&'static str, Vec<u32>>,
-    /// Deliveries whose headers were not what the publisher sent.
-    bad_headers: usize,
-    example_headers: Option<Headers>,
-}
-
-async fn run_on(backend: &Backend, messages: u32, out: &Out) -> anyhow::Result<()> {
+/// Runs the broker's rules with `messages` orders and returns what each subscriber got.
+async fn observe(backend: &Backend, messages: u32) -> anyhow::Result<Observed> {
     tracing::info!(backend = backend.name(), "running");
     // Two clients, as two services would have: the order service publishes, the others
     // subscribe. On NATS they are two connections.
     let publisher = backend.broker().await?;
     let subscribers = backend.broker().await?;
 
-    // Rule: at-most-once. Nobody listens yet, so this message is simply gone.
+    // Rule: at-most-once. Nobody listens yet, so this message is simply gone, and
+    // `publish` does not say so: there is nobody to say it to.
     publisher.publish(TOPIC, order_headers(0), Bytes::from("order 0")).await?;
     publisher.flush().await?;
-    say!(out, "published order 0 before anyone subscribed: accepted, no error");
 
-    // Every handler waits at this gate until we open it, so we can see what `publish`
-    // waited for (nothing).
+    // Every handler waits at this gate until it is opened, so what `publish` waited for
+    // (nothing) shows in the count of handlers that had run.
     let gate = Arc::new(Semaphore::new(0));
-    let deliveries = Arc::new(Mutex::new(Deliveries::default()));
+    let (observed, mut progress) = watch::channel(Observed { messages, ..Observed::default() });
     let mut handlers = Vec::new();
-    for (name, queue) in [("a", None), ("b", None), ("w1", Some(QUEUE)), ("w2", Some(QUEUE))] {
+    for (name, queue) in SUBSCRIBERS {
         let subscription = subscribers.subscribe(TOPIC, queue).await?;
-        handlers.push(subscription.handle(record(name, gate.clone(), deliveries.clone())));
+        handlers.push(subscription.handle(record(name, gate.clone(), observed.clone())));
     }
-    say!(
-        out,
-        "subscribed: broadcast a, broadcast b, queue group \"{QUEUE}\" with members w1 and w2"
-    );
 
     // Rule: asynchronous. Each publish returns as soon as the broker has the message.
     for n in 1..=messages {
         publisher.publish(TOPIC, order_headers(n), Bytes::from(format!("order {n}"))).await?;
     }
     publisher.flush().await?;
-    let handled = deliveries.lock().unwrap().seqs.values().map(Vec::len).sum::<usize>();
-    say!(out, "published orders 1..={messages} while every handler was held");
-    say!(
-        out,
-        "  publish returned {messages} times, handlers had run {handled} times: delivery is \
-         asynchronous"
-    );
+    let handled_while_held = observed.borrow().delivered();
 
-    let expected = 3 * messages as usize; // a and b get all; the group shares one copy
+    // Rule: broadcast unless grouped. a and b get every order; the group shares one copy.
+    let expected = 3 * messages as usize;
     gate.add_permits(expected);
-    say!(out, "released the handlers");
-    wait_for(&deliveries, expected).await?;
+    tokio::time::timeout(PATIENCE, progress.wait_for(|seen| seen.delivered() >= expected))
+        .await
+        .map_err(|_| {
+            let got = observed.borrow().delivered();
+            anyhow::anyhow!("only {got} of {expected} deliveries within {PATIENCE:?}")
+        })?
+        .context("the handlers ended early")?;
     for handler in handlers {
         handler.stop().await;
     }
-    report_totals(&deliveries.lock().unwrap(), messages, out);
-    say!(out, "dropped by slow consumers: {}", subscribers.slow_consumer_drops());
 
+    let mut observed = observed.send_replace(Observed::default());
+    observed.handled_while_held = handled_while_held;
+    observed.dropped = subscribers.slow_consumer_drops();
     publisher.drain().await?;
     subscribers.drain().await?;
-    Ok(())
+    Ok(observed)
 }
 
 /// The headers the order service puts on each message.
@@ -155,78 +105,135 @@ fn order_headers(n: u32) -> Headers {
 fn record(
     name: &'static str,
     gate: Arc<Semaphore>,
-    deliveries: Arc<Mutex<Deliveries>>,
+    observed: watch::Sender<Observed>,
 ) -> impl FnMut(Message) -> BoxFuture<'static, ()> + Send + 'static {
     move |message| {
-        let (gate, deliveries) = (gate.clone(), deliveries.clone());
+        let (gate, observed) = (gate.clone(), observed.clone());
         Box::pin(async move {
             // A closed gate means the example is ending; nothing is left to record.
             let Ok(_permit) = gate.acquire().await else { return };
             let seq: u32 = message.headers.get("seq").and_then(|s| s.parse().ok()).unwrap_or(0);
             tracing::info!(subscriber = name, seq, "handled");
-            let mut deliveries = deliveries.lock().unwrap();
-            if message.headers != order_headers(seq) || message.payload != format!("order {seq}") {
-                deliveries.bad_headers += 1;
-            }
-            if name == "a" && seq == 1 {
-                deliveries.example_headers = Some(message.headers);
-            }
-            deliveries.seqs.entry(name).or_default().push(seq);
+            observed.send_modify(|seen| {
+                if message.headers != order_headers(seq)
+                    || message.payload != format!("order {seq}")
+                {
+                    seen.bad_headers += 1;
+                }
+                if name == "a" && seq == 1 {
+                    seen.example_headers = Some(message.headers);
+                }
+                seen.seqs.entry(name).or_default().push(seq);
+            });
         })
     }
 }
 
-async fn wait_for(deliveries: &Mutex<Deliveries>, expected: usize) -> anyhow::Result<()> {
-    let count = || deliveries.lock().unwrap().seqs.values().map(Vec::len).sum::<usize>();
-    tokio::time::timeout(PATIENCE, async {
-        while count() < expected {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await
-    .with_context(|| format!("only {} of {expected} deliveries within {PATIENCE:?}", count()))
+/// What one run observed: each field answers one question about the broker.
+#[derive(Debug, Default)]
+struct Observed {
+    /// How many orders were published once the subscribers were in place.
+    messages: u32,
+    /// How many deliveries had been handled when the last `publish` returned.
+    handled_while_held: usize,
+    /// Subscriber name -> the sequence numbers it got, in arrival order.
+    seqs: BTreeMap<&'static str, Vec<u32>>,
+    /// Deliveries whose headers or payload were not what the publisher sent.
+    bad_headers: usize,
+    /// The headers subscriber `a` got with order 1: what travels beside a payload.
+    example_headers: Option<Headers>,
+    /// Messages the broker dropped because a subscriber fell behind.
+    dropped: u64,
 }
 
-fn report_totals(deliveries: &Deliveries, messages: u32, out: &Out) {
-    let all: Vec<u32> = (1..=messages).collect();
-    let none = Vec::new();
-    for name in ["a", "b"] {
-        let got = deliveries.seqs.get(name).unwrap_or(&none);
-        let order = if *got == all { "in publish order" } else { "OUT OF ORDER" };
-        say!(out, "broadcast {name}: {} of {messages} messages, {order}", got.len());
+impl Observed {
+    fn delivered(&self) -> usize {
+        self.seqs.values().map(Vec::len).sum()
     }
 
-    let w1 = deliveries.seqs.get("w1").unwrap_or(&none);
-    let w2 = deliveries.seqs.get("w2").unwrap_or(&none);
-    tracing::info!(w1 = w1.len(), w2 = w2.len(), "queue group shares");
-    let mut shared: Vec<u32> = w1.iter().chain(w2).copied().collect();
-    shared.sort_unstable();
-    let total = shared.len();
-    shared.dedup();
-    let twice = total - shared.len();
-    let twice = if twice == 0 { "none twice".to_owned() } else { format!("{twice} TWICE") };
-    say!(
-        out,
-        "queue group \"{QUEUE}\": {} of {messages} messages between its 2 members, {twice}",
-        shared.len()
-    );
+    fn got(&self, name: &str) -> &[u32] {
+        self.seqs.get(name).map_or(&[], Vec::as_slice)
+    }
 
-    let intact = 3 * messages as usize - deliveries.bad_headers;
-    let example = deliveries
+    /// Whether `name` got every order, each once, in publish order.
+    fn in_publish_order(&self, name: &str) -> bool {
+        self.got(name).iter().copied().eq(1..=self.messages)
+    }
+
+    /// How many distinct orders the queue group got between its members, and how many
+    /// of them reached more than one member.
+    fn queue_group(&self) -> (usize, usize) {
+        let (w1, w2) = (self.got("w1"), self.got("w2"));
+        tracing::info!(w1 = w1.len(), w2 = w2.len(), "queue group shares");
+        let mut shared: Vec<u32> = w1.iter().chain(w2).copied().collect();
+        shared.sort_unstable();
+        let total = shared.len();
+        shared.dedup();
+        (shared.len(), total - shared.len())
+    }
+
+    /// How many times order 0, published before anyone subscribed, was delivered.
+    fn order_zero_delivered(&self) -> usize {
+        self.seqs.values().flatten().filter(|&&seq| seq == 0).count()
+    }
+}
+
+/// The default run: the rules, then what they came to.
+async fn tell(backend: &Backend, messages: u32) -> anyhow::Result<()> {
+    let seen = observe(backend, messages).await?;
+    println!("published order 0 before anyone subscribed: accepted, no error");
+    println!(
+        "subscribed: broadcast a, broadcast b, queue group \"{QUEUE}\" with members w1 and w2"
+    );
+    println!("published orders 1..={messages} while every handler was held");
+    println!(
+        "  publish returned {messages} times, handlers had run {} times: delivery is \
+         asynchronous",
+        seen.handled_while_held
+    );
+    println!("released the handlers");
+    for name in ["a", "b"] {
+        let order = if seen.in_publish_order(name) { "in publish order" } else { "OUT OF ORDER" };
+        println!("broadcast {name}: {} of {messages} messages, {order}", seen.got(name).len());
+    }
+    let (distinct, twice) = seen.queue_group();
+    let twice = if twice == 0 { "none twice".to_owned() } else { format!("{twice} TWICE") };
+    println!(
+        "queue group \"{QUEUE}\": {distinct} of {messages} messages between its 2 members, {twice}"
+    );
+    let example = seen
         .example_headers
         .as_ref()
-        .map(|headers| {
-            let fields: Vec<String> = [("seq", &headers["seq"]), ("sender", &headers["sender"])]
-                .iter()
-                .map(|(name, value)| format!("{name}: {value:?}"))
-                .collect();
-            format!("{{{}}}", fields.join(", "))
-        })
+        .map(|headers| format!("{{seq: {:?}, sender: {:?}}}", headers["seq"], headers["sender"]))
         .unwrap_or_default();
-    say!(out, "headers intact on all {intact} deliveries, e.g. {example}");
+    let intact = seen.delivered() - seen.bad_headers;
+    println!("headers intact on all {intact} deliveries, e.g. {example}");
+    println!(
+        "order 0: delivered {} times (at-most-once: nobody was subscribed)",
+        seen.order_zero_delivered()
+    );
+    println!("dropped by slow consumers: {}", seen.dropped);
+    Ok(())
+}
 
-    let zero_seen = deliveries.seqs.values().flatten().filter(|&&seq| seq == 0).count();
-    say!(out, "order 0: delivered {zero_seen} times (at-most-once: nobody was subscribed)");
+#[derive(Parser, Debug)]
+#[command(
+    about = "The broker's rules, shown: asynchronous, broadcast vs queue group, at-most-once"
+)]
+struct Args {
+    #[command(flatten)]
+    backend: BackendArgs,
+
+    /// How many orders to publish after the subscribers are in place.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    messages: u32,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    microkit::init_tracing();
+    let args = Args::parse();
+    microkit::report(async { tell(&args.backend.connect().await?, args.messages).await }.await)
 }
 
 #[cfg(test)]
@@ -235,34 +242,61 @@ mod tests {
     use microkit::backend::BackendChoice;
     use microkit::nats::{INSTALL_HINT, NatsServer};
 
-    #[tokio::test]
-    async fn prints_its_golden_output_in_process() {
-        let out = Out::capture();
-        run(Args::parse_from(["broker", "--backend", "memory"]), &out).await.unwrap();
-        microkit::golden::assert_matches("broker", &out.text());
+    async fn on(choice: BackendChoice, server: Option<&NatsServer>) -> Backend {
+        let args = BackendArgs { backend: choice };
+        args.connect_with(server.map(NatsServer::url).as_deref()).await.unwrap()
+    }
+
+    /// Every rule the default run prints, checked on the values behind the lines.
+    fn assert_the_rules_hold(seen: &Observed, messages: u32) {
+        assert_eq!(seen.handled_while_held, 0, "publish waited for a handler");
+        for name in ["a", "b"] {
+            assert!(seen.in_publish_order(name), "{name}: {:?}", seen.got(name));
+        }
+        assert_eq!(seen.queue_group(), (messages as usize, 0), "one copy per group");
+        assert_eq!(seen.delivered(), 3 * messages as usize);
+        assert_eq!(seen.bad_headers, 0);
+        assert_eq!(seen.example_headers, Some(order_headers(1)));
+        assert_eq!(seen.order_zero_delivered(), 0, "a message nobody heard stays lost");
+        assert_eq!(seen.dropped, 0);
     }
 
     #[tokio::test]
-    async fn prints_the_same_on_nats() {
+    async fn the_rules_hold_in_memory() {
+        let seen = observe(&on(BackendChoice::Memory, None).await, 10).await.unwrap();
+        assert_the_rules_hold(&seen, 10);
+    }
+
+    #[tokio::test]
+    async fn the_rules_hold_on_nats() {
         let server = NatsServer::start().await.expect(INSTALL_HINT);
-        let args = BackendArgs { backend: BackendChoice::Nats };
-        let backend = args.connect_with(Some(&server.url())).await.unwrap();
-        let out = Out::capture();
-        run_on(&backend, 10, &out).await.unwrap();
-        microkit::golden::assert_matches("broker", &out.text());
+        let seen = observe(&on(BackendChoice::Nats, Some(&server)).await, 10).await.unwrap();
+        assert_the_rules_hold(&seen, 10);
     }
 
     #[tokio::test]
     async fn many_messages_on_nats_lose_nothing() {
         let server = NatsServer::start().await.expect(INSTALL_HINT);
-        let args = BackendArgs { backend: BackendChoice::Nats };
-        let backend = args.connect_with(Some(&server.url())).await.unwrap();
-        let out = Out::capture();
-        run_on(&backend, 5000, &out).await.unwrap();
-        let text = out.text();
-        assert!(text.contains("broadcast a: 5000 of 5000 messages, in publish order"), "{text}");
-        assert!(text.contains("5000 of 5000 messages between its 2 members, none twice"));
-        assert!(text.contains("dropped by slow consumers: 0\n"), "{text}");
+        let seen = observe(&on(BackendChoice::Nats, Some(&server)).await, 5000).await.unwrap();
+        assert_the_rules_hold(&seen, 5000);
+    }
+
+    #[test]
+    fn the_accounting_notices_what_a_broken_broker_would_do() {
+        let seen = Observed {
+            messages: 3,
+            seqs: BTreeMap::from([
+                ("a", vec![1, 3, 2]),
+                ("b", vec![1, 2]),
+                ("w1", vec![1, 2]),
+                ("w2", vec![2, 3, 0]),
+            ]),
+            ..Observed::default()
+        };
+        assert!(!seen.in_publish_order("a"), "reordered");
+        assert!(!seen.in_publish_order("b"), "one missing");
+        assert_eq!(seen.queue_group(), (4, 1), "order 2 reached both members");
+        assert_eq!(seen.order_zero_delivered(), 1);
     }
 
     #[test]

@@ -70,12 +70,26 @@ async fn the_audit_process_gets_the_logins_it_missed_while_stopped() {
         let user = line.strip_prefix("audit: ").and_then(|rest| rest.split(' ').next());
         users.push(user.expect("an audit line").to_owned());
     }
-    if users.len() == 3 {
+    let taken = users.len();
+    if taken == 3 {
         assert_eq!(users[0], "ada", "only the unacknowledged event may come again");
         users.remove(0);
     }
     assert_eq!(users, ["ken", "margaret"]);
 
-    audit.kill().await.unwrap();
-    serve.kill().await.unwrap();
+    // A stop request, unlike the kill: each finishes what it has in hand, prints its
+    // tally and exits 0.
+    terminate(&audit);
+    assert_eq!(next_line(&mut audit_out).await, format!("audit: {taken} events taken, 0 skipped"));
+    assert!(tokio::time::timeout(LIMIT, audit.wait()).await.unwrap().unwrap().success());
+    terminate(&serve);
+    assert_eq!(next_line(&mut serve_out).await, "served: 3 accepted, 0 refused");
+    assert!(tokio::time::timeout(LIMIT, serve.wait()).await.unwrap().unwrap().success());
+}
+
+/// Sends SIGTERM to this process, and only to it.
+fn terminate(child: &Child) {
+    let pid = child.id().expect("the process is still running").to_string();
+    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success(), "kill -TERM {pid} failed");
 }

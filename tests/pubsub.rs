@@ -58,3 +58,30 @@ async fn a_role_without_nats_url_says_what_to_do() {
     let stderr = text(&output.stderr);
     assert!(stderr.starts_with("error: ") && stderr.contains("NATS_URL"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_subscriber_stopped_by_sigterm_prints_its_tally_and_exits_0() {
+    let server = NatsServer::start().await.expect(INSTALL_HINT);
+    let mut subscriber = example("pubsub");
+    subscriber.env("NATS_URL", server.url()).args(["subscriber", "--service", "billing"]);
+    let mut subscriber = subscriber.spawn().unwrap();
+    let mut lines = BufReader::new(subscriber.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(LIMIT, lines.next_line()).await.unwrap().unwrap();
+    assert_eq!(first.as_deref(), Some("billing: listening (Ctrl-C to stop)"));
+
+    let mut publisher = example("pubsub");
+    publisher.env("NATS_URL", server.url()).args(["publisher", "--users", "0", "--orders", "2"]);
+    assert!(run_within(publisher, LIMIT).await.status.success());
+    for expected in ["billing: order-1 1000", "billing: order-2 2000"] {
+        let line = tokio::time::timeout(LIMIT, lines.next_line()).await.unwrap().unwrap();
+        assert_eq!(line.as_deref(), Some(expected));
+    }
+
+    let pid = subscriber.id().unwrap().to_string();
+    let kill = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(kill.success());
+    let rest = tokio::time::timeout(LIMIT, lines.next_line()).await.unwrap().unwrap();
+    assert_eq!(rest.as_deref(), Some("billing: 2 handled, 0 undecodable skipped"));
+    let status = tokio::time::timeout(LIMIT, subscriber.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "SIGTERM is a stop request, not a kill: {status}");
+}

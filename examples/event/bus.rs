@@ -8,19 +8,24 @@
 //!
 //! On NATS the stream is JetStream (file storage: it survives a server restart too), and
 //! one JetStream publish reaches both kinds, since a JetStream publish is also a core NATS
-//! message. In-process the stream is a list in memory and a cursor per consumer name,
+//! message. On the memory backend the stream is a list and a cursor per consumer name,
 //! which is exactly what JetStream keeps for us, minus the disk and the server.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::hash_map::Entry;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use async_nats::connection::State;
+use async_nats::jetstream::context::{PublishError as JetStreamError, PublishErrorKind};
 use async_nats::jetstream::{self, consumer::pull, stream};
 use bytes::Bytes;
-use cloudevents::Event;
+use cloudevents::{AttributesReader, Event};
 use futures::StreamExt;
 use microkit::backend::Backend;
 use microkit::broker::{Broker, Headers, Subscription};
+use tokio::sync::watch;
 
 /// The subject every login event is published on.
 pub const SUBJECT: &str = "events.user.login";
@@ -28,6 +33,29 @@ pub const SUBJECT: &str = "events.user.login";
 pub const STREAM: &str = "EVENTS";
 /// CloudEvents' media type for an event in JSON "structured mode".
 const CONTENT_TYPE: &str = "application/cloudevents+json";
+/// The largest event (as JSON) the bus takes. An event states a fact; a file belongs
+/// elsewhere. It is also well under NATS's default message limit (1 MiB), so an event the
+/// HTTP side accepted is never one the server refuses for its size.
+pub const MAX_EVENT_BYTES: usize = 64 * 1024;
+/// How long the stream remembers an event's `(source, id)` to drop a second copy: a client
+/// retrying within this window after an unanswered request stores its event once.
+pub const DEDUP_WINDOW: Duration = Duration::from_secs(120);
+
+/// Why an event was not stored, or not surely: each asks the sender for something else.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("the event is {size} bytes, over the {MAX_EVENT_BYTES}-byte bound")]
+    TooLarge { size: usize },
+    /// Nothing was sent (the client is not connected), so nothing can arrive later.
+    #[error("NATS is unreachable, so the event was not stored")]
+    Unreachable,
+    /// Sent, but the confirmation did not come: it may be stored. Sending it again with the
+    /// same id is safe (de-duplicated), and the only way to know.
+    #[error("JetStream did not confirm the event, so it may or may not be stored")]
+    Unconfirmed(#[source] JetStreamError),
+    #[error("the event was not stored")]
+    NotStored(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
 
 pub struct EventBus {
     broker: Arc<dyn Broker>,
@@ -37,15 +65,24 @@ pub struct EventBus {
 enum Store {
     // Boxed: a JetStream handle is large, and there is one per bus.
     JetStream(Box<jetstream::Context>),
-    Memory(Arc<Mutex<MemoryStream>>),
+    /// A watch, so a consumer waiting for the next event is woken when one is stored.
+    Memory(watch::Sender<MemoryStream>),
 }
 
-/// The in-process stand-in for a stream: every event, and per consumer name the position
-/// of the next event it has not acknowledged.
+/// The memory backend's stand-in for a stream: every event, per consumer name the position
+/// of the next event it has not acknowledged, and when each `(source, id)` was stored.
 #[derive(Default)]
 pub struct MemoryStream {
     events: Vec<Bytes>,
     cursors: HashMap<String, usize>,
+    stored: HashMap<String, Instant>,
+}
+
+impl MemoryStream {
+    /// The next event `name` has not acknowledged, if one is stored.
+    fn next_for(&self, name: &str) -> Option<&Bytes> {
+        self.events.get(self.cursors.get(name).copied().unwrap_or(self.events.len()))
+    }
 }
 
 impl EventBus {
@@ -54,11 +91,11 @@ impl EventBus {
         let store = match backend {
             Backend::Memory { .. } => {
                 tracing::warn!(
-                    "in-process: the durable stream lives in this process's memory, so it \
+                    "memory backend: the durable stream lives in this process's memory, so it \
                      survives a consumer restart but not a process restart; run with NATS \
                      (JetStream, file storage) for events that outlive the process"
                 );
-                return Ok(Self::in_process(broker));
+                Store::Memory(watch::Sender::default())
             }
             Backend::Nats { client, .. } => {
                 let jetstream = jetstream::new(client.clone());
@@ -67,6 +104,7 @@ impl EventBus {
                         name: STREAM.to_owned(),
                         subjects: vec!["events.>".to_owned()],
                         storage: stream::StorageType::File,
+                        duplicate_window: DEDUP_WINDOW,
                         ..Default::default()
                     })
                     .await
@@ -77,26 +115,46 @@ impl EventBus {
         Ok(EventBus { broker, store })
     }
 
-    /// An in-process bus on the given broker, with its stream in memory.
-    pub fn in_process(broker: Arc<dyn Broker>) -> Self {
-        EventBus { broker, store: Store::Memory(Arc::default()) }
-    }
-
-    /// Publishes an event for both kinds of consumer. On NATS it returns once JetStream has
-    /// stored it (the publish is acknowledged): from here on it cannot be lost.
-    pub async fn publish(&self, event: &Event) -> anyhow::Result<()> {
-        let payload = Bytes::from(serde_json::to_vec(event)?);
+    /// Publishes an event for both kinds of consumer, and returns once the stream has it:
+    /// from then on it cannot be lost. The same `(source, id)` again within
+    /// [`DEDUP_WINDOW`] is taken without being stored twice.
+    pub async fn publish(&self, event: &Event) -> Result<(), PublishError> {
+        let json = serde_json::to_vec(event).map_err(|e| PublishError::NotStored(e.into()))?;
+        if json.len() > MAX_EVENT_BYTES {
+            return Err(PublishError::TooLarge { size: json.len() });
+        }
+        let (payload, key) = (Bytes::from(json), format!("{} {}", event.source(), event.id()));
         match &self.store {
             Store::JetStream(jetstream) => {
+                // A publish while disconnected is queued in the client and sent on
+                // reconnecting, whatever was answered meanwhile: so send nothing then, and
+                // "not stored" stays true.
+                if jetstream.client().connection_state() != State::Connected {
+                    return Err(PublishError::Unreachable);
+                }
                 let mut headers = async_nats::HeaderMap::new();
                 headers.insert("content-type", CONTENT_TYPE);
-                let ack = jetstream.publish_with_headers(SUBJECT, headers, payload).await?;
-                ack.await.context("JetStream did not store the event")?;
+                // JetStream drops a second message with the same id within the window.
+                headers.insert("Nats-Msg-Id", key.as_str());
+                let sent = jetstream.publish_with_headers(SUBJECT, headers, payload).await;
+                sent.map_err(unconfirmed)?.await.map_err(unconfirmed)?;
             }
             Store::Memory(stream) => {
-                stream.lock().unwrap().events.push(payload.clone());
+                stream.send_modify(|stream| {
+                    // What JetStream does with a duplicate: drop it, and answer as if stored.
+                    let now = Instant::now();
+                    stream.stored.retain(|_, at| now.duration_since(*at) < DEDUP_WINDOW);
+                    if let Entry::Vacant(first) = stream.stored.entry(key) {
+                        first.insert(now);
+                        stream.events.push(payload.clone());
+                    }
+                });
+                // As on NATS, where a duplicate is dropped by the stream, not by the subject.
+                // Stored is what counts; a plain subscriber missing it is at-most-once.
                 let headers = Headers::from([("content-type".to_owned(), CONTENT_TYPE.to_owned())]);
-                self.broker.publish(SUBJECT, headers, payload).await?;
+                if let Err(error) = self.broker.publish(SUBJECT, headers, payload).await {
+                    tracing::warn!(%error, "stored, but not sent to the plain subscribers");
+                }
             }
         }
         Ok(())
@@ -116,7 +174,9 @@ impl EventBus {
                 let _ = stream.delete_consumer(name).await;
             }
             Store::Memory(stream) => {
-                stream.lock().unwrap().cursors.remove(name);
+                stream.send_modify(|stream| {
+                    stream.cursors.remove(name);
+                });
             }
         }
         Ok(())
@@ -144,9 +204,10 @@ impl EventBus {
                 Ok(Durable::JetStream(Box::new(consumer)))
             }
             Store::Memory(stream) => {
-                let mut memory = stream.lock().unwrap();
-                let end = memory.events.len();
-                memory.cursors.entry(name.to_owned()).or_insert(end);
+                stream.send_modify(|memory| {
+                    let end = memory.events.len();
+                    memory.cursors.entry(name.to_owned()).or_insert(end);
+                });
                 Ok(Durable::Memory { stream: stream.clone(), name: name.to_owned() })
             }
         }
@@ -156,24 +217,30 @@ impl EventBus {
 /// A durable consumer, bound.
 pub enum Durable {
     JetStream(Box<jetstream::consumer::Consumer<pull::Config>>),
-    Memory { stream: Arc<Mutex<MemoryStream>>, name: String },
+    Memory { stream: watch::Sender<MemoryStream>, name: String },
 }
 
 impl Durable {
-    /// Takes every event waiting for this consumer (without waiting for new ones), hands
-    /// each to `handle`, then acknowledges it. Returns how many it took.
+    /// Takes up to `max` events, waiting at most `within` for them to arrive: each goes to
+    /// `handle` (`None`: a payload that is not a CloudEvent), then is acknowledged. Returns
+    /// how many it took, which is fewer than `max` only when `within` ran out.
     ///
     /// Acknowledging after handling is what makes this at-least-once: a consumer that dies
     /// between the two gets the event again, so handlers must tolerate a duplicate (the
     /// CloudEvent's `id` is there to spot one).
-    pub async fn take_waiting(
+    pub async fn take(
         &self,
+        max: usize,
+        within: Duration,
         mut handle: impl FnMut(Option<Event>),
     ) -> anyhow::Result<usize> {
         let mut taken = 0;
         match self {
             Durable::JetStream(consumer) => {
-                let mut batch = consumer.fetch().max_messages(100).messages().await?;
+                // One pull request for up to `max`, held by the server until they are there
+                // or `within` ends: a wait on the server, not a poll.
+                let batch = consumer.batch().max_messages(max).expires(within);
+                let mut batch = batch.messages().await?;
                 while let Some(message) = batch.next().await {
                     let message = message.map_err(|e| anyhow::anyhow!(e))?;
                     handle(decode(&message.payload));
@@ -182,19 +249,32 @@ impl Durable {
                     taken += 1;
                 }
             }
-            Durable::Memory { stream, name } => loop {
-                let next = {
-                    let memory = stream.lock().unwrap();
-                    let position = memory.cursors.get(name).copied().unwrap_or(memory.events.len());
-                    memory.events.get(position).cloned()
-                };
-                let Some(payload) = next else { break };
-                handle(decode(&payload));
-                *stream.lock().unwrap().cursors.entry(name.clone()).or_default() += 1; // the ack
-                taken += 1;
-            },
+            Durable::Memory { stream, name } => {
+                let deadline = tokio::time::Instant::now() + within;
+                let mut stored = stream.subscribe();
+                while taken < max {
+                    let next = stored.wait_for(|stream| stream.next_for(name).is_some());
+                    let Ok(next) = tokio::time::timeout_at(deadline, next).await else { break };
+                    let payload = next?.next_for(name).cloned().expect("waited for it");
+                    handle(decode(&payload));
+                    stream.send_modify(|stream| {
+                        *stream.cursors.entry(name.clone()).or_default() += 1
+                    });
+                    taken += 1;
+                }
+            }
         }
         Ok(taken)
+    }
+}
+
+/// A failed JetStream publish: if the message may have left, the outcome is unknown.
+fn unconfirmed(error: JetStreamError) -> PublishError {
+    match error.kind() {
+        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
+            PublishError::Unconfirmed(error)
+        }
+        _ => PublishError::NotStored(error.into()),
     }
 }
 

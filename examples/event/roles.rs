@@ -1,0 +1,101 @@
+//! The example's roles, for separate terminals on one NATS server: the HTTP service and
+//! the durable consumer. Both run until a stop request (SIGTERM, SIGINT, SIGHUP), then
+//! finish what is in hand, print their tally and exit 0; a second signal exits at once.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
+
+use anyhow::Context;
+use axum::response::Response;
+use cloudevents::{AttributesReader, Event};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use microkit::PATIENCE;
+
+use crate::bus::EventBus;
+use crate::{AUDIT, http, user_of};
+
+/// The stop request, armed: its signal handlers are in place when this returns, so a
+/// signal after the role has said it is ready is a stop request, never the default kill.
+async fn armed_stop() -> BoxFuture<'static, std::io::Result<&'static str>> {
+    let mut stop = microkit::signal::stop_requested().boxed();
+    match futures::poll!(stop.as_mut()) {
+        Poll::Ready(signal) => futures::future::ready(signal).boxed(),
+        Poll::Pending => stop,
+    }
+}
+
+/// Says which signal asked, and makes a second one exit at once.
+fn stopping(signal: std::io::Result<&'static str>, what: &str) -> anyhow::Result<()> {
+    tracing::info!(signal = signal?, "stopping: {what}");
+    microkit::signal::exit_on_next();
+    Ok(())
+}
+
+/// The `serve` role: the HTTP endpoints on `listen`, until stopped.
+pub async fn serve(bus: Arc<EventBus>, listen: SocketAddr) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    // Counted on the way out, so every answer is counted, whichever handler gave it.
+    let (accepted, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let count = {
+        let (accepted, refused) = (accepted.clone(), refused.clone());
+        move |response: Response| {
+            let counter = if response.status().is_success() { &accepted } else { &refused };
+            counter.fetch_add(1, Ordering::Relaxed);
+            std::future::ready(response)
+        }
+    };
+    let router = http::router(bus).layer(axum::middleware::map_response(count));
+    let stop = armed_stop().await;
+    // Print the bound address: with port 0 the system picks a free one.
+    let bound = listener.local_addr()?;
+    println!("serving POST /user/login and POST /events on http://{bound} (Ctrl-C to stop)");
+    let (stopped, mut stopped_rx) = tokio::sync::oneshot::channel();
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            let _ = stopped.send(stopping(stop.await, "finishing the requests in flight"));
+        })
+        .await?;
+    if let Ok(result) = stopped_rx.try_recv() {
+        result?;
+    }
+    let (accepted, refused) = (accepted.load(Ordering::Relaxed), refused.load(Ordering::Relaxed));
+    println!("served: {accepted} accepted, {refused} refused");
+    Ok(())
+}
+
+/// The `audit` role: the durable consumer, printing each login until stopped.
+pub async fn audit(bus: &EventBus) -> anyhow::Result<()> {
+    let consumer = bus.durable(AUDIT).await?;
+    let mut stop = armed_stop().await;
+    println!("audit: resuming where the last run acknowledged (Ctrl-C to stop)");
+    let (mut taken, mut skipped) = (0, 0);
+    loop {
+        let print = |event: Option<Event>| match event {
+            Some(event) => {
+                taken += 1;
+                let time = event.time().map_or_else(|| "(no time)".to_owned(), |t| t.to_rfc3339());
+                println!("audit: {} at {time}", user_of(&event));
+            }
+            None => {
+                skipped += 1;
+                println!("audit: skipped a payload that is not a CloudEvent");
+            }
+        };
+        tokio::select! {
+            result = consumer.take(100, PATIENCE, print) => drop(result?),
+            // An event handled but not yet acknowledged when the stop comes is delivered
+            // again to the next run: at-least-once.
+            signal = &mut stop => {
+                stopping(signal, "the durable consumer")?;
+                break;
+            }
+        }
+    }
+    println!("audit: {taken} events taken, {skipped} skipped");
+    Ok(())
+}
