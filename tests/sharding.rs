@@ -20,7 +20,11 @@ async fn client_nodes(nats: &NatsServer, args: &[&str]) -> Vec<String> {
     let output = run_within(command, PATIENCE).await;
     let stdout = text(&output.stdout);
     assert!(output.status.success(), "{stdout}\n{}", text(&output.stderr));
-    stdout.lines().map(|line| line.rsplit(": ").next().unwrap().to_owned()).collect()
+    let (calls, tally) = stdout.trim_end().rsplit_once('\n').unwrap_or_default();
+    let nodes: Vec<String> =
+        calls.lines().map(|line| line.rsplit(": ").next().unwrap().to_owned()).collect();
+    assert_eq!(tally, format!("{} calls, 0 failed", nodes.len()), "{stdout}");
+    nodes
 }
 
 #[tokio::test]
