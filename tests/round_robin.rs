@@ -144,6 +144,32 @@ fn terminate(child: &Child) {
 }
 
 #[tokio::test]
+async fn a_client_started_after_the_servers_serves_its_first_call() {
+    let nats = NatsServer::start().await.expect(INSTALL_HINT);
+    let mut servers = Vec::new();
+    for name in ["greeter-a", "greeter-b"] {
+        let mut server = Process::spawn(role(&nats, &["server", "--name", name]));
+        server.line().await; // registered
+        servers.push(server);
+    }
+    // Its watch reports the two nodes a moment after it starts: a client that called at
+    // once found none and failed its first call.
+    for _ in 0..3 {
+        let output = common::run_within(
+            role(&nats, &["client", "--calls", "3", "--interval-ms", "0"]),
+            PATIENCE,
+        )
+        .await;
+        let stdout = common::text(&output.stdout);
+        assert!(output.status.success(), "{stdout}{}", common::text(&output.stderr));
+        let calls: Vec<&str> = stdout.lines().filter(|l| l.starts_with("call ")).collect();
+        assert_eq!(calls.len(), 3, "{stdout}");
+        assert!(calls.iter().all(|l| !l.contains("failed")), "{stdout}");
+        assert!(stdout.ends_with("3 calls, 0 failed\n"), "{stdout}");
+    }
+}
+
+#[tokio::test]
 async fn roles_without_a_shared_nats_are_refused_with_a_hint() {
     let mut command = example("round-robin");
     command.args(["client"]).env("MICRO_BACKEND", "memory");
