@@ -50,3 +50,14 @@ async fn one_user_one_node_across_client_processes() {
     let distinct: BTreeSet<&String> = anonymous.iter().collect();
     assert_eq!(distinct.len(), 3, "no header: round robin over all three: {anonymous:?}");
 }
+
+#[tokio::test]
+async fn a_user_that_cannot_travel_as_a_header_is_refused_saying_why() {
+    let mut command = example("sharding");
+    command.args(["client", "--user", "é"]);
+    let output = run_within(command, PATIENCE).await;
+    assert_eq!(output.status.code(), Some(2), "a bad flag, refused before anything runs");
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("x-from-user must be printable ASCII"), "{stderr}");
+    assert!(output.stdout.is_empty(), "no call claimed affinity");
+}

@@ -39,6 +39,7 @@ use microkit::proto::greeter::greeter_client::GreeterClient;
 use microkit::registry::{Node, Registry};
 use tonic::Status;
 use tonic::body::Body;
+use tonic::metadata::AsciiMetadataValue;
 use tower::{Service, ServiceExt};
 
 // Choosing a node for a user, the heart of the lesson, is in hashing.rs beside this file.
@@ -93,8 +94,15 @@ impl Service<http::Request<Body>> for ShardRouter {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let user = request.headers().get(USER_HEADER).and_then(|v| v.to_str().ok());
-        let channel = self.pick(user).and_then(|node| self.channels.to(&node));
+        // A header that is there but unreadable is refused: taken as no header, the call
+        // would go round robin and its affinity would be lost without a word.
+        let user = match request.headers().get(USER_HEADER) {
+            None => Ok(None),
+            Some(value) => value.to_str().map(Some).map_err(|e| {
+                Status::invalid_argument(format!("{USER_HEADER} is not printable ASCII: {e}"))
+            }),
+        };
+        let channel = user.and_then(|user| self.pick(user)).and_then(|n| self.channels.to(&n));
         Box::pin(async move {
             // A `Status` error reaches the caller as that status (tonic looks for one).
             let channel = channel?;
@@ -110,10 +118,19 @@ async fn hello(
 ) -> Result<String, Status> {
     let mut request = tonic::Request::new(HelloRequest { name: user.unwrap_or("guest").into() });
     if let Some(user) = user {
-        let value = user.parse().map_err(|_| Status::invalid_argument("user must be ASCII"))?;
-        request.metadata_mut().insert(USER_HEADER, value);
+        request.metadata_mut().insert(USER_HEADER, user_value(user)?);
     }
     Ok(client.say_hello(request).await?.into_inner().node)
+}
+
+/// `user` as the header's value. gRPC metadata values are printable ASCII, the only bytes a
+/// receiver can read back as text; anything else (`é`, a tab) is refused naming the rule.
+fn user_value(user: &str) -> Result<AsciiMetadataValue, Status> {
+    let refused = || format!("{USER_HEADER} must be printable ASCII, not {user:?}");
+    if !user.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+        return Err(Status::invalid_argument(refused()));
+    }
+    user.parse().map_err(|e| Status::invalid_argument(format!("{}: {e}", refused())))
 }
 
 /// A node's time to live in the registry.
@@ -219,8 +236,8 @@ enum Role {
     },
     /// Call the service as one user, or without the header (needs NATS_URL).
     Client {
-        /// Sent as x-from-user; without it, calls go round robin.
-        #[arg(long)]
+        /// Sent as x-from-user (printable ASCII); without it, calls go round robin.
+        #[arg(long, value_parser = parse_user)]
         user: Option<String>,
         /// How many calls to make; 0 means until stopped.
         #[arg(long, default_value_t = 5)]
@@ -229,6 +246,11 @@ enum Role {
         #[arg(long, default_value_t = 0)]
         interval_ms: u64,
     },
+}
+
+/// `--user`: refused at once if it cannot travel as the header.
+fn parse_user(user: &str) -> Result<String, String> {
+    user_value(user).map(|_| user.to_owned()).map_err(|status| status.message().to_owned())
 }
 
 /// The `client` role: every call as `user` (or without the header), and who answered.
@@ -356,6 +378,24 @@ mod tests {
         assert!(status.message().contains("\"greeter\""), "{}", status.message());
     }
 
+    #[tokio::test]
+    async fn a_user_that_is_not_printable_ascii_is_refused_not_sent_round_robin() {
+        let (_registry, _running, router) = cluster(&["n1", "n2", "n3"]).await;
+        let mut client = GreeterClient::new(router.clone());
+        for user in ["é", "tab\there", "bell\u{7}"] {
+            let status = hello(&mut client, Some(user)).await.unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{user:?}: {status:?}");
+            assert!(status.message().contains("printable ASCII"), "{}", status.message());
+        }
+        // The router itself never treats an unreadable header as no header.
+        let mut request = http::Request::new(Body::empty());
+        let value = http::HeaderValue::from_bytes("é".as_bytes()).unwrap();
+        request.headers_mut().insert(USER_HEADER, value);
+        let error = router.clone().oneshot(request).await.unwrap_err();
+        let status = error.downcast_ref::<Status>().expect("a Status");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    }
+
     #[test]
     fn adding_a_node_moves_about_one_in_n_and_only_to_it() {
         let users = population();
@@ -404,5 +444,7 @@ mod tests {
     fn bad_flags_are_refused() {
         assert!(Args::try_parse_from(["sharding", "client", "--calls", "many"]).is_err());
         assert!(Args::try_parse_from(["sharding", "server"]).is_err(), "--name is required");
+        let error = Args::try_parse_from(["sharding", "client", "--user", "é"]).unwrap_err();
+        assert!(error.to_string().contains("printable ASCII"), "{error}");
     }
 }
