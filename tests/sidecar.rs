@@ -53,6 +53,21 @@ async fn python_through_sidecar() {
     let answer = request(&url, Method::POST, "/shouter/greet", r#"{"name":"zed"}"#).await;
     assert_eq!(answer, (200, json!({"greeter said": "hello zed", "shouted": "HELLO ZED"})));
 
+    // Mistakes a program could make are refused before NATS sees them: a 4 KiB name would
+    // have cost the sidecar its NATS connection, a TTL over NATS's limit was a 502.
+    let long = "x".repeat(4096);
+    let answer = request(&url, Method::POST, &format!("/{long}/SayHello"), "{}").await;
+    assert_eq!(answer.0, 400, "{answer:?}");
+    let answer = request(&url, Method::POST, &format!("/broker/{long}"), "{}").await;
+    assert_eq!(answer.0, 400, "{answer:?}");
+    let join = json!({"service": "py", "id": "py-1", "address": "127.0.0.1:9", "ttl_secs": 601});
+    let answer = request(&url, Method::POST, "/registry", &join.to_string()).await;
+    assert_eq!(answer.0, 400, "{answer:?}");
+    let answer = request(&url, Method::POST, "/shouter/a%20b", "{}").await;
+    assert_eq!(answer.0, 400, "{answer:?}");
+    let answer = request(&url, Method::POST, "/greeter/SayHello", r#"{"name":"still"}"#).await;
+    assert_eq!(answer.0, 200, "the sidecar still reaches NATS: {answer:?}");
+
     // SIGTERM: the program deregisters on its way out, so it is gone at once, not at TTL.
     let pid = python.id().expect("running").to_string();
     let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();

@@ -10,7 +10,9 @@
 //!
 //! Every error is JSON, `{"error": "..."}` ([`JsonError`]), naming what went wrong.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -23,9 +25,10 @@ use axum::{Json, Router};
 use microkit::broker::{Broker, BrokerError, Headers};
 use microkit::discovery::Channels;
 use microkit::http::Forwarder;
-use microkit::registry::{Node, Registry, RegistryError};
+use microkit::registry::{MAX_TTL, Node, Registry, RegistryError};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::time::Instant;
 
 use crate::grpc;
 
@@ -47,11 +50,23 @@ pub struct Sidecar {
     /// One gRPC channel per node address, reused by every call instead of a new
     /// connection (and a TCP and HTTP/2 handshake) per request.
     channels: Channels,
+    /// The turn of the next call: calls rotate over a service's nodes, sorted by id.
+    turn: Arc<AtomicUsize>,
+    /// The programs registered through this sidecar, and when each expires unless it
+    /// registers again: what [`MAX_REGISTRATIONS`] counts.
+    held: Arc<Mutex<HashMap<(String, String), Instant>>>,
 }
 
 impl Sidecar {
     pub fn new(registry: Arc<dyn Registry>, broker: Arc<dyn Broker>) -> Self {
-        Sidecar { registry, broker, forwarder: Forwarder::new(), channels: Channels::default() }
+        Sidecar {
+            registry,
+            broker,
+            forwarder: Forwarder::new(),
+            channels: Channels::default(),
+            turn: Arc::default(),
+            held: Arc::default(),
+        }
     }
 }
 
@@ -73,13 +88,17 @@ async fn call(
     Path((service, method)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, JsonError> {
+    check_name("service", &service)?;
+    check_method(&method)?;
     let body = body?;
     let nodes = sidecar.registry.nodes(&service).await?;
     // A registry cannot tell "never existed" from "all nodes gone": both are unavailable.
-    let Some(node) = nodes.first() else {
+    if nodes.is_empty() {
         return Err(JsonError::unavailable(format!("no node for service {service:?}")));
-    };
-    if node.metadata.get(PROTOCOL).map(String::as_str) == Some(HTTP) {
+    }
+    // Round robin, as in the round-robin example: the nodes come sorted by id.
+    let node = &nodes[sidecar.turn.fetch_add(1, Ordering::Relaxed) % nodes.len()];
+    if is_program(node) {
         return call_http(&sidecar.forwarder, node, &method, body).await;
     }
     let json = grpc::call(&sidecar.channels, node, &method, &body).await?;
@@ -99,6 +118,40 @@ async fn call_http(
         .expect("a valid request");
     let response = forwarder.forward(&node.address, &format!("/{method}"), request).await;
     response.map_err(|e| JsonError::bad_gateway(format!("{}: {e}", node.service)))
+}
+
+/// The most programs the sidecar keeps registered at once: one sidecar serves one host's
+/// programs, and a loop that registers new ids must not fill the registry.
+pub const MAX_REGISTRATIONS: usize = 100;
+
+/// The longest service, node id, method or topic name, in bytes. NATS carries names in
+/// subjects and drops a connection whose control line passes 4 KiB: a long name must be a
+/// 400 here, not a lost connection there.
+pub const MAX_NAME: usize = 128;
+
+impl Sidecar {
+    /// Counts a registration of `service/id` for `ttl`, unless the sidecar is full.
+    fn hold(&self, service: &str, id: &str, ttl: Duration) -> Result<(), JsonError> {
+        let now = Instant::now();
+        let mut held = self.held.lock().unwrap();
+        held.retain(|_, expires| *expires > now);
+        let key = (service.to_owned(), id.to_owned());
+        if !held.contains_key(&key) && held.len() >= MAX_REGISTRATIONS {
+            return Err(JsonError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "the sidecar holds {MAX_REGISTRATIONS} registrations, its limit: \
+                     deregister one or wait for one to expire"
+                ),
+            ));
+        }
+        held.insert(key, now + ttl);
+        Ok(())
+    }
+
+    fn release(&self, service: &str, id: &str) {
+        self.held.lock().unwrap().remove(&(service.to_owned(), id.to_owned()));
+    }
 }
 
 /// What a program sends to join.
@@ -126,22 +179,50 @@ async fn register(
 ) -> Result<Json<Value>, JsonError> {
     let join: Join = serde_json::from_slice(&body?)
         .map_err(|e| JsonError::bad_request(format!("bad JSON for /registry: {e}")))?;
-    if join.service.is_empty() || join.id.is_empty() || join.service.contains('/') {
-        return Err(JsonError::bad_request(
-            "service and id must be non-empty, service without '/'",
+    check_name("service", &join.service)?;
+    check_name("id", &join.id)?;
+    if join.service.contains('/') {
+        return Err(JsonError::bad_request("a service name has no '/'"));
+    }
+    let address = match join.address.parse::<std::net::SocketAddr>() {
+        Ok(address) => address,
+        Err(e) => {
+            let address = &join.address;
+            return Err(JsonError::bad_request(format!("address {address:?} is not ip:port: {e}")));
+        }
+    };
+    // The sidecar speaks for the programs of its own host, which it reaches over loopback.
+    if !address.ip().is_loopback() {
+        return Err(JsonError::bad_request(format!(
+            "address {address} is not on loopback: a sidecar registers its own host's programs"
+        )));
+    }
+    // The NATS registry's own limit, so a TTL that passes here passes on either backend.
+    let max_ttl = MAX_TTL.as_secs();
+    if !(1..=max_ttl).contains(&join.ttl_secs) {
+        let ttl = join.ttl_secs;
+        return Err(JsonError::bad_request(format!("ttl_secs must be 1 to {max_ttl}, not {ttl}")));
+    }
+    // A program may renew its own registration (same id, same address), never take over
+    // a node that another program runs: its callers would reach the wrong program.
+    let listed = sidecar.registry.nodes(&join.service).await?;
+    if let Some(other) = listed.iter().find(|n| n.id == join.id)
+        && !(is_program(other) && other.address == join.address)
+    {
+        let (service, id, address) = (&join.service, &join.id, &other.address);
+        return Err(JsonError::new(
+            StatusCode::CONFLICT,
+            format!("{service}/{id} is another program's node (at {address}): choose another id"),
         ));
     }
-    if let Err(e) = join.address.parse::<std::net::SocketAddr>() {
-        let address = &join.address;
-        return Err(JsonError::bad_request(format!("address {address:?} is not ip:port: {e}")));
-    }
-    if !(1..=3600).contains(&join.ttl_secs) {
-        let ttl = join.ttl_secs;
-        return Err(JsonError::bad_request(format!("ttl_secs must be 1 to 3600, not {ttl}")));
-    }
+    let ttl = Duration::from_secs(join.ttl_secs);
+    sidecar.hold(&join.service, &join.id, ttl)?;
     let mut node = Node::new(&join.service, &join.id, &join.address);
     node.metadata.insert(PROTOCOL.to_owned(), HTTP.to_owned());
-    sidecar.registry.register(&node, Duration::from_secs(join.ttl_secs)).await?;
+    if let Err(e) = sidecar.registry.register(&node, ttl).await {
+        sidecar.release(&join.service, &join.id);
+        return Err(e.into());
+    }
     let registered = format!("{}/{}", join.service, join.id);
     Ok(Json(json!({ "registered": registered, "ttl_secs": join.ttl_secs })))
 }
@@ -151,7 +232,17 @@ async fn deregister(
     State(sidecar): State<Sidecar>,
     Path((service, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, JsonError> {
+    check_name("service", &service)?;
+    check_name("id", &id)?;
+    let listed = sidecar.registry.nodes(&service).await?;
+    if listed.iter().any(|n| n.id == id && !is_program(n)) {
+        return Err(JsonError::new(
+            StatusCode::CONFLICT,
+            format!("{service}/{id} is another program's node: only programs leave through here"),
+        ));
+    }
     sidecar.registry.deregister(&service, &id).await?;
+    sidecar.release(&service, &id);
     Ok(Json(json!({ "deregistered": format!("{service}/{id}") })))
 }
 
@@ -160,6 +251,7 @@ async fn list(
     State(sidecar): State<Sidecar>,
     Path(service): Path<String>,
 ) -> Result<Json<Vec<Node>>, JsonError> {
+    check_name("service", &service)?;
     Ok(Json(sidecar.registry.nodes(&service).await?))
 }
 
@@ -170,6 +262,7 @@ async fn publish(
     request_headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), JsonError> {
+    check_name("topic", &topic)?;
     let body = body?;
     let mut headers = Headers::new();
     if let Some(content_type) = request_headers.get(header::CONTENT_TYPE) {
@@ -183,6 +276,36 @@ async fn publish(
     // Flushed before answering, so 202 means the broker (on NATS, the server) has it.
     sidecar.broker.flush().await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "published": topic, "bytes": bytes }))))
+}
+
+/// A plain HTTP program registered through a sidecar (not a service's own node).
+fn is_program(node: &Node) -> bool {
+    node.metadata.get(PROTOCOL).map(String::as_str) == Some(HTTP)
+}
+
+/// Refuses an empty name or one over [`MAX_NAME`] bytes (without echoing it back).
+fn check_name(what: &str, name: &str) -> Result<(), JsonError> {
+    if name.is_empty() || name.len() > MAX_NAME {
+        let length = name.len();
+        return Err(JsonError::bad_request(format!(
+            "a {what} name must be 1 to {MAX_NAME} bytes, not {length}"
+        )));
+    }
+    Ok(())
+}
+
+/// A method becomes one segment of the path a program receives: `a b`, `..` or `x?y` would
+/// change which request it gets, so only letters, digits, `-`, `_` and `.`, starting with a
+/// letter or digit.
+fn check_method(method: &str) -> Result<(), JsonError> {
+    check_name("method", method)?;
+    let plain = method.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !plain || !method.as_bytes()[0].is_ascii_alphanumeric() {
+        return Err(JsonError::bad_request(format!(
+            "invalid method {method:?}: use letters, digits, '-', '_' and '.'"
+        )));
+    }
+    Ok(())
 }
 
 /// Every refusal of the sidecar: a status, and a message that says what went wrong (with
@@ -433,10 +556,19 @@ mod tests {
         let cases = [
             (r#"{"service":"py","id":"py-1"}"#, "missing field `address`"),
             (r#"{"service":"py","id":"py-1","address":"nowhere"}"#, "is not ip:port"),
-            (r#"{"service":"","id":"py-1","address":"127.0.0.1:9"}"#, "must be non-empty"),
+            (r#"{"service":"py","id":"py-1","address":"10.1.2.3:80"}"#, "is not on loopback"),
+            (
+                r#"{"service":"","id":"py-1","address":"127.0.0.1:9"}"#,
+                "a service name must be 1 to 128 bytes",
+            ),
             (
                 r#"{"service":"py","id":"py-1","address":"127.0.0.1:9","ttl_secs":0}"#,
-                "ttl_secs must be 1 to 3600",
+                "ttl_secs must be 1 to 600",
+            ),
+            (
+                // The NATS registry's limit: a TTL it would refuse is refused here first.
+                r#"{"service":"py","id":"py-1","address":"127.0.0.1:9","ttl_secs":601}"#,
+                "ttl_secs must be 1 to 600",
             ),
             (
                 r#"{"service":"py","id":"py-1","address":"127.0.0.1:9","colour":"red"}"#,
@@ -519,5 +651,111 @@ mod tests {
             (status, error_of(&answer)),
             (StatusCode::SERVICE_UNAVAILABLE, "the broker is closed")
         );
+    }
+
+    fn join(service: &str, id: &str, address: &str) -> String {
+        json!({ "service": service, "id": id, "address": address, "ttl_secs": 5 }).to_string()
+    }
+
+    #[tokio::test]
+    async fn a_program_cannot_take_over_or_remove_another_programs_node() {
+        let (router, registry) = sidecar();
+        registry
+            .register(&Node::new("greeter", "greeter-1", "127.0.0.1:7"), PATIENCE)
+            .await
+            .unwrap();
+        let (status, answer) =
+            call(&router, Method::POST, "/registry", join("greeter", "greeter-1", "127.0.0.1:9"))
+                .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+        assert!(error_of(&answer).starts_with("greeter/greeter-1 is another program's node"));
+        let (status, _) =
+            call(&router, Method::DELETE, "/registry/greeter/greeter-1", Body::empty()).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(registry.nodes("greeter").await.unwrap()[0].address, "127.0.0.1:7");
+
+        // A program's own heartbeat is the same registration again; another address is not.
+        let mine = join("py", "py-1", "127.0.0.1:9");
+        for _ in 0..2 {
+            assert_eq!(
+                call(&router, Method::POST, "/registry", mine.clone()).await.0,
+                StatusCode::OK
+            );
+        }
+        let theirs = join("py", "py-1", "127.0.0.1:10");
+        assert_eq!(call(&router, Method::POST, "/registry", theirs).await.0, StatusCode::CONFLICT);
+    }
+
+    #[tokio::test]
+    async fn registrations_are_bounded() {
+        let (router, _) = sidecar();
+        for i in 0..MAX_REGISTRATIONS {
+            let body = join("py", &format!("py-{i}"), "127.0.0.1:9");
+            assert_eq!(call(&router, Method::POST, "/registry", body).await.0, StatusCode::OK);
+        }
+        let (status, answer) =
+            call(&router, Method::POST, "/registry", join("py", "one-more", "127.0.0.1:9")).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{answer}");
+        assert!(error_of(&answer).contains(&MAX_REGISTRATIONS.to_string()), "{answer}");
+        // Heartbeats of those it holds still pass, and a leave makes room.
+        let again = join("py", "py-0", "127.0.0.1:9");
+        assert_eq!(call(&router, Method::POST, "/registry", again).await.0, StatusCode::OK);
+        call(&router, Method::DELETE, "/registry/py/py-0", Body::empty()).await;
+        let body = join("py", "one-more", "127.0.0.1:9");
+        assert_eq!(call(&router, Method::POST, "/registry", body).await.0, StatusCode::OK);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_registration_no_longer_counts() {
+        let (router, _) = sidecar();
+        for i in 0..MAX_REGISTRATIONS {
+            call(&router, Method::POST, "/registry", join("py", &format!("py-{i}"), "127.0.0.1:9"))
+                .await;
+        }
+        tokio::time::sleep(Duration::from_secs(6)).await; // past their TTL of 5 s
+        let body = join("py", "late", "127.0.0.1:9");
+        assert_eq!(call(&router, Method::POST, "/registry", body).await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn calls_take_turns_over_the_nodes_of_a_service() {
+        let (router, registry) = sidecar();
+        let mut greeters = Vec::new();
+        for id in ["greeter-1", "greeter-2"] {
+            let greeter = microkit::greeter::serve(id).await.unwrap();
+            registry.register(&Node::new("greeter", id, greeter.addr()), PATIENCE).await.unwrap();
+            greeters.push(greeter);
+        }
+        let mut answered = Vec::new();
+        for _ in 0..4 {
+            let (_, reply) = call(&router, Method::POST, "/greeter/SayHello", "{}").await;
+            answered.push(reply["node"].as_str().unwrap().to_owned());
+        }
+        assert_eq!(answered, ["greeter-1", "greeter-2", "greeter-1", "greeter-2"]);
+    }
+
+    #[tokio::test]
+    async fn names_too_long_or_not_a_plain_word_are_refused_before_any_backend_sees_them() {
+        let (router, registry) = sidecar();
+        let mut node = Node::new("shouter", "s-1", "127.0.0.1:9");
+        node.metadata.insert(PROTOCOL.into(), HTTP.into());
+        registry.register(&node, PATIENCE).await.unwrap();
+        let long = "x".repeat(4096);
+        let requests = [
+            (Method::POST, format!("/{long}/SayHello"), "{}".to_owned()),
+            (Method::POST, format!("/shouter/{long}"), "{}".to_owned()),
+            (Method::POST, "/shouter/a%20b".to_owned(), "{}".to_owned()),
+            (Method::POST, "/shouter/..".to_owned(), "{}".to_owned()),
+            (Method::GET, format!("/registry/{long}"), String::new()),
+            (Method::DELETE, format!("/registry/py/{long}"), String::new()),
+            (Method::POST, "/registry".to_owned(), join(&long, "py-1", "127.0.0.1:9")),
+            (Method::POST, "/registry".to_owned(), join("py", &long, "127.0.0.1:9")),
+            (Method::POST, format!("/broker/{long}"), "{}".to_owned()),
+        ];
+        for (method, path, body) in requests {
+            let shown = format!("{method} {}", &path[..path.len().min(40)]);
+            let (status, answer) = call(&router, method, &path, body).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{shown}: {answer}");
+        }
     }
 }
