@@ -1,13 +1,13 @@
 //! # round-robin: a client that takes turns over the nodes of a service
 //!
-//! go-micro's example wrapped its client so each call took the next node of the service,
-//! a counter over the list the registry gave back. The learner's question was "round robin
-//! over *what*?": over the nodes of one service, as listed in the registry. go-micro's
-//! selector rebuilt that list for each request and its counter reset with it; here the
-//! client keeps one watch on the registry and one counter, so turns are fair across
-//! calls, and a node that joins or leaves is picked up as it happens. The rotation is the
-//! [`RoundRobin`] struct below, written by hand: tower only ships power-of-two-choices
-//! balancing, which picks by load, not by turn (see the note).
+//! Round robin over *what*? Over the nodes of one service, as the registry lists them:
+//! each call goes to the next node in turn, A, B, C, A, B, C. [`RoundRobin`] below is the
+//! whole rotation, written by hand: tower ships only power-of-two-choices balancing, which
+//! picks by load, not by turn. The client watches the registry once and keeps one counter,
+//! so a node that joins or leaves is picked up as it happens and turns stay fair.
+//!
+//! go-micro's selector rebuilt the node list for every request and its counter restarted
+//! with it, and its example never showed a node leaving, joining or dying.
 //!
 //! Run it:
 //!
@@ -20,30 +20,8 @@
 //! cargo run --example round-robin -- client --calls 0            # until ctrl-c
 //! ```
 //!
-//! It prints (the golden file `tests/golden/round-robin.txt` holds exactly this):
-//!
-//! ```text
-//! nodes of greeter: greeter-a, greeter-b, greeter-c
-//! 6 calls: greeter-a greeter-b greeter-c greeter-a greeter-b greeter-c
-//! greeter-b left: deregistered on a graceful stop
-//! nodes of greeter: greeter-a, greeter-c
-//! 4 calls: greeter-a greeter-c greeter-a greeter-c
-//! greeter-d joined
-//! nodes of greeter: greeter-a, greeter-c, greeter-d
-//! 6 calls: greeter-c greeter-d greeter-a greeter-c greeter-d greeter-a
-//! greeter-c crashed: still listed until its TTL runs out
-//! call: greeter-c failed, retried on greeter-d
-//! call: greeter-a
-//! call: greeter-c failed, retried on greeter-d
-//! greeter-c expired: no heartbeat within its TTL
-//! nodes of greeter: greeter-a, greeter-d
-//! 4 calls: greeter-d greeter-a greeter-d greeter-a
-//! greeter-a and greeter-d left
-//! call: Unavailable: no node of service "greeter" in the registry
-//! ```
-//!
-//! The run waits once for a TTL (1 s by default, `--ttl-ms`), to show a crashed node expire.
-//! Read it beside `notes/round-robin.md`.
+//! The run waits once for a TTL (1 s, `--ttl-ms`) to show a crashed node expire.
+//! Prints `tests/golden/round-robin.txt`; explained in `notes/round-robin.md`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -52,74 +30,18 @@ use std::time::Duration;
 
 use anyhow::bail;
 use clap::{Parser, Subcommand};
+use microkit::PATIENCE;
 use microkit::backend::BackendArgs;
 use microkit::discovery::{Channels, LiveNodes};
 use microkit::proto::greeter::HelloRequest;
 use microkit::proto::greeter::greeter_client::GreeterClient;
-use microkit::registry::{Node, Registration, Registry};
-use microkit::server::RunningServer;
-use microkit::{Out, say};
+use microkit::registry::{Node, Registry};
 use tonic::{Code, Status};
 
-/// The service every node here belongs to.
-const SERVICE: &str = "greeter";
-/// How long the demo waits for the registry to show a change (a hang guard, not a pace).
-const PATIENCE: Duration = Duration::from_secs(10);
-
-#[derive(Parser, Debug)]
-#[command(about = "Round robin over the nodes of a service, from the registry")]
-struct Args {
-    #[command(flatten)]
-    backend: BackendArgs,
-    /// A node's time to live in the registry: heartbeats come every third of it.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=600_000), global = true)]
-    ttl_ms: u64,
-    #[command(subcommand)]
-    role: Option<Role>,
-}
-
-#[derive(Subcommand, Debug)]
-enum Role {
-    /// Serve the greeter and register it until ctrl-c (needs NATS_URL).
-    Server {
-        /// The node's id in the registry, e.g. greeter-a.
-        #[arg(long)]
-        name: String,
-    },
-    /// Call the service, one node after the other (needs NATS_URL).
-    Client {
-        /// How many calls to make; 0 means until ctrl-c.
-        #[arg(long, default_value_t = 10)]
-        calls: u64,
-        /// Pause between calls.
-        #[arg(long, default_value_t = 200)]
-        interval_ms: u64,
-    },
-}
-
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    microkit::init_tracing();
-    microkit::report(run(Args::parse(), &Out::stdout()).await)
-}
-
-async fn run(args: Args, out: &Out) -> anyhow::Result<()> {
-    let ttl = Duration::from_millis(args.ttl_ms);
-    let backend = args.backend.connect().await?;
-    match args.role {
-        None => demo(&backend.registry(), ttl, out).await,
-        Some(role) => {
-            backend.require_shared_nats("the server and client roles")?;
-            match role {
-                Role::Server { name } => server(&backend.registry(), &name, ttl, out).await,
-                Role::Client { calls, interval_ms } => {
-                    let interval = Duration::from_millis(interval_ms);
-                    client(&backend.registry(), calls, interval, out).await
-                }
-            }
-        }
-    }
-}
+// The server role and the client's loop, shared with the sharding example.
+#[path = "common/greeter_roles.rs"]
+mod roles;
+use roles::{SERVICE, start_node};
 
 /// The rotation: the next node of the service, in turn. This is all round robin is.
 struct RoundRobin {
@@ -131,9 +53,8 @@ struct RoundRobin {
 }
 
 impl RoundRobin {
-    async fn new(registry: &Arc<dyn Registry>, service: &str) -> anyhow::Result<Self> {
-        let nodes = LiveNodes::watch(registry, service).await?;
-        Ok(RoundRobin { nodes, next: AtomicUsize::new(0), channels: Channels::default() })
+    fn new(nodes: LiveNodes) -> Self {
+        RoundRobin { nodes, next: AtomicUsize::new(0), channels: Channels::default() }
     }
 
     /// The node whose turn it is; `Unavailable` naming the service when there is none.
@@ -193,104 +114,112 @@ fn is_unreachable(status: &Status) -> bool {
 }
 
 /// One process, the whole story: three nodes, one leaves, one joins, one crashes.
-async fn demo(registry: &Arc<dyn Registry>, ttl: Duration, out: &Out) -> anyhow::Result<()> {
+async fn demo(registry: &Arc<dyn Registry>, ttl: Duration) -> anyhow::Result<()> {
     let mut nodes = BTreeMap::new();
     for name in ["greeter-a", "greeter-b", "greeter-c"] {
         nodes.insert(name, start_node(registry, name, ttl).await?);
     }
-    let client = RoundRobin::new(registry, SERVICE).await?;
+    let client = RoundRobin::new(LiveNodes::watch(registry, SERVICE).await?);
     client.nodes.wait_for_ids(&["greeter-a", "greeter-b", "greeter-c"], PATIENCE).await?;
-    show_nodes(&client, out);
-    calls(&client, 6, out).await?;
+    println!("{}", show_nodes(&client));
+    println!("{}", calls(&client, 6).await?);
 
     // A graceful stop: the node deregisters, so clients drop it at once.
-    let (server, registration) = nodes.remove("greeter-b").unwrap();
-    registration.deregister().await?;
-    server.shutdown().await?;
+    nodes.remove("greeter-b").unwrap().stop().await?;
     client.nodes.wait_for_ids(&["greeter-a", "greeter-c"], PATIENCE).await?;
-    say!(out, "greeter-b left: deregistered on a graceful stop");
-    show_nodes(&client, out);
-    calls(&client, 4, out).await?;
+    println!("greeter-b left: deregistered on a graceful stop");
+    println!("{}", show_nodes(&client));
+    println!("{}", calls(&client, 4).await?);
 
     nodes.insert("greeter-d", start_node(registry, "greeter-d", ttl).await?);
     client.nodes.wait_for_ids(&["greeter-a", "greeter-c", "greeter-d"], PATIENCE).await?;
-    say!(out, "greeter-d joined");
-    show_nodes(&client, out);
-    calls(&client, 6, out).await?;
+    println!("greeter-d joined");
+    println!("{}", show_nodes(&client));
+    println!("{}", calls(&client, 6).await?);
 
     // A crash: no deregistration, the heartbeat just stops. Until the TTL runs out the
     // registry still lists the node, and a call that picks it must go elsewhere.
-    let (server, registration) = nodes.remove("greeter-c").unwrap();
-    server.crash().await;
-    drop(registration);
-    say!(out, "greeter-c crashed: still listed until its TTL runs out");
+    nodes.remove("greeter-c").unwrap().crash().await;
+    println!("greeter-c crashed: still listed until its TTL runs out");
     for _ in 0..3 {
-        match client.say_hello("ada").await? {
-            Served { node, retried_after: None } => say!(out, "call: {node}"),
-            Served { node, retried_after: Some(failed) } => {
-                say!(out, "call: {failed} failed, retried on {node}")
-            }
-        }
+        println!("call{}", served(&client.say_hello("ada").await?));
     }
     client.nodes.wait_for_ids(&["greeter-a", "greeter-d"], ttl + PATIENCE).await?;
-    say!(out, "greeter-c expired: no heartbeat within its TTL");
-    show_nodes(&client, out);
-    calls(&client, 4, out).await?;
+    println!("greeter-c expired: no heartbeat within its TTL");
+    println!("{}", show_nodes(&client));
+    println!("{}", calls(&client, 4).await?);
 
-    for (_, (server, registration)) in std::mem::take(&mut nodes) {
-        registration.deregister().await?;
-        server.shutdown().await?;
+    for (_, node) in std::mem::take(&mut nodes) {
+        node.stop().await?;
     }
     client.nodes.wait_for_ids(&[], PATIENCE).await?;
-    say!(out, "greeter-a and greeter-d left");
+    println!("greeter-a and greeter-d left");
     match client.say_hello("ada").await {
         Ok(served) => bail!("{} answered, but no node should be left", served.node),
-        Err(status) => say!(out, "call: {:?}: {}", status.code(), status.message()),
+        Err(status) => println!("call{}", failed(&status)),
     }
     Ok(())
 }
 
-/// A greeter on a free port, registered under `name` and kept alive by heartbeats.
-async fn start_node(
-    registry: &Arc<dyn Registry>,
-    name: &str,
-    ttl: Duration,
-) -> anyhow::Result<(RunningServer, Registration)> {
-    let server = microkit::greeter::serve(name).await?;
-    let node = Node::new(SERVICE, name, server.addr());
-    let registration = Registration::start(registry.clone(), node, ttl).await?;
-    Ok((server, registration))
-}
-
-fn show_nodes(client: &RoundRobin, out: &Out) {
+/// `nodes of greeter: a, b, c`.
+fn show_nodes(client: &RoundRobin) -> String {
     let ids: Vec<String> = client.nodes.current().into_iter().map(|n| n.id).collect();
-    say!(out, "nodes of {SERVICE}: {}", ids.join(", "));
+    format!("nodes of {SERVICE}: {}", ids.join(", "))
 }
 
 /// `count` calls in a row, on one line: the rotation at a glance.
-async fn calls(client: &RoundRobin, count: usize, out: &Out) -> anyhow::Result<()> {
+async fn calls(client: &RoundRobin, count: usize) -> Result<String, Status> {
     let mut served = Vec::with_capacity(count);
     for _ in 0..count {
         served.push(client.say_hello("ada").await?.node);
     }
-    say!(out, "{count} calls: {}", served.join(" "));
-    Ok(())
+    Ok(format!("{count} calls: {}", served.join(" ")))
 }
 
-/// The `server` role: serve and stay registered until ctrl-c or SIGTERM.
-async fn server(
-    registry: &Arc<dyn Registry>,
-    name: &str,
-    ttl: Duration,
-    out: &Out,
-) -> anyhow::Result<()> {
-    let (server, registration) = start_node(registry, name, ttl).await?;
-    say!(out, "{name} serving {SERVICE} on {}, registered with a TTL of {ttl:?}", server.addr());
-    microkit::signal::stop_requested().await?;
-    registration.deregister().await?;
-    server.shutdown().await?;
-    say!(out, "{name} deregistered and stopped");
-    Ok(())
+/// The rest of a `call` line for a served call: `: b` or `: a failed, retried on b`.
+fn served(served: &Served) -> String {
+    match &served.retried_after {
+        None => format!(": {}", served.node),
+        Some(failed) => format!(": {failed} failed, retried on {}", served.node),
+    }
+}
+
+/// The rest of a `call` line for a failed call.
+fn failed(status: &Status) -> String {
+    format!(": {:?}: {}", status.code(), status.message())
+}
+
+// ---- The command line and the roles ------------------------------------------------------
+
+#[derive(Parser, Debug)]
+#[command(about = "Round robin over the nodes of a service, from the registry")]
+struct Args {
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// A node's time to live in the registry: heartbeats come every third of it.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=600_000), global = true)]
+    ttl_ms: u64,
+    #[command(subcommand)]
+    role: Option<Role>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Role {
+    /// Serve the greeter and stay registered until stopped (needs NATS_URL).
+    Server {
+        /// The node's id in the registry, e.g. greeter-a.
+        #[arg(long)]
+        name: String,
+    },
+    /// Call the service, one node after the other (needs NATS_URL).
+    Client {
+        /// How many calls to make; 0 means until stopped.
+        #[arg(long, default_value_t = 10)]
+        calls: u64,
+        /// Pause between calls.
+        #[arg(long, default_value_t = 200)]
+        interval_ms: u64,
+    },
 }
 
 /// The `client` role: call in turn, print who answered and every change of the node list.
@@ -298,88 +227,152 @@ async fn client(
     registry: &Arc<dyn Registry>,
     calls: u64,
     interval: Duration,
-    out: &Out,
 ) -> anyhow::Result<()> {
-    let mut client = RoundRobin::new(registry, SERVICE).await?;
-    let mut failures = 0;
-    let mut n = 0;
-    while calls == 0 || n < calls {
-        n += 1;
+    let mut client = RoundRobin::new(roles::watch_service(registry).await?);
+    roles::call_until_stopped(calls, interval, async |_| {
         if client.nodes.has_changed() {
-            show_nodes(&client, out);
+            println!("{}", show_nodes(&client));
         }
-        match client.say_hello("ada").await {
-            Ok(Served { node, retried_after: None }) => say!(out, "call {n}: {node}"),
-            Ok(Served { node, retried_after: Some(failed) }) => {
-                say!(out, "call {n}: {failed} failed, retried on {node}")
-            }
-            Err(status) => {
-                failures += 1;
-                say!(out, "call {n} failed: {:?}: {}", status.code(), status.message());
-            }
-        }
-        tokio::select! {
-            () = tokio::time::sleep(interval) => {}
-            _ = tokio::signal::ctrl_c() => break,
-        }
-    }
-    if failures > 0 {
-        bail!("{failures} of {n} calls failed");
-    }
+        client.say_hello("ada").await.map(|s| served(&s)).map_err(|s| failed(&s))
+    })
+    .await?;
     Ok(())
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let ttl = Duration::from_millis(args.ttl_ms);
+    let backend = args.backend.connect().await?;
+    let registry = backend.registry();
+    match args.role {
+        None => demo(&registry, ttl).await,
+        Some(role) => {
+            backend.require_shared_nats("the server and client roles")?;
+            match role {
+                Role::Server { name } => roles::serve(&registry, &name, ttl).await,
+                Role::Client { calls, interval_ms } => {
+                    client(&registry, calls, Duration::from_millis(interval_ms)).await
+                }
+            }
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    microkit::init_tracing();
+    microkit::report(run(Args::parse()).await)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use microkit::registered::Registered;
     use microkit::registry::MemoryRegistry;
+    use microkit::server::RunningServer;
 
-    #[tokio::test]
-    async fn prints_its_golden_output() {
-        let out = Out::capture();
-        run(Args::parse_from(["round-robin", "--backend", "memory"]), &out).await.unwrap();
-        microkit::golden::assert_matches("round-robin", &out.text());
+    const TTL: Duration = Duration::from_secs(5);
+
+    /// A memory registry with `names` registered, and a client that sees them all.
+    async fn cluster(
+        names: &[&str],
+    ) -> (Arc<dyn Registry>, Vec<Registered<RunningServer>>, RoundRobin) {
+        let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+        let mut nodes = Vec::new();
+        for name in names {
+            nodes.push(start_node(&registry, name, TTL).await.unwrap());
+        }
+        let client = RoundRobin::new(LiveNodes::watch(&registry, SERVICE).await.unwrap());
+        client.nodes.wait_for_ids(names, PATIENCE).await.unwrap();
+        (registry, nodes, client)
+    }
+
+    async fn answers(client: &RoundRobin, count: usize) -> Vec<String> {
+        let mut nodes = Vec::new();
+        for _ in 0..count {
+            nodes.push(client.say_hello("x").await.unwrap().node);
+        }
+        nodes
     }
 
     #[tokio::test]
-    async fn prints_the_same_on_nats() {
-        let nats = microkit::nats::NatsServer::start().await.expect(microkit::nats::INSTALL_HINT);
-        let client = microkit::backend::connect(&nats.url()).await.unwrap();
-        let registry: Arc<dyn Registry> = Arc::new(microkit::registry::NatsRegistry::new(client));
-        let out = Out::capture();
-        demo(&registry, Duration::from_secs(1), &out).await.unwrap();
-        microkit::golden::assert_matches("round-robin", &out.text());
+    async fn calls_take_turns_in_id_order() {
+        let (_registry, _nodes, client) = cluster(&["n1", "n2", "n3"]).await;
+        assert_eq!(answers(&client, 6).await, ["n1", "n2", "n3", "n1", "n2", "n3"]);
+        assert_eq!(show_nodes(&client), "nodes of greeter: n1, n2, n3");
     }
 
     #[tokio::test]
     async fn turns_are_fair_over_many_calls() {
-        let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
-        let mut nodes = Vec::new();
-        for name in ["n1", "n2", "n3"] {
-            nodes.push(start_node(&registry, name, Duration::from_secs(5)).await.unwrap());
-        }
-        let client = RoundRobin::new(&registry, SERVICE).await.unwrap();
-        client.nodes.wait_for_ids(&["n1", "n2", "n3"], PATIENCE).await.unwrap();
+        let (_registry, _nodes, client) = cluster(&["n1", "n2", "n3"]).await;
         let mut counts = BTreeMap::new();
-        for _ in 0..30 {
-            *counts.entry(client.say_hello("x").await.unwrap().node).or_insert(0) += 1;
+        for node in answers(&client, 30).await {
+            *counts.entry(node).or_insert(0) += 1;
         }
         assert_eq!(counts.into_values().collect::<Vec<_>>(), [10, 10, 10]);
     }
 
     #[tokio::test]
+    async fn a_node_that_leaves_or_joins_changes_the_rotation_at_once() {
+        let (registry, mut nodes, client) = cluster(&["n1", "n2", "n3"]).await;
+        nodes.remove(1).stop().await.unwrap();
+        client.nodes.wait_for_ids(&["n1", "n3"], PATIENCE).await.unwrap();
+        let two = answers(&client, 4).await;
+        assert!(two[0] != two[1] && two[..2] == two[2..], "n1 and n3 take turns: {two:?}");
+        assert!(!two.contains(&"n2".to_owned()), "{two:?}");
+
+        nodes.push(start_node(&registry, "n4", TTL).await.unwrap());
+        client.nodes.wait_for_ids(&["n1", "n3", "n4"], PATIENCE).await.unwrap();
+        let mut three = answers(&client, 3).await;
+        three.sort();
+        assert_eq!(three, ["n1", "n3", "n4"], "each node once per round");
+    }
+
+    #[tokio::test]
+    async fn a_crashed_node_is_retried_once_on_the_next_until_it_expires() {
+        let ttl = Duration::from_millis(300);
+        let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+        let a = start_node(&registry, "a", ttl).await.unwrap();
+        let _b = start_node(&registry, "b", ttl).await.unwrap();
+        let _c = start_node(&registry, "c", ttl).await.unwrap();
+        let client = RoundRobin::new(LiveNodes::watch(&registry, SERVICE).await.unwrap());
+        client.nodes.wait_for_ids(&["a", "b", "c"], PATIENCE).await.unwrap();
+        a.crash().await;
+        let first = client.say_hello("x").await.unwrap(); // a's turn, then b's
+        assert_eq!((first.node.as_str(), first.retried_after.as_deref()), ("b", Some("a")));
+        assert_eq!(served(&first), ": a failed, retried on b");
+        let second = client.say_hello("x").await.unwrap(); // c's turn
+        assert_eq!((second.node.as_str(), second.retried_after), ("c", None));
+        client.nodes.wait_for_ids(&["b", "c"], ttl + PATIENCE).await.unwrap();
+        for _ in 0..4 {
+            let served = client.say_hello("x").await.unwrap();
+            assert_eq!(served.retried_after, None, "expired: a is never picked again");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_only_node_failing_is_not_retried_on_itself() {
+        let (_registry, mut nodes, client) = cluster(&["solo"]).await;
+        nodes.pop().unwrap().crash().await;
+        let status = client.say_hello("x").await.err().expect("no other node to try");
+        assert!(is_unreachable(&status), "{status:?}");
+    }
+
+    #[tokio::test]
     async fn no_node_is_unavailable_naming_the_service() {
         let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
-        let client = RoundRobin::new(&registry, "billing").await.unwrap();
+        let client = RoundRobin::new(LiveNodes::watch(&registry, "billing").await.unwrap());
         let status = client.say_hello("x").await.err().unwrap();
         assert_eq!(status.code(), Code::Unavailable);
-        assert!(status.message().contains("\"billing\""), "{}", status.message());
+        assert_eq!(
+            failed(&status),
+            ": Unavailable: no node of service \"billing\" in the registry"
+        );
     }
 
     #[tokio::test]
     async fn roles_refuse_to_run_without_a_shared_nats() {
         let args = Args::parse_from(["round-robin", "--backend", "memory", "client"]);
-        let error = run(args, &Out::capture()).await.unwrap_err().to_string();
+        let error = run(args).await.unwrap_err().to_string();
         assert!(error.contains("NATS_URL"), "{error}");
     }
 

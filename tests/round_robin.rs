@@ -49,6 +49,16 @@ impl Process {
         }
     }
 
+    /// Reads lines until one ends with `suffix`, and returns it.
+    async fn until_ending(&mut self, suffix: &str) -> String {
+        loop {
+            let line = self.line().await;
+            if line.ends_with(suffix) {
+                return line;
+            }
+        }
+    }
+
     /// The nodes that answered the next `count` calls; any other line fails the test.
     async fn calls(&mut self, count: usize) -> Vec<String> {
         let mut nodes = Vec::new();
@@ -113,12 +123,50 @@ async fn a_client_rotates_over_server_processes_and_drops_a_killed_one() {
     }
 
     // Stop greeter-a gracefully (SIGTERM): it deregisters and the client drops it at once.
-    let pid = servers[0].child.id().unwrap().to_string();
-    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(status.success());
-    assert_eq!(servers[0].line().await, "greeter-a deregistered and stopped");
+    terminate(&servers[0].child);
+    let stopped = servers[0].line().await;
+    assert!(stopped.starts_with("greeter-a deregistered and stopped after "), "{stopped}");
+    assert!(servers[0].child.wait().await.unwrap().success(), "a stopped server exits 0");
     client.until("nodes of greeter: greeter-c").await;
     assert_eq!(client.calls(3).await, ["greeter-c"; 3]);
+
+    // The client stops the same way: it prints its tally and exits 0.
+    terminate(&client.child);
+    let tally = client.until_ending(" calls, 0 failed").await;
+    assert!(tally.split(' ').next().unwrap().parse::<u32>().unwrap() >= 22, "{tally}");
+    assert!(client.child.wait().await.unwrap().success());
+}
+
+fn terminate(child: &Child) {
+    let pid = child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn a_client_started_after_the_servers_serves_its_first_call() {
+    let nats = NatsServer::start().await.expect(INSTALL_HINT);
+    let mut servers = Vec::new();
+    for name in ["greeter-a", "greeter-b"] {
+        let mut server = Process::spawn(role(&nats, &["server", "--name", name]));
+        server.line().await; // registered
+        servers.push(server);
+    }
+    // Its watch reports the two nodes a moment after it starts: a client that called at
+    // once found none and failed its first call.
+    for _ in 0..3 {
+        let output = common::run_within(
+            role(&nats, &["client", "--calls", "3", "--interval-ms", "0"]),
+            PATIENCE,
+        )
+        .await;
+        let stdout = common::text(&output.stdout);
+        assert!(output.status.success(), "{stdout}{}", common::text(&output.stderr));
+        let calls: Vec<&str> = stdout.lines().filter(|l| l.starts_with("call ")).collect();
+        assert_eq!(calls.len(), 3, "{stdout}");
+        assert!(calls.iter().all(|l| !l.contains("failed")), "{stdout}");
+        assert!(stdout.ends_with("3 calls, 0 failed\n"), "{stdout}");
+    }
 }
 
 #[tokio::test]

@@ -20,7 +20,11 @@ async fn client_nodes(nats: &NatsServer, args: &[&str]) -> Vec<String> {
     let output = run_within(command, PATIENCE).await;
     let stdout = text(&output.stdout);
     assert!(output.status.success(), "{stdout}\n{}", text(&output.stderr));
-    stdout.lines().map(|line| line.rsplit(": ").next().unwrap().to_owned()).collect()
+    let (calls, tally) = stdout.trim_end().rsplit_once('\n').unwrap_or_default();
+    let nodes: Vec<String> =
+        calls.lines().map(|line| line.rsplit(": ").next().unwrap().to_owned()).collect();
+    assert_eq!(tally, format!("{} calls, 0 failed", nodes.len()), "{stdout}");
+    nodes
 }
 
 #[tokio::test]
@@ -45,4 +49,15 @@ async fn one_user_one_node_across_client_processes() {
     let anonymous = client_nodes(&nats, &["--calls", "6"]).await;
     let distinct: BTreeSet<&String> = anonymous.iter().collect();
     assert_eq!(distinct.len(), 3, "no header: round robin over all three: {anonymous:?}");
+}
+
+#[tokio::test]
+async fn a_user_that_cannot_travel_as_a_header_is_refused_saying_why() {
+    let mut command = example("sharding");
+    command.args(["client", "--user", "é"]);
+    let output = run_within(command, PATIENCE).await;
+    assert_eq!(output.status.code(), Some(2), "a bad flag, refused before anything runs");
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("x-from-user must be printable ASCII"), "{stderr}");
+    assert!(output.stdout.is_empty(), "no call claimed affinity");
 }

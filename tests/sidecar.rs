@@ -27,7 +27,7 @@ async fn a_python_program_joins_is_called_and_leaves_through_the_sidecar() {
 async fn python_through_sidecar() {
     let mut sidecar = common::example("sidecar");
     sidecar.args(["serve", "--port", "0"]);
-    let (_sidecar, mut sidecar_out) = spawn(sidecar);
+    let (mut sidecar, mut sidecar_out) = spawn(sidecar);
     let first = sidecar_out.next_line().await.unwrap().expect("the sidecar prints its URL");
     // "sidecar listening on http://127.0.0.1:<port>; ctrl-c stops"
     let url = first.split_whitespace().nth(3).unwrap().trim_end_matches(';').to_owned();
@@ -53,6 +53,21 @@ async fn python_through_sidecar() {
     let answer = request(&url, Method::POST, "/shouter/greet", r#"{"name":"zed"}"#).await;
     assert_eq!(answer, (200, json!({"greeter said": "hello zed", "shouted": "HELLO ZED"})));
 
+    // Mistakes a program could make are refused before NATS sees them: a 4 KiB name would
+    // have cost the sidecar its NATS connection, a TTL over NATS's limit was a 502.
+    let long = "x".repeat(4096);
+    let answer = request(&url, Method::POST, &format!("/{long}/SayHello"), "{}").await;
+    assert_eq!(answer.0, 400, "{answer:?}");
+    let answer = request(&url, Method::POST, &format!("/broker/{long}"), "{}").await;
+    assert_eq!(answer.0, 400, "{answer:?}");
+    let join = json!({"service": "py", "id": "py-1", "address": "127.0.0.1:9", "ttl_secs": 601});
+    let answer = request(&url, Method::POST, "/registry", &join.to_string()).await;
+    assert_eq!(answer.0, 400, "{answer:?}");
+    let answer = request(&url, Method::POST, "/shouter/a%20b", "{}").await;
+    assert_eq!(answer.0, 400, "{answer:?}");
+    let answer = request(&url, Method::POST, "/greeter/SayHello", r#"{"name":"still"}"#).await;
+    assert_eq!(answer.0, 200, "the sidecar still reaches NATS: {answer:?}");
+
     // SIGTERM: the program deregisters on its way out, so it is gone at once, not at TTL.
     let pid = python.id().expect("running").to_string();
     let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
@@ -63,6 +78,14 @@ async fn python_through_sidecar() {
     assert_eq!(request(&url, Method::GET, "/registry/shouter", "").await, (200, json!([])));
     let answer = request(&url, Method::POST, "/shouter/upper", "{}").await;
     assert_eq!(answer, (503, json!({"error": "no node for service \"shouter\""})));
+
+    // The sidecar stops the same way: SIGTERM, its tally, exit 0.
+    let pid = sidecar.id().expect("running").to_string();
+    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    let tally = sidecar_out.next_line().await.unwrap().expect("the sidecar prints its tally");
+    assert!(tally.starts_with("sidecar stopped after ") && tally.ends_with(" refused)"), "{tally}");
+    assert!(sidecar.wait().await.unwrap().success(), "a stopped sidecar exits 0");
 }
 
 /// Starts `command` with piped stdout (killed when the child is dropped).

@@ -1,15 +1,14 @@
 //! # sharding: the same user always reaches the same node
 //!
-//! go-micro's example wrapped its client to read an `X-From-User` header and pick the node
-//! as `crc32(user) % number of nodes`. Every user did stick to one node, until the number
-//! of nodes changed: then the modulo sent most users somewhere else, and whatever a node
-//! held for them (a cache, a session) was lost. Here the client reads `x-from-user` (gRPC
-//! keys are lower case) in [`ShardRouter`], a tower service under the generated client,
-//! and picks the node by rendezvous hashing: each node gets a score for the user, the
-//! highest wins. Adding a node moves only the users the new node now wins, about 1/N of
-//! them. A call without the header has no affinity to keep and goes round robin.
+//! Request affinity: the client reads the `x-from-user` header (gRPC keys are lower case)
+//! in [`ShardRouter`] below, a tower service under the generated client, and picks the
+//! node by rendezvous hashing (`rendezvous` in `hashing.rs` beside this file): every node
+//! scores the user, the highest score wins. Adding a node moves only the users the new node
+//! now wins, about 1/N of them. A call without the header has no affinity to keep and goes
+//! round robin.
 //!
-//! Run it:
+//! go-micro's example picked `crc32(user) % number of nodes`: when the number of nodes
+//! changed, most users moved, and whatever a node held for them (a cache, a session) was lost.
 //!
 //! ```text
 //! cargo run --example sharding                     # the whole story in one process
@@ -21,39 +20,7 @@
 //! cargo run --example sharding -- client --calls 5               # no header: round robin
 //! ```
 //!
-//! It prints (the golden file `tests/golden/sharding.txt` holds exactly this):
-//!
-//! ```text
-//! nodes of greeter: greeter-a, greeter-b, greeter-c
-//! user   node (3 calls each)
-//! ada    greeter-c
-//! bo     greeter-a
-//! carol  greeter-a
-//! dan    greeter-b
-//! eve    greeter-a
-//! finn   greeter-c
-//! gus    greeter-b
-//! hana   greeter-a
-//! greeter-d joined
-//! user   node (3 calls each)
-//! ada    greeter-c
-//! bo     greeter-a
-//! carol  greeter-d (moved from greeter-a)
-//! dan    greeter-b
-//! eve    greeter-a
-//! finn   greeter-c
-//! gus    greeter-b
-//! hana   greeter-d (moved from greeter-a)
-//! moved: 2 of 8 users
-//! of 10000 users, adding a 4th node moves:
-//!   rendezvous hashing  25.2%  (ideal: 1/4 = 25.0%)
-//!   crc32 modulo        74.3%  (go-micro's choice)
-//! no x-from-user header, 4 calls: greeter-a greeter-b greeter-c greeter-d
-//! ```
-//!
-//! The node choosers (rendezvous hashing, and go-micro's crc32 modulo for contrast) are in
-//! `hashing.rs` beside this file; the router that uses them is `ShardRouter` below. Read it
-//! beside `notes/sharding.md`.
+//! Prints `tests/golden/sharding.txt`; explained in `notes/sharding.md`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -64,86 +31,28 @@ use std::time::Duration;
 
 use anyhow::bail;
 use clap::{Parser, Subcommand};
+use microkit::PATIENCE;
 use microkit::backend::BackendArgs;
 use microkit::discovery::{Channels, LiveNodes};
 use microkit::proto::greeter::HelloRequest;
 use microkit::proto::greeter::greeter_client::GreeterClient;
-use microkit::registry::{Node, Registration, Registry};
-use microkit::server::RunningServer;
-use microkit::{Out, say};
+use microkit::registry::{Node, Registry};
 use tonic::Status;
 use tonic::body::Body;
+use tonic::metadata::AsciiMetadataValue;
 use tower::{Service, ServiceExt};
 
-// The lesson's core, choosing a node for a user, is in hashing.rs beside this file.
+// Choosing a node for a user, the heart of the lesson, is in hashing.rs beside this file.
 mod hashing;
 use hashing::{crc32_modulo, moved_fraction, rendezvous};
 
-const SERVICE: &str = "greeter";
+// The server role and the client's loop, shared with the round-robin example.
+#[path = "../common/greeter_roles.rs"]
+mod roles;
+use roles::{SERVICE, start_node};
+
 /// The request header that carries the user: what the affinity is keyed on.
 const USER_HEADER: &str = "x-from-user";
-/// A node's time to live in the registry.
-const TTL: Duration = Duration::from_secs(3);
-/// How long the demo waits for the registry to show a change (a hang guard, not a pace).
-const PATIENCE: Duration = Duration::from_secs(10);
-/// The users of the printed table.
-const USERS: [&str; 8] = ["ada", "bo", "carol", "dan", "eve", "finn", "gus", "hana"];
-/// How many users the moved fractions are measured over.
-const POPULATION: usize = 10_000;
-
-#[derive(Parser, Debug)]
-#[command(about = "Request affinity: x-from-user picks the node by rendezvous hashing")]
-struct Args {
-    #[command(flatten)]
-    backend: BackendArgs,
-    #[command(subcommand)]
-    role: Option<Role>,
-}
-
-#[derive(Subcommand, Debug)]
-enum Role {
-    /// Serve the greeter and register it until ctrl-c (needs NATS_URL).
-    Server {
-        /// The node's id in the registry, e.g. greeter-a.
-        #[arg(long)]
-        name: String,
-    },
-    /// Call the service as one user, or without the header (needs NATS_URL).
-    Client {
-        /// Sent as x-from-user; without it, calls go round robin.
-        #[arg(long)]
-        user: Option<String>,
-        /// How many calls to make.
-        #[arg(long, default_value_t = 5)]
-        calls: u32,
-    },
-}
-
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    microkit::init_tracing();
-    microkit::report(run(Args::parse(), &Out::stdout()).await)
-}
-
-async fn run(args: Args, out: &Out) -> anyhow::Result<()> {
-    let backend = args.backend.connect().await?;
-    match args.role {
-        None => demo(&backend.registry(), out).await,
-        Some(role) => {
-            backend.require_shared_nats("the server and client roles")?;
-            match role {
-                Role::Server { name } => server(&backend.registry(), &name, out).await,
-                Role::Client { user, calls } => {
-                    client(&backend.registry(), user.as_deref(), calls, out).await
-                }
-            }
-        }
-    }
-}
-
-// ---- Choosing a node: the lesson ---------------------------------------------------------
-
-// ---- The client-side layer ---------------------------------------------------------------
 
 /// go-micro's client wrapper, as a tower service under the generated client: it reads
 /// `x-from-user` from each request and forwards the request to that user's node; without
@@ -185,8 +94,15 @@ impl Service<http::Request<Body>> for ShardRouter {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let user = request.headers().get(USER_HEADER).and_then(|v| v.to_str().ok());
-        let channel = self.pick(user).and_then(|node| self.channels.to(&node));
+        // A header that is there but unreadable is refused: taken as no header, the call
+        // would go round robin and its affinity would be lost without a word.
+        let user = match request.headers().get(USER_HEADER) {
+            None => Ok(None),
+            Some(value) => value.to_str().map(Some).map_err(|e| {
+                Status::invalid_argument(format!("{USER_HEADER} is not printable ASCII: {e}"))
+            }),
+        };
+        let channel = user.and_then(|user| self.pick(user)).and_then(|n| self.channels.to(&n));
         Box::pin(async move {
             // A `Status` error reaches the caller as that status (tonic looks for one).
             let channel = channel?;
@@ -202,18 +118,33 @@ async fn hello(
 ) -> Result<String, Status> {
     let mut request = tonic::Request::new(HelloRequest { name: user.unwrap_or("guest").into() });
     if let Some(user) = user {
-        let value = user.parse().map_err(|_| Status::invalid_argument("user must be ASCII"))?;
-        request.metadata_mut().insert(USER_HEADER, value);
+        request.metadata_mut().insert(USER_HEADER, user_value(user)?);
     }
     Ok(client.say_hello(request).await?.into_inner().node)
 }
 
-// ---- The run -----------------------------------------------------------------------------
+/// `user` as the header's value. gRPC metadata values are printable ASCII, the only bytes a
+/// receiver can read back as text; anything else (`é`, a tab) is refused naming the rule.
+fn user_value(user: &str) -> Result<AsciiMetadataValue, Status> {
+    let refused = || format!("{USER_HEADER} must be printable ASCII, not {user:?}");
+    if !user.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+        return Err(Status::invalid_argument(refused()));
+    }
+    user.parse().map_err(|e| Status::invalid_argument(format!("{}: {e}", refused())))
+}
 
-async fn demo(registry: &Arc<dyn Registry>, out: &Out) -> anyhow::Result<()> {
+/// A node's time to live in the registry.
+const TTL: Duration = Duration::from_secs(3);
+/// The users of the printed table.
+const USERS: [&str; 8] = ["ada", "bo", "carol", "dan", "eve", "finn", "gus", "hana"];
+/// How many users the moved fractions are measured over.
+const POPULATION: usize = 10_000;
+
+/// One process, the whole story: three nodes, eight users, then a fourth node joins.
+async fn demo(registry: &Arc<dyn Registry>) -> anyhow::Result<()> {
     let mut running = Vec::new();
     for name in ["greeter-a", "greeter-b", "greeter-c"] {
-        running.push(start_node(registry, name).await?);
+        running.push(start_node(registry, name, TTL).await?);
     }
     let nodes = LiveNodes::watch(registry, SERVICE).await?;
     nodes.wait_for_ids(&["greeter-a", "greeter-b", "greeter-c"], PATIENCE).await?;
@@ -221,50 +152,49 @@ async fn demo(registry: &Arc<dyn Registry>, out: &Out) -> anyhow::Result<()> {
     let mut client = GreeterClient::new(router.clone());
     let three = router.nodes.current();
     let ids: Vec<String> = three.iter().map(|n| n.id.clone()).collect();
-    say!(out, "nodes of {SERVICE}: {}", ids.join(", "));
+    println!("nodes of {SERVICE}: {}", ids.join(", "));
 
-    say!(out, "user   node (3 calls each)");
+    println!("user   node (3 calls each)");
     let mut before = Vec::new();
     for user in USERS {
         let node = same_node_every_time(&mut client, user, 3).await?;
-        say!(out, "{user:<6} {node}");
+        println!("{user:<6} {node}");
         before.push(node);
     }
 
-    running.push(start_node(registry, "greeter-d").await?);
+    running.push(start_node(registry, "greeter-d", TTL).await?);
     let all = ["greeter-a", "greeter-b", "greeter-c", "greeter-d"];
     router.nodes.wait_for_ids(&all, PATIENCE).await?;
-    say!(out, "greeter-d joined");
-    say!(out, "user   node (3 calls each)");
+    println!("greeter-d joined");
+    println!("user   node (3 calls each)");
     let mut moved = 0;
     for (user, old) in USERS.iter().zip(&before) {
         let node = same_node_every_time(&mut client, user, 3).await?;
         if &node == old {
-            say!(out, "{user:<6} {node}");
+            println!("{user:<6} {node}");
         } else {
             moved += 1;
-            say!(out, "{user:<6} {node} (moved from {old})");
+            println!("{user:<6} {node} (moved from {old})");
         }
     }
-    say!(out, "moved: {moved} of {} users", USERS.len());
+    println!("moved: {moved} of {} users", USERS.len());
 
     let four = router.nodes.current();
     let population: Vec<String> = (0..POPULATION).map(|i| format!("user-{i}")).collect();
-    say!(out, "of {POPULATION} users, adding a 4th node moves:");
+    println!("of {POPULATION} users, adding a 4th node moves:");
     let rendezvous_moved = moved_fraction(&population, &three, &four, rendezvous);
-    say!(out, "  rendezvous hashing {:5.1}%  (ideal: 1/4 = 25.0%)", rendezvous_moved * 100.0);
+    println!("  rendezvous hashing {:5.1}%  (ideal: 1/4 = 25.0%)", rendezvous_moved * 100.0);
     let modulo_moved = moved_fraction(&population, &three, &four, crc32_modulo);
-    say!(out, "  crc32 modulo       {:5.1}%  (go-micro's choice)", modulo_moved * 100.0);
+    println!("  crc32 modulo       {:5.1}%  (go-micro's choice)", modulo_moved * 100.0);
 
     let mut turns = Vec::new();
     for _ in 0..4 {
         turns.push(hello(&mut client, None).await?);
     }
-    say!(out, "no {USER_HEADER} header, 4 calls: {}", turns.join(" "));
+    println!("no {USER_HEADER} header, 4 calls: {}", turns.join(" "));
 
-    for (server, registration) in running {
-        registration.deregister().await?;
-        server.shutdown().await?;
+    for node in running {
+        node.stop().await?;
     }
     Ok(())
 }
@@ -285,54 +215,92 @@ async fn same_node_every_time(
     Ok(first)
 }
 
-async fn start_node(
-    registry: &Arc<dyn Registry>,
-    name: &str,
-) -> anyhow::Result<(RunningServer, Registration)> {
-    let server = microkit::greeter::serve(name).await?;
-    let node = Node::new(SERVICE, name, server.addr());
-    let registration = Registration::start(registry.clone(), node, TTL).await?;
-    Ok((server, registration))
+// ---- The command line and the roles ------------------------------------------------------
+
+#[derive(Parser, Debug)]
+#[command(about = "Request affinity: x-from-user picks the node by rendezvous hashing")]
+struct Args {
+    #[command(flatten)]
+    backend: BackendArgs,
+    #[command(subcommand)]
+    role: Option<Role>,
 }
 
-// ---- The roles ---------------------------------------------------------------------------
-
-async fn server(registry: &Arc<dyn Registry>, name: &str, out: &Out) -> anyhow::Result<()> {
-    let (server, registration) = start_node(registry, name).await?;
-    say!(out, "{name} serving {SERVICE} on {}", server.addr());
-    microkit::signal::stop_requested().await?;
-    registration.deregister().await?;
-    server.shutdown().await?;
-    say!(out, "{name} deregistered and stopped");
-    Ok(())
+#[derive(Subcommand, Debug)]
+enum Role {
+    /// Serve the greeter and stay registered until stopped (needs NATS_URL).
+    Server {
+        /// The node's id in the registry, e.g. greeter-a.
+        #[arg(long)]
+        name: String,
+    },
+    /// Call the service as one user, or without the header (needs NATS_URL).
+    Client {
+        /// Sent as x-from-user (printable ASCII); without it, calls go round robin.
+        #[arg(long, value_parser = parse_user)]
+        user: Option<String>,
+        /// How many calls to make; 0 means until stopped.
+        #[arg(long, default_value_t = 5)]
+        calls: u64,
+        /// Pause between calls.
+        #[arg(long, default_value_t = 0)]
+        interval_ms: u64,
+    },
 }
 
+/// `--user`: refused at once if it cannot travel as the header.
+fn parse_user(user: &str) -> Result<String, String> {
+    user_value(user).map(|_| user.to_owned()).map_err(|status| status.message().to_owned())
+}
+
+/// The `client` role: every call as `user` (or without the header), and who answered.
 async fn client(
     registry: &Arc<dyn Registry>,
     user: Option<&str>,
-    calls: u32,
-    out: &Out,
+    calls: u64,
+    interval: Duration,
 ) -> anyhow::Result<()> {
-    let nodes = LiveNodes::watch(registry, SERVICE).await?;
-    // The watch reports the registered nodes one by one: hashing over half of them would
-    // send a user to the wrong node, so wait until it shows all that are registered.
-    let listed: Vec<String> = registry.nodes(SERVICE).await?.into_iter().map(|n| n.id).collect();
-    let listed: Vec<&str> = listed.iter().map(String::as_str).collect();
-    nodes.wait_for_ids(&listed, PATIENCE).await?;
-    let mut client = GreeterClient::new(ShardRouter::new(nodes));
+    let mut client = GreeterClient::new(ShardRouter::new(roles::watch_service(registry).await?));
     let who = user.map_or("no header".to_owned(), |u| format!("{USER_HEADER}: {u}"));
-    for n in 1..=calls {
-        let node = hello(&mut client, user).await?;
-        say!(out, "call {n} ({who}): {node}");
-    }
+    roles::call_until_stopped(calls, interval, async |_| match hello(&mut client, user).await {
+        Ok(node) => Ok(format!(" ({who}): {node}")),
+        Err(status) => Err(format!(" ({who}): {:?}: {}", status.code(), status.message())),
+    })
+    .await?;
     Ok(())
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let backend = args.backend.connect().await?;
+    let registry = backend.registry();
+    match args.role {
+        None => demo(&registry).await,
+        Some(role) => {
+            backend.require_shared_nats("the server and client roles")?;
+            match role {
+                Role::Server { name } => roles::serve(&registry, &name, TTL).await,
+                Role::Client { user, calls, interval_ms } => {
+                    let interval = Duration::from_millis(interval_ms);
+                    client(&registry, user.as_deref(), calls, interval).await
+                }
+            }
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    microkit::init_tracing();
+    microkit::report(run(Args::parse()).await)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::hashing::{crc32, fnv1a};
+    use microkit::registered::Registered;
     use microkit::registry::MemoryRegistry;
+    use microkit::server::RunningServer;
 
     fn nodes(ids: &[&str]) -> Vec<Node> {
         ids.iter().map(|id| Node::new(SERVICE, id, "127.0.0.1:1")).collect()
@@ -342,23 +310,24 @@ mod tests {
         (0..POPULATION).map(|i| format!("user-{i}")).collect()
     }
 
-    #[tokio::test]
-    async fn prints_its_golden_output() {
-        let out = Out::capture();
-        run(Args::parse_from(["sharding", "--backend", "memory"]), &out).await.unwrap();
-        microkit::golden::assert_matches("sharding", &out.text());
+    /// A memory registry with `names` registered, and a router that sees them all.
+    async fn cluster(
+        names: &[&str],
+    ) -> (Arc<dyn Registry>, Vec<Registered<RunningServer>>, ShardRouter) {
+        let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+        let mut running = Vec::new();
+        for name in names {
+            running.push(start_node(&registry, name, TTL).await.unwrap());
+        }
+        let live = LiveNodes::watch(&registry, SERVICE).await.unwrap();
+        live.wait_for_ids(names, PATIENCE).await.unwrap();
+        (registry, running, ShardRouter::new(live))
     }
 
     #[tokio::test]
     async fn every_user_reaches_one_node_over_many_calls() {
-        let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
-        let mut running = Vec::new();
-        for name in ["n1", "n2", "n3"] {
-            running.push(start_node(&registry, name).await.unwrap());
-        }
-        let live = LiveNodes::watch(&registry, SERVICE).await.unwrap();
-        live.wait_for_ids(&["n1", "n2", "n3"], PATIENCE).await.unwrap();
-        let mut client = GreeterClient::new(ShardRouter::new(live));
+        let (_registry, _running, router) = cluster(&["n1", "n2", "n3"]).await;
+        let mut client = GreeterClient::new(router);
         let mut used = std::collections::BTreeSet::new();
         for user in (0..30).map(|i| format!("u{i}")) {
             used.insert(same_node_every_time(&mut client, &user, 10).await.unwrap());
@@ -367,15 +336,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn without_the_header_calls_go_round_robin() {
-        let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
-        let mut running = Vec::new();
-        for name in ["n1", "n2", "n3"] {
-            running.push(start_node(&registry, name).await.unwrap());
+    async fn a_joined_node_takes_over_only_the_users_it_wins() {
+        let (registry, mut running, router) = cluster(&["n1", "n2", "n3"]).await;
+        let mut client = GreeterClient::new(router.clone());
+        let users: Vec<String> = (0..40).map(|i| format!("u{i}")).collect();
+        let mut before = Vec::new();
+        for user in &users {
+            before.push(hello(&mut client, Some(user)).await.unwrap());
         }
-        let live = LiveNodes::watch(&registry, SERVICE).await.unwrap();
-        live.wait_for_ids(&["n1", "n2", "n3"], PATIENCE).await.unwrap();
-        let mut client = GreeterClient::new(ShardRouter::new(live));
+        running.push(start_node(&registry, "n4", TTL).await.unwrap());
+        router.nodes.wait_for_ids(&["n1", "n2", "n3", "n4"], PATIENCE).await.unwrap();
+        let mut moved = 0;
+        for (user, old) in users.iter().zip(&before) {
+            let now = hello(&mut client, Some(user)).await.unwrap();
+            if &now != old {
+                assert_eq!(now, "n4", "{user} moved between old nodes");
+                moved += 1;
+            }
+        }
+        assert!((1..20).contains(&moved), "about a quarter moved, not {moved} of 40");
+    }
+
+    #[tokio::test]
+    async fn without_the_header_calls_go_round_robin() {
+        let (_registry, _running, router) = cluster(&["n1", "n2", "n3"]).await;
+        let mut client = GreeterClient::new(router);
         let mut turns = Vec::new();
         for _ in 0..6 {
             turns.push(hello(&mut client, None).await.unwrap());
@@ -391,6 +376,24 @@ mod tests {
         let status = hello(&mut client, Some("ada")).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unavailable);
         assert!(status.message().contains("\"greeter\""), "{}", status.message());
+    }
+
+    #[tokio::test]
+    async fn a_user_that_is_not_printable_ascii_is_refused_not_sent_round_robin() {
+        let (_registry, _running, router) = cluster(&["n1", "n2", "n3"]).await;
+        let mut client = GreeterClient::new(router.clone());
+        for user in ["é", "tab\there", "bell\u{7}"] {
+            let status = hello(&mut client, Some(user)).await.unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{user:?}: {status:?}");
+            assert!(status.message().contains("printable ASCII"), "{}", status.message());
+        }
+        // The router itself never treats an unreadable header as no header.
+        let mut request = http::Request::new(Body::empty());
+        let value = http::HeaderValue::from_bytes("é".as_bytes()).unwrap();
+        request.headers_mut().insert(USER_HEADER, value);
+        let error = router.clone().oneshot(request).await.unwrap_err();
+        let status = error.downcast_ref::<Status>().expect("a Status");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     }
 
     #[test]
@@ -430,9 +433,18 @@ mod tests {
         assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c); // FNV-1a 64 of "a"
     }
 
+    #[tokio::test]
+    async fn roles_refuse_to_run_without_a_shared_nats() {
+        let args = Args::parse_from(["sharding", "--backend", "memory", "server", "--name", "a"]);
+        let error = run(args).await.unwrap_err().to_string();
+        assert!(error.contains("NATS_URL"), "{error}");
+    }
+
     #[test]
     fn bad_flags_are_refused() {
         assert!(Args::try_parse_from(["sharding", "client", "--calls", "many"]).is_err());
         assert!(Args::try_parse_from(["sharding", "server"]).is_err(), "--name is required");
+        let error = Args::try_parse_from(["sharding", "client", "--user", "é"]).unwrap_err();
+        assert!(error.to_string().contains("printable ASCII"), "{error}");
     }
 }

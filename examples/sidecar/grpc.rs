@@ -4,15 +4,16 @@
 //! generated types derive serde; a general sidecar would load schemas at run time (gRPC
 //! server reflection, or descriptor sets) instead of compiling them in.
 
-use std::time::Duration;
-
 use axum::http::StatusCode;
 use futures::StreamExt;
+use microkit::discovery::Channels;
 use microkit::proto::greeter::greeter_client::GreeterClient;
 use microkit::proto::greeter::{GreetingsRequest, HelloRequest};
+use microkit::registry::Node;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::transport::Endpoint;
+
+use crate::sidecar::JsonError;
 
 /// The Greeter's methods, by their proto names.
 pub const METHODS: [&str; 4] = ["SayHello", "Greetings", "CollectNames", "Chat"];
@@ -20,70 +21,73 @@ pub const METHODS: [&str; 4] = ["SayHello", "Greetings", "CollectNames", "Chat"]
 /// The most replies one HTTP request may ask a stream for: every request is bounded.
 pub const MAX_STREAM: u32 = 100;
 
-/// How long the sidecar waits for a node to accept a connection.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// An HTTP status and a message for the caller.
-pub type Failure = (StatusCode, String);
-
-/// Calls `method` on the Greeter node at `address` with the JSON `body`.
+/// Calls `method` on the Greeter `node` with the JSON `body`, over the node's channel.
 pub async fn call(
-    service: &str,
-    address: &str,
+    channels: &Channels,
+    node: &Node,
     method: &str,
     body: &[u8],
-) -> Result<String, Failure> {
+) -> Result<String, JsonError> {
+    let service = &node.service;
     if !METHODS.contains(&method) {
         let offered = METHODS.join(", ");
-        return Err((
+        return Err(JsonError::new(
             StatusCode::NOT_FOUND,
             format!("{service} has no method {method:?}; it offers {offered}"),
         ));
     }
     let what = format!("{service}.{method}");
-    // Parse before connecting: a caller's mistake should not cost a connection.
+    // Parse first: a caller's mistake should not cost a call.
     let request = Request::parse(method, body)
-        .map_err(|e| (StatusCode::BAD_REQUEST, format!("{} for {what}: {}", e.0, e.1)))?;
-
-    let channel = Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| (StatusCode::BAD_GATEWAY, format!("bad address for {service}: {e}")))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .connect()
-        .await
-        .map_err(|e| {
-            (StatusCode::BAD_GATEWAY, format!("{service} at {address} unreachable: {e}"))
-        })?;
+        .map_err(|(kind, detail)| JsonError::bad_request(format!("{kind} for {what}: {detail}")))?;
+    let channel = channels.to(node).map_err(|e| {
+        JsonError::bad_gateway(format!("bad address for {service}: {}", e.message()))
+    })?;
     let mut client = GreeterClient::new(channel);
-    let status_to_http = |status: tonic::Status| {
-        (http_status(status.code()), format!("{what}: {}", status.message()))
-    };
+    let failed = |status: tonic::Status| from_status(&what, node, status);
 
     match request {
         Request::SayHello(request) => {
-            json(&client.say_hello(request).await.map_err(status_to_http)?.into_inner())
+            json(&client.say_hello(request).await.map_err(failed)?.into_inner())
         }
         Request::Greetings(request) => {
             // A server stream becomes one JSON array: HTTP/1 request-response has no
             // natural way to hand out replies one by one (the web example's websocket does).
-            let stream = client.greetings(request).await.map_err(status_to_http)?.into_inner();
+            let stream = client.greetings(request).await.map_err(failed)?.into_inner();
             let replies: Result<Vec<_>, _> = stream.collect::<Vec<_>>().await.into_iter().collect();
-            json(&replies.map_err(status_to_http)?)
+            json(&replies.map_err(failed)?)
         }
         Request::CollectNames(names) => {
             let summary =
-                client.collect_names(futures::stream::iter(names)).await.map_err(status_to_http)?;
+                client.collect_names(futures::stream::iter(names)).await.map_err(failed)?;
             json(&summary.into_inner())
         }
         Request::Chat(names) => {
             // All requests are sent, then the client half-closes; the replies are collected.
-            let stream = client
-                .chat(futures::stream::iter(names))
-                .await
-                .map_err(status_to_http)?
-                .into_inner();
+            let stream =
+                client.chat(futures::stream::iter(names)).await.map_err(failed)?.into_inner();
             let replies: Result<Vec<_>, _> = stream.collect::<Vec<_>>().await.into_iter().collect();
-            json(&replies.map_err(status_to_http)?)
+            json(&replies.map_err(failed)?)
         }
+    }
+}
+
+/// A status the node answered keeps its meaning in HTTP terms; a status tonic made because
+/// the node could not be reached (it carries the transport error as its source) is a bad
+/// gateway naming the node's address and the cause.
+fn from_status(what: &str, node: &Node, status: tonic::Status) -> JsonError {
+    match std::error::Error::source(&status) {
+        Some(cause) => {
+            let mut reason = cause.to_string();
+            let mut next = cause.source();
+            while let Some(cause) = next {
+                reason = format!("{reason}: {cause}");
+                next = cause.source();
+            }
+            let service = &node.service;
+            JsonError::bad_gateway(format!("{service} at {} unreachable: {reason}", node.address))
+        }
+        None => JsonError::new(http_status(status.code()), format!("{what}: {}", status.message())),
     }
 }
 
@@ -122,8 +126,9 @@ fn from_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, (&'static str, Strin
     serde_json::from_slice(body).map_err(|e| ("bad JSON", e.to_string()))
 }
 
-fn json(value: &impl Serialize) -> Result<String, Failure> {
-    serde_json::to_string(value).map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+fn json(value: &impl Serialize) -> Result<String, JsonError> {
+    serde_json::to_string(value)
+        .map_err(|e| JsonError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 /// gRPC status codes as the HTTP statuses a JSON caller expects.

@@ -8,9 +8,11 @@
 //! - `POST /broker/<topic>`: publish the body, an asynchronous request: the answer (202)
 //!   means the broker has the message, not that anyone has handled it.
 //!
-//! Every error is JSON, `{"error": "..."}`, naming what went wrong.
+//! Every error is JSON, `{"error": "..."}` ([`JsonError`]), naming what went wrong.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -21,10 +23,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use microkit::broker::{Broker, BrokerError, Headers};
+use microkit::discovery::Channels;
 use microkit::http::Forwarder;
-use microkit::registry::{Node, Registry};
+use microkit::registry::{MAX_TTL, Node, Registry, RegistryError};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
+use tokio::time::Instant;
 
 use crate::grpc;
 
@@ -35,11 +39,35 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 pub const PROTOCOL: &str = "protocol";
 pub const HTTP: &str = "http";
 
+/// What every route shares: the registry and broker the sidecar speaks to for its
+/// programs, and the connections it keeps to their nodes.
 #[derive(Clone)]
 pub struct Sidecar {
-    pub registry: Arc<dyn Registry>,
-    pub broker: Arc<dyn Broker>,
-    pub forwarder: Forwarder,
+    registry: Arc<dyn Registry>,
+    broker: Arc<dyn Broker>,
+    /// Pooled HTTP/1.1 connections to plain HTTP programs.
+    forwarder: Forwarder,
+    /// One gRPC channel per node address, reused by every call instead of a new
+    /// connection (and a TCP and HTTP/2 handshake) per request.
+    channels: Channels,
+    /// The turn of the next call: calls rotate over a service's nodes, sorted by id.
+    turn: Arc<AtomicUsize>,
+    /// The programs registered through this sidecar, and when each expires unless it
+    /// registers again: what [`MAX_REGISTRATIONS`] counts.
+    held: Arc<Mutex<HashMap<(String, String), Instant>>>,
+}
+
+impl Sidecar {
+    pub fn new(registry: Arc<dyn Registry>, broker: Arc<dyn Broker>) -> Self {
+        Sidecar {
+            registry,
+            broker,
+            forwarder: Forwarder::new(),
+            channels: Channels::default(),
+            turn: Arc::default(),
+            held: Arc::default(),
+        }
+    }
 }
 
 pub fn router(sidecar: Sidecar) -> Router {
@@ -54,58 +82,75 @@ pub fn router(sidecar: Sidecar) -> Router {
         .with_state(sidecar)
 }
 
-/// A JSON error answer.
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
-}
-
-/// The body, or the status and message to answer with instead: 413 over the limit.
-fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, (StatusCode, String)> {
-    body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            let message = format!("body over the {} KiB limit", BODY_LIMIT / 1024);
-            (StatusCode::PAYLOAD_TOO_LARGE, message)
-        }
-        status => (status, rejection.body_text()),
-    })
-}
-
 /// `POST /<service>/<method>`: find a node, call it in its own protocol, answer JSON.
 async fn call(
     State(sidecar): State<Sidecar>,
     Path((service, method)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let body = match read_body(body) {
-        Ok(body) => body,
-        Err((status, message)) => return error(status, message),
-    };
-    let nodes = match sidecar.registry.nodes(&service).await {
-        Ok(nodes) => nodes,
-        Err(e) => return error(StatusCode::BAD_GATEWAY, format!("registry: {e}")),
-    };
+) -> Result<Response, JsonError> {
+    check_name("service", &service)?;
+    check_method(&method)?;
+    let body = body?;
+    let nodes = sidecar.registry.nodes(&service).await?;
     // A registry cannot tell "never existed" from "all nodes gone": both are unavailable.
-    let Some(node) = nodes.first() else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, format!("no node for service {service:?}"));
-    };
-    if node.metadata.get(PROTOCOL).map(String::as_str) == Some(HTTP) {
+    if nodes.is_empty() {
+        return Err(JsonError::unavailable(format!("no node for service {service:?}")));
+    }
+    // Round robin, as in the round-robin example: the nodes come sorted by id.
+    let node = &nodes[sidecar.turn.fetch_add(1, Ordering::Relaxed) % nodes.len()];
+    if is_program(node) {
         return call_http(&sidecar.forwarder, node, &method, body).await;
     }
-    match grpc::call(&service, &node.address, &method, &body).await {
-        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
-        Err((status, message)) => error(status, message),
-    }
+    let json = grpc::call(&sidecar.channels, node, &method, &body).await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
 }
 
 /// A plain HTTP program: the JSON goes to its `/<method>` as is, and its answer comes back.
-async fn call_http(forwarder: &Forwarder, node: &Node, method: &str, body: Bytes) -> Response {
+async fn call_http(
+    forwarder: &Forwarder,
+    node: &Node,
+    method: &str,
+    body: Bytes,
+) -> Result<Response, JsonError> {
     let request = Request::post("/")
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from(body))
         .expect("a valid request");
-    match forwarder.forward(&node.address, &format!("/{method}"), request).await {
-        Ok(response) => response,
-        Err(e) => error(StatusCode::BAD_GATEWAY, format!("{}: {e}", node.service)),
+    let response = forwarder.forward(&node.address, &format!("/{method}"), request).await;
+    response.map_err(|e| JsonError::bad_gateway(format!("{}: {e}", node.service)))
+}
+
+/// The most programs the sidecar keeps registered at once: one sidecar serves one host's
+/// programs, and a loop that registers new ids must not fill the registry.
+pub const MAX_REGISTRATIONS: usize = 100;
+
+/// The longest service, node id, method or topic name, in bytes. NATS carries names in
+/// subjects and drops a connection whose control line passes 4 KiB: a long name must be a
+/// 400 here, not a lost connection there.
+pub const MAX_NAME: usize = 128;
+
+impl Sidecar {
+    /// Counts a registration of `service/id` for `ttl`, unless the sidecar is full.
+    fn hold(&self, service: &str, id: &str, ttl: Duration) -> Result<(), JsonError> {
+        let now = Instant::now();
+        let mut held = self.held.lock().unwrap();
+        held.retain(|_, expires| *expires > now);
+        let key = (service.to_owned(), id.to_owned());
+        if !held.contains_key(&key) && held.len() >= MAX_REGISTRATIONS {
+            return Err(JsonError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "the sidecar holds {MAX_REGISTRATIONS} registrations, its limit: \
+                     deregister one or wait for one to expire"
+                ),
+            ));
+        }
+        held.insert(key, now + ttl);
+        Ok(())
+    }
+
+    fn release(&self, service: &str, id: &str) {
+        self.held.lock().unwrap().remove(&(service.to_owned(), id.to_owned()));
     }
 }
 
@@ -128,59 +173,86 @@ fn default_ttl() -> u64 {
 
 /// `POST /registry`: registers a plain HTTP program. Its heartbeat is its own job: it
 /// POSTs again before its TTL runs out, because only it knows that it is still alive.
-async fn register(State(sidecar): State<Sidecar>, body: Result<Bytes, BytesRejection>) -> Response {
-    let body = match read_body(body) {
-        Ok(body) => body,
-        Err((status, message)) => return error(status, message),
+async fn register(
+    State(sidecar): State<Sidecar>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, JsonError> {
+    let join: Join = serde_json::from_slice(&body?)
+        .map_err(|e| JsonError::bad_request(format!("bad JSON for /registry: {e}")))?;
+    check_name("service", &join.service)?;
+    check_name("id", &join.id)?;
+    if join.service.contains('/') {
+        return Err(JsonError::bad_request("a service name has no '/'"));
+    }
+    let address = match join.address.parse::<std::net::SocketAddr>() {
+        Ok(address) => address,
+        Err(e) => {
+            let address = &join.address;
+            return Err(JsonError::bad_request(format!("address {address:?} is not ip:port: {e}")));
+        }
     };
-    let join: Join = match serde_json::from_slice(&body) {
-        Ok(join) => join,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad JSON for /registry: {e}")),
-    };
-    if join.service.is_empty() || join.id.is_empty() || join.service.contains('/') {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "service and id must be non-empty, service without '/'",
-        );
+    // The sidecar speaks for the programs of its own host, which it reaches over loopback.
+    if !address.ip().is_loopback() {
+        return Err(JsonError::bad_request(format!(
+            "address {address} is not on loopback: a sidecar registers its own host's programs"
+        )));
     }
-    if join.address.parse::<std::net::SocketAddr>().is_err() {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("address {:?} is not ip:port", join.address),
-        );
+    // The NATS registry's own limit, so a TTL that passes here passes on either backend.
+    let max_ttl = MAX_TTL.as_secs();
+    if !(1..=max_ttl).contains(&join.ttl_secs) {
+        let ttl = join.ttl_secs;
+        return Err(JsonError::bad_request(format!("ttl_secs must be 1 to {max_ttl}, not {ttl}")));
     }
-    if !(1..=3600).contains(&join.ttl_secs) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("ttl_secs must be 1 to 3600, not {}", join.ttl_secs),
-        );
+    // A program may renew its own registration (same id, same address), never take over
+    // a node that another program runs: its callers would reach the wrong program.
+    let listed = sidecar.registry.nodes(&join.service).await?;
+    if let Some(other) = listed.iter().find(|n| n.id == join.id)
+        && !(is_program(other) && other.address == join.address)
+    {
+        let (service, id, address) = (&join.service, &join.id, &other.address);
+        return Err(JsonError::new(
+            StatusCode::CONFLICT,
+            format!("{service}/{id} is another program's node (at {address}): choose another id"),
+        ));
     }
+    let ttl = Duration::from_secs(join.ttl_secs);
+    sidecar.hold(&join.service, &join.id, ttl)?;
     let mut node = Node::new(&join.service, &join.id, &join.address);
     node.metadata.insert(PROTOCOL.to_owned(), HTTP.to_owned());
-    match sidecar.registry.register(&node, Duration::from_secs(join.ttl_secs)).await {
-        Ok(()) => Json(json!({ "registered": format!("{}/{}", join.service, join.id), "ttl_secs": join.ttl_secs }))
-            .into_response(),
-        Err(e) => error(StatusCode::BAD_GATEWAY, format!("registry: {e}")),
+    if let Err(e) = sidecar.registry.register(&node, ttl).await {
+        sidecar.release(&join.service, &join.id);
+        return Err(e.into());
     }
+    let registered = format!("{}/{}", join.service, join.id);
+    Ok(Json(json!({ "registered": registered, "ttl_secs": join.ttl_secs })))
 }
 
 /// `DELETE /registry/<service>/<id>`: a graceful leave.
 async fn deregister(
     State(sidecar): State<Sidecar>,
     Path((service, id)): Path<(String, String)>,
-) -> Response {
-    match sidecar.registry.deregister(&service, &id).await {
-        Ok(()) => Json(json!({ "deregistered": format!("{service}/{id}") })).into_response(),
-        Err(e) => error(StatusCode::BAD_GATEWAY, format!("registry: {e}")),
+) -> Result<Json<Value>, JsonError> {
+    check_name("service", &service)?;
+    check_name("id", &id)?;
+    let listed = sidecar.registry.nodes(&service).await?;
+    if listed.iter().any(|n| n.id == id && !is_program(n)) {
+        return Err(JsonError::new(
+            StatusCode::CONFLICT,
+            format!("{service}/{id} is another program's node: only programs leave through here"),
+        ));
     }
+    sidecar.registry.deregister(&service, &id).await?;
+    sidecar.release(&service, &id);
+    Ok(Json(json!({ "deregistered": format!("{service}/{id}") })))
 }
 
 /// `GET /registry/<service>`: the live nodes, as JSON.
-async fn list(State(sidecar): State<Sidecar>, Path(service): Path<String>) -> Response {
-    match sidecar.registry.nodes(&service).await {
-        Ok(nodes) => Json(nodes).into_response(),
-        Err(e) => error(StatusCode::BAD_GATEWAY, format!("registry: {e}")),
-    }
+async fn list(
+    State(sidecar): State<Sidecar>,
+    Path(service): Path<String>,
+) -> Result<Json<Vec<Node>>, JsonError> {
+    check_name("service", &service)?;
+    Ok(Json(sidecar.registry.nodes(&service).await?))
 }
 
 /// `POST /broker/<topic>`: the body becomes a message on `topic`, its content type a header.
@@ -189,30 +261,501 @@ async fn publish(
     Path(topic): Path<String>,
     request_headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let body = match read_body(body) {
-        Ok(body) => body,
-        Err((status, message)) => return error(status, message),
-    };
+) -> Result<(StatusCode, Json<Value>), JsonError> {
+    check_name("topic", &topic)?;
+    let body = body?;
     let mut headers = Headers::new();
-    if let Some(content_type) =
-        request_headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok())
-    {
+    if let Some(content_type) = request_headers.get(header::CONTENT_TYPE) {
+        let content_type = content_type
+            .to_str()
+            .map_err(|e| JsonError::bad_request(format!("content-type: {e}")))?;
         headers.insert("content-type".to_owned(), content_type.to_owned());
     }
     let bytes = body.len();
+    sidecar.broker.publish(&topic, headers, body).await?;
     // Flushed before answering, so 202 means the broker (on NATS, the server) has it.
-    let published = match sidecar.broker.publish(&topic, headers, body).await {
-        Ok(()) => sidecar.broker.flush().await,
-        Err(e) => Err(e),
-    };
-    match published {
-        Ok(()) => (StatusCode::ACCEPTED, Json(json!({ "published": topic, "bytes": bytes })))
-            .into_response(),
-        Err(e @ (BrokerError::InvalidTopic(_) | BrokerError::InvalidHeader(_))) => {
-            error(StatusCode::BAD_REQUEST, e.to_string())
+    sidecar.broker.flush().await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "published": topic, "bytes": bytes }))))
+}
+
+/// A plain HTTP program registered through a sidecar (not a service's own node).
+fn is_program(node: &Node) -> bool {
+    node.metadata.get(PROTOCOL).map(String::as_str) == Some(HTTP)
+}
+
+/// Refuses an empty name or one over [`MAX_NAME`] bytes (without echoing it back).
+fn check_name(what: &str, name: &str) -> Result<(), JsonError> {
+    if name.is_empty() || name.len() > MAX_NAME {
+        let length = name.len();
+        return Err(JsonError::bad_request(format!(
+            "a {what} name must be 1 to {MAX_NAME} bytes, not {length}"
+        )));
+    }
+    Ok(())
+}
+
+/// A method becomes one segment of the path a program receives: `a b`, `..` or `x?y` would
+/// change which request it gets, so only letters, digits, `-`, `_` and `.`, starting with a
+/// letter or digit.
+fn check_method(method: &str) -> Result<(), JsonError> {
+    check_name("method", method)?;
+    let plain = method.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !plain || !method.as_bytes()[0].is_ascii_alphanumeric() {
+        return Err(JsonError::bad_request(format!(
+            "invalid method {method:?}: use letters, digits, '-', '_' and '.'"
+        )));
+    }
+    Ok(())
+}
+
+/// Every refusal of the sidecar: a status, and a message that says what went wrong (with
+/// its cause), answered as `{"error": "<message>"}`. Handlers return it with `?`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl JsonError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        JsonError { status, message: message.into() }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+    pub fn bad_gateway(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_GATEWAY, message)
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
+    }
+}
+
+impl IntoResponse for JsonError {
+    fn into_response(self) -> Response {
+        // An upstream that failed is worth the operator's eye; a caller's mistake is not.
+        if matches!(self.status, StatusCode::BAD_GATEWAY | StatusCode::INTERNAL_SERVER_ERROR) {
+            tracing::warn!(status = %self.status, "{}", self.message);
         }
-        Err(e @ BrokerError::Closed) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        Err(e) => error(StatusCode::BAD_GATEWAY, format!("broker: {e}")),
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+/// An unreadable body: 413 over the limit, axum's own status and reason otherwise.
+impl From<BytesRejection> for JsonError {
+    fn from(rejection: BytesRejection) -> Self {
+        match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body over the {} KiB limit", BODY_LIMIT / 1024),
+            ),
+            status => Self::new(status, rejection.body_text()),
+        }
+    }
+}
+
+/// The registry is the sidecar's upstream: its failure is a bad gateway.
+impl From<RegistryError> for JsonError {
+    fn from(e: RegistryError) -> Self {
+        Self::bad_gateway(format!("registry: {e}"))
+    }
+}
+
+/// A caller's bad topic or header is a 400; a closed broker is unavailable.
+impl From<BrokerError> for JsonError {
+    fn from(e: BrokerError) -> Self {
+        match e {
+            BrokerError::InvalidTopic(_) | BrokerError::InvalidHeader(_) => {
+                Self::bad_request(e.to_string())
+            }
+            BrokerError::Closed => Self::unavailable(e.to_string()),
+            BrokerError::Nats { .. } => Self::bad_gateway(format!("broker: {e}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::Method;
+    use futures::StreamExt;
+    use microkit::PATIENCE;
+    use microkit::broker::MemoryBroker;
+    use microkit::http::{HttpServer, body_text};
+    use microkit::registry::MemoryRegistry;
+    use tower::ServiceExt;
+
+    /// A sidecar router over a fresh registry, and that registry.
+    fn sidecar() -> (Router, Arc<dyn Registry>) {
+        let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+        let broker = Arc::new(MemoryBroker::new());
+        (router(Sidecar::new(registry.clone(), broker)), registry)
+    }
+
+    async fn call(
+        router: &Router,
+        method: Method,
+        path: &str,
+        body: impl Into<Body>,
+    ) -> (StatusCode, Value) {
+        let request = Request::builder().method(method).uri(path).body(body.into()).unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let text = body_text(response.into_body(), 1 << 20).await;
+        (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")))
+    }
+
+    fn error_of(answer: &Value) -> &str {
+        answer["error"].as_str().unwrap_or_else(|| panic!("no error in {answer}"))
+    }
+
+    #[tokio::test]
+    async fn every_greeter_method_is_converted_from_and_to_json() {
+        let (router, registry) = sidecar();
+        let greeter = microkit::greeter::serve("greeter-3").await.unwrap();
+        registry
+            .register(&Node::new("greeter", "greeter-3", greeter.addr()), PATIENCE)
+            .await
+            .unwrap();
+
+        let (status, reply) =
+            call(&router, Method::POST, "/greeter/SayHello", r#"{"name":"ada"}"#).await;
+        assert_eq!(
+            (status, reply),
+            (StatusCode::OK, json!({"message": "hello ada", "node": "greeter-3", "seq": 0}))
+        );
+        let (_, replies) =
+            call(&router, Method::POST, "/greeter/Greetings", r#"{"name":"bo","count":3}"#).await;
+        let seqs: Vec<u64> =
+            replies.as_array().unwrap().iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, [1, 2, 3], "every streamed reply, in order");
+        let (_, summary) =
+            call(&router, Method::POST, "/greeter/CollectNames", r#"[{"name":"a"},{"name":"b"}]"#)
+                .await;
+        assert_eq!(summary["count"], 2);
+        let (_, chat) =
+            call(&router, Method::POST, "/greeter/Chat", r#"[{"name":"x"},{"name":"y"}]"#).await;
+        let messages: Vec<&str> =
+            chat.as_array().unwrap().iter().map(|r| r["message"].as_str().unwrap()).collect();
+        assert_eq!(messages, ["hello x", "hello y"]);
+        // Missing fields take their defaults, as protobuf's do.
+        let (status, reply) = call(&router, Method::POST, "/greeter/SayHello", "{}").await;
+        assert_eq!((status, reply["message"].as_str()), (StatusCode::OK, Some("hello ")));
+        greeter.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn mistakes_get_the_status_that_fits_and_say_which() {
+        let (router, registry) = sidecar();
+        let greeter = microkit::greeter::serve("greeter-3").await.unwrap();
+        registry
+            .register(&Node::new("greeter", "greeter-3", greeter.addr()), PATIENCE)
+            .await
+            .unwrap();
+
+        let (status, answer) = call(&router, Method::POST, "/greeter/SayHello", "{oops").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            error_of(&answer).starts_with("bad JSON for greeter.SayHello: key must be a string"),
+            "{answer}"
+        );
+        let (status, answer) =
+            call(&router, Method::POST, "/greeter/CollectNames", r#"{"name":"a"}"#).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(error_of(&answer).contains("expected a sequence"), "{answer}");
+        let (status, answer) =
+            call(&router, Method::POST, "/greeter/Greetings", r#"{"count":101}"#).await;
+        assert_eq!(
+            (status, error_of(&answer)),
+            (
+                StatusCode::BAD_REQUEST,
+                "bad request for greeter.Greetings: count must be 1 to 100, not 101"
+            )
+        );
+        let (status, answer) = call(&router, Method::POST, "/greeter/Nope", "{}").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(error_of(&answer).starts_with("greeter has no method \"Nope\""), "{answer}");
+        let (status, answer) = call(&router, Method::POST, "/ghost/Hello", "{}").await;
+        assert_eq!(
+            (status, error_of(&answer)),
+            (StatusCode::SERVICE_UNAVAILABLE, "no node for service \"ghost\"")
+        );
+        let big = vec![b' '; BODY_LIMIT + 1];
+        let (status, answer) = call(&router, Method::POST, "/greeter/SayHello", big.clone()).await;
+        assert_eq!(
+            (status, error_of(&answer)),
+            (StatusCode::PAYLOAD_TOO_LARGE, "body over the 64 KiB limit")
+        );
+        let (status, _) = call(&router, Method::POST, "/registry", big).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        greeter.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_registered_node_that_is_down_is_a_bad_gateway_naming_its_address() {
+        let (router, registry) = sidecar();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        registry.register(&Node::new("greeter", "greeter-0", closed), PATIENCE).await.unwrap();
+        let (status, answer) = call(&router, Method::POST, "/greeter/SayHello", "{}").await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        let error = error_of(&answer);
+        assert!(error.starts_with(&format!("greeter at {closed} unreachable: ")), "{answer}");
+        assert!(error.to_lowercase().contains("refused"), "the cause is kept: {answer}");
+    }
+
+    #[tokio::test]
+    async fn calls_to_a_node_reuse_one_connection() {
+        let (router, registry) = sidecar();
+        let greeter = microkit::greeter::serve("greeter-3").await.unwrap();
+        // A relay in front of the node that counts the connections made to it.
+        let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let relay_addr = relay.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let target = greeter.addr();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = relay.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut outbound = tokio::net::TcpStream::connect(target).await.unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                });
+            }
+        });
+        registry.register(&Node::new("greeter", "greeter-3", relay_addr), PATIENCE).await.unwrap();
+        for name in ["a", "b", "c"] {
+            let body = format!(r#"{{"name":"{name}"}}"#);
+            let (status, _) = call(&router, Method::POST, "/greeter/SayHello", body).await;
+            assert_eq!(status, StatusCode::OK);
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "one connection, reused");
+        greeter.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn registry_routes_register_list_and_deregister_http_programs() {
+        let (router, _) = sidecar();
+        let join = r#"{"service":"py","id":"py-1","address":"127.0.0.1:9","ttl_secs":5}"#;
+        let (status, answer) = call(&router, Method::POST, "/registry", join).await;
+        assert_eq!(
+            (status, answer),
+            (StatusCode::OK, json!({"registered": "py/py-1", "ttl_secs": 5}))
+        );
+        let (_, nodes) = call(&router, Method::GET, "/registry/py", Body::empty()).await;
+        assert_eq!(nodes[0]["address"], "127.0.0.1:9");
+        assert_eq!(nodes[0]["metadata"]["protocol"], "http");
+        let (status, _) = call(&router, Method::DELETE, "/registry/py/py-1", Body::empty()).await;
+        assert_eq!(status, StatusCode::OK);
+        let (_, nodes) = call(&router, Method::GET, "/registry/py", Body::empty()).await;
+        assert_eq!(nodes, json!([]));
+    }
+
+    #[tokio::test]
+    async fn bad_registrations_are_refused_saying_why() {
+        let (router, _) = sidecar();
+        let cases = [
+            (r#"{"service":"py","id":"py-1"}"#, "missing field `address`"),
+            (r#"{"service":"py","id":"py-1","address":"nowhere"}"#, "is not ip:port"),
+            (r#"{"service":"py","id":"py-1","address":"10.1.2.3:80"}"#, "is not on loopback"),
+            (
+                r#"{"service":"","id":"py-1","address":"127.0.0.1:9"}"#,
+                "a service name must be 1 to 128 bytes",
+            ),
+            (
+                r#"{"service":"py","id":"py-1","address":"127.0.0.1:9","ttl_secs":0}"#,
+                "ttl_secs must be 1 to 600",
+            ),
+            (
+                // The NATS registry's limit: a TTL it would refuse is refused here first.
+                r#"{"service":"py","id":"py-1","address":"127.0.0.1:9","ttl_secs":601}"#,
+                "ttl_secs must be 1 to 600",
+            ),
+            (
+                r#"{"service":"py","id":"py-1","address":"127.0.0.1:9","colour":"red"}"#,
+                "unknown field `colour`",
+            ),
+            ("[", "bad JSON for /registry"),
+        ];
+        for (body, reason) in cases {
+            let (status, answer) = call(&router, Method::POST, "/registry", body).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+            assert!(error_of(&answer).contains(reason), "{body}: {answer}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_program_that_stops_re_registering_expires() {
+        let (router, _) = sidecar();
+        let join = r#"{"service":"py","id":"py-1","address":"127.0.0.1:9","ttl_secs":3}"#;
+        call(&router, Method::POST, "/registry", join).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        call(&router, Method::POST, "/registry", join).await; // its heartbeat
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (_, nodes) = call(&router, Method::GET, "/registry/py", Body::empty()).await;
+        assert_eq!(nodes.as_array().unwrap().len(), 1, "alive: it re-registered in time");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (_, nodes) = call(&router, Method::GET, "/registry/py", Body::empty()).await;
+        assert_eq!(nodes, json!([]), "silent for longer than its TTL: gone");
+    }
+
+    #[tokio::test]
+    async fn an_http_program_is_called_with_the_json_as_is() {
+        let (router, registry) = sidecar();
+        let program = HttpServer::start(crate::shouter("http://127.0.0.1:9".into())).await.unwrap();
+        let mut node = Node::new("shouter", "s-1", program.addr());
+        node.metadata.insert(PROTOCOL.into(), HTTP.into());
+        registry.register(&node, PATIENCE).await.unwrap();
+        let (status, answer) =
+            call(&router, Method::POST, "/shouter/upper", r#"{"text":"hi"}"#).await;
+        assert_eq!((status, answer), (StatusCode::OK, json!({"text": "HI", "by": "shouter-1"})));
+        // Its own errors come back as its own: here axum's 404 for a route it lacks.
+        let request = Request::post("/shouter/missing").body(Body::from("{}")).unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        program.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn publishing_is_accepted_once_the_broker_has_it_and_reaches_subscribers() {
+        let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+        let broker = MemoryBroker::new();
+        let mut listener =
+            broker.connect_another().subscribe("orders.created", None).await.unwrap();
+        let router = router(Sidecar::new(registry, Arc::new(broker.clone())));
+
+        let request = Request::post("/broker/orders.created")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(r#"{"id":7}"#))
+            .unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let message = tokio::time::timeout(PATIENCE, listener.next()).await.unwrap().unwrap();
+        assert_eq!(&message.payload[..], br#"{"id":7}"#);
+        assert_eq!(message.headers["content-type"], "application/json");
+
+        for topic in ["a%20b", "orders.*", "orders.%3E", "a..b"] {
+            let (status, answer) =
+                call(&router, Method::POST, &format!("/broker/{topic}"), "{}").await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{topic}");
+            assert!(error_of(&answer).starts_with("invalid topic"), "{answer}");
+        }
+        let big = vec![b'x'; BODY_LIMIT + 1];
+        assert_eq!(
+            call(&router, Method::POST, "/broker/orders", big).await.0,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+
+        broker.drain().await.unwrap();
+        let (status, answer) = call(&router, Method::POST, "/broker/orders.created", "{}").await;
+        assert_eq!(
+            (status, error_of(&answer)),
+            (StatusCode::SERVICE_UNAVAILABLE, "the broker is closed")
+        );
+    }
+
+    fn join(service: &str, id: &str, address: &str) -> String {
+        json!({ "service": service, "id": id, "address": address, "ttl_secs": 5 }).to_string()
+    }
+
+    #[tokio::test]
+    async fn a_program_cannot_take_over_or_remove_another_programs_node() {
+        let (router, registry) = sidecar();
+        registry
+            .register(&Node::new("greeter", "greeter-1", "127.0.0.1:7"), PATIENCE)
+            .await
+            .unwrap();
+        let (status, answer) =
+            call(&router, Method::POST, "/registry", join("greeter", "greeter-1", "127.0.0.1:9"))
+                .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+        assert!(error_of(&answer).starts_with("greeter/greeter-1 is another program's node"));
+        let (status, _) =
+            call(&router, Method::DELETE, "/registry/greeter/greeter-1", Body::empty()).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(registry.nodes("greeter").await.unwrap()[0].address, "127.0.0.1:7");
+
+        // A program's own heartbeat is the same registration again; another address is not.
+        let mine = join("py", "py-1", "127.0.0.1:9");
+        for _ in 0..2 {
+            assert_eq!(
+                call(&router, Method::POST, "/registry", mine.clone()).await.0,
+                StatusCode::OK
+            );
+        }
+        let theirs = join("py", "py-1", "127.0.0.1:10");
+        assert_eq!(call(&router, Method::POST, "/registry", theirs).await.0, StatusCode::CONFLICT);
+    }
+
+    #[tokio::test]
+    async fn registrations_are_bounded() {
+        let (router, _) = sidecar();
+        for i in 0..MAX_REGISTRATIONS {
+            let body = join("py", &format!("py-{i}"), "127.0.0.1:9");
+            assert_eq!(call(&router, Method::POST, "/registry", body).await.0, StatusCode::OK);
+        }
+        let (status, answer) =
+            call(&router, Method::POST, "/registry", join("py", "one-more", "127.0.0.1:9")).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{answer}");
+        assert!(error_of(&answer).contains(&MAX_REGISTRATIONS.to_string()), "{answer}");
+        // Heartbeats of those it holds still pass, and a leave makes room.
+        let again = join("py", "py-0", "127.0.0.1:9");
+        assert_eq!(call(&router, Method::POST, "/registry", again).await.0, StatusCode::OK);
+        call(&router, Method::DELETE, "/registry/py/py-0", Body::empty()).await;
+        let body = join("py", "one-more", "127.0.0.1:9");
+        assert_eq!(call(&router, Method::POST, "/registry", body).await.0, StatusCode::OK);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_registration_no_longer_counts() {
+        let (router, _) = sidecar();
+        for i in 0..MAX_REGISTRATIONS {
+            call(&router, Method::POST, "/registry", join("py", &format!("py-{i}"), "127.0.0.1:9"))
+                .await;
+        }
+        tokio::time::sleep(Duration::from_secs(6)).await; // past their TTL of 5 s
+        let body = join("py", "late", "127.0.0.1:9");
+        assert_eq!(call(&router, Method::POST, "/registry", body).await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn calls_take_turns_over_the_nodes_of_a_service() {
+        let (router, registry) = sidecar();
+        let mut greeters = Vec::new();
+        for id in ["greeter-1", "greeter-2"] {
+            let greeter = microkit::greeter::serve(id).await.unwrap();
+            registry.register(&Node::new("greeter", id, greeter.addr()), PATIENCE).await.unwrap();
+            greeters.push(greeter);
+        }
+        let mut answered = Vec::new();
+        for _ in 0..4 {
+            let (_, reply) = call(&router, Method::POST, "/greeter/SayHello", "{}").await;
+            answered.push(reply["node"].as_str().unwrap().to_owned());
+        }
+        assert_eq!(answered, ["greeter-1", "greeter-2", "greeter-1", "greeter-2"]);
+    }
+
+    #[tokio::test]
+    async fn names_too_long_or_not_a_plain_word_are_refused_before_any_backend_sees_them() {
+        let (router, registry) = sidecar();
+        let mut node = Node::new("shouter", "s-1", "127.0.0.1:9");
+        node.metadata.insert(PROTOCOL.into(), HTTP.into());
+        registry.register(&node, PATIENCE).await.unwrap();
+        let long = "x".repeat(4096);
+        let requests = [
+            (Method::POST, format!("/{long}/SayHello"), "{}".to_owned()),
+            (Method::POST, format!("/shouter/{long}"), "{}".to_owned()),
+            (Method::POST, "/shouter/a%20b".to_owned(), "{}".to_owned()),
+            (Method::POST, "/shouter/..".to_owned(), "{}".to_owned()),
+            (Method::GET, format!("/registry/{long}"), String::new()),
+            (Method::DELETE, format!("/registry/py/{long}"), String::new()),
+            (Method::POST, "/registry".to_owned(), join(&long, "py-1", "127.0.0.1:9")),
+            (Method::POST, "/registry".to_owned(), join("py", &long, "127.0.0.1:9")),
+            (Method::POST, format!("/broker/{long}"), "{}".to_owned()),
+        ];
+        for (method, path, body) in requests {
+            let shown = format!("{method} {}", &path[..path.len().min(40)]);
+            let (status, answer) = call(&router, method, &path, body).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{shown}: {answer}");
+        }
     }
 }
