@@ -7,6 +7,10 @@
 //!
 //! Which side numbers a session: the dialer uses odd ids, the listener even ones (as HTTP/2
 //! does), so both may open sessions at once without agreeing first.
+//!
+//! Every session costs memory on both nodes (here, a whole HTTP/2 connection in the gRPC
+//! server), and the other node decides how many it asks for, so a link carries at most
+//! [`MAX_SESSIONS`]: an `Open` past the bound gets a `Refuse` that names it.
 
 use std::collections::HashMap;
 use std::io;
@@ -19,7 +23,7 @@ use bytes::{Buf, Bytes};
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::{CancellationToken, PollSender};
 
@@ -28,11 +32,18 @@ use crate::frame::{Frame, FrameCodec, MAX_PAYLOAD};
 /// Sessions arriving for one channel this node serves.
 pub type Arrivals = mpsc::Sender<Session>;
 
+/// The most sessions one link carries at once, counting those the other node opened and
+/// those still waiting for their service to take them. Enough for many clients; a peer
+/// that asks for more (a flood of `Open` frames) is refused instead of costing memory.
+pub const MAX_SESSIONS: usize = 256;
+
 /// Why a session could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {
     #[error("the tunnel link is down")]
     LinkDown,
+    #[error("{0}")]
+    Full(String),
     #[error("refused by the other node: {0}")]
     Refused(String),
 }
@@ -66,6 +77,8 @@ struct Shared {
     /// Why the link ended, once it has.
     end_reason: Mutex<Option<String>>,
     opened: AtomicUsize,
+    /// Sessions not yet dropped by whoever holds them: what the link's sessions still cost.
+    live: watch::Sender<usize>,
 }
 
 /// A handle on one link; cheap to clone.
@@ -107,6 +120,7 @@ impl Tunnel {
             down: CancellationToken::new(),
             end_reason: Mutex::default(),
             opened: AtomicUsize::new(0),
+            live: watch::Sender::new(0),
         });
         let (read, write) = stream.into_split();
         tokio::spawn(write_frames(
@@ -123,7 +137,7 @@ impl Tunnel {
     pub async fn open(&self, channel: &str) -> Result<Session, TunnelError> {
         let id = self.shared.next_id.fetch_add(2, Ordering::Relaxed);
         let (answer, answered) = oneshot::channel();
-        let session = self.shared.add_session(id, Some(answer));
+        let session = self.shared.add_session(id, Some(answer)).map_err(TunnelError::Full)?;
         self.shared.send(Frame::Open { session: id, channel: channel.to_owned() }).await?;
         // If the link dies first, nobody will answer: stop waiting then.
         let answer = tokio::select! {
@@ -158,19 +172,38 @@ impl Tunnel {
     pub fn sessions_opened(&self) -> usize {
         self.shared.opened.load(Ordering::Relaxed)
     }
+
+    /// How many of this link's sessions are still held somewhere; it falls to 0 once a
+    /// link has ended and every session on it has been let go.
+    pub fn sessions_live(&self) -> watch::Receiver<usize> {
+        self.shared.live.subscribe()
+    }
 }
 
 impl Shared {
+    /// A new session `id`, unless that id is taken or the link is full: then the reason.
     fn add_session(
         self: &Arc<Self>,
         id: u32,
         answer: Option<oneshot::Sender<Result<(), String>>>,
-    ) -> Session {
+    ) -> Result<Session, String> {
+        let mut slots = self.slots.lock().unwrap();
+        // An id already in use would hijack that session's bytes.
+        if slots.contains_key(&id) {
+            return Err(format!("session {id} is already open"));
+        }
+        if slots.len() >= MAX_SESSIONS {
+            let name = &self.name;
+            return Err(format!(
+                "{name} has {MAX_SESSIONS} sessions open on this link, the most it takes"
+            ));
+        }
         let (inbound, incoming) = mpsc::channel(QUEUE);
         let peer_closed = Arc::new(AtomicBool::new(false));
         let slot = Slot { inbound, peer_closed: Arc::clone(&peer_closed), answer };
-        self.slots.lock().unwrap().insert(id, slot);
-        Session {
+        slots.insert(id, slot);
+        self.live.send_modify(|live| *live += 1);
+        Ok(Session {
             id,
             link: Arc::clone(self),
             incoming,
@@ -178,7 +211,7 @@ impl Shared {
             peer_closed,
             outgoing: PollSender::new(self.outgoing.clone()),
             closed: false,
-        }
+        })
     }
 
     /// Wakes the opener waiting for `session` with the other node's answer.
@@ -208,12 +241,10 @@ impl Shared {
                     let reason = format!("{} has no channel named {channel:?}", self.name);
                     return self.send(Frame::Refuse { session, reason }).await;
                 };
-                // An id already in use would hijack that session's bytes: refuse it.
-                if self.slots.lock().unwrap().contains_key(&session) {
-                    let reason = format!("session {session} is already open");
-                    return self.send(Frame::Refuse { session, reason }).await;
-                }
-                let accepted = self.add_session(session, None);
+                let accepted = match self.add_session(session, None) {
+                    Ok(accepted) => accepted,
+                    Err(reason) => return self.send(Frame::Refuse { session, reason }).await,
+                };
                 self.send(Frame::Accept { session }).await?;
                 if arrivals.send(accepted).await.is_err() {
                     tracing::warn!(%channel, "the service behind the channel has stopped");
@@ -372,6 +403,7 @@ impl AsyncWrite for Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.link.slots.lock().unwrap().remove(&self.id);
+        self.link.live.send_modify(|live| *live -= 1);
         if !self.closed {
             // Best effort: if the queue is full or the link is gone, the other side learns
             // of the end when the link closes.

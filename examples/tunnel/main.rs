@@ -174,8 +174,12 @@ impl NodeB {
         self.accept.abort();
         self.drain.cancel();
         let drained = tokio::time::timeout(PATIENCE, &mut self.server).await.is_ok();
-        for link in self.links.lock().unwrap().drain(..) {
+        let links: Vec<Tunnel> = self.links.lock().unwrap().drain(..).collect();
+        for link in &links {
             link.cut();
+            // A cut link lets go of its sessions: wait until none is held any more.
+            let mut live = link.sessions_live();
+            let _ = tokio::time::timeout(PATIENCE, live.wait_for(|n| *n == 0)).await;
         }
         NodeBTally {
             links: self.linked.load(Ordering::Relaxed),
@@ -461,5 +465,40 @@ mod tests {
         let refusal = answers.pop().unwrap();
         let reason = "session 1 is already open".to_owned();
         assert_eq!(refusal, frame::Frame::Refuse { session: 1, reason });
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_opens_is_refused_past_the_bound_and_a_lost_link_frees_its_sessions() {
+        use futures::SinkExt;
+        use tokio_util::codec::Framed;
+        let node_b = NodeB::start("node-b", "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let tcp = TcpStream::connect(node_b.addr).await.unwrap();
+        let mut raw = Framed::new(tcp, frame::FrameCodec);
+        let flood = link::MAX_SESSIONS as u32 + 3;
+        for n in 0..flood {
+            let open = frame::Frame::Open { session: 2 * n + 1, channel: "greeter".into() };
+            raw.feed(open).await.unwrap();
+        }
+        raw.flush().await.unwrap();
+        let (mut accepted, mut refused) = (0, Vec::new());
+        while accepted + refused.len() < flood as usize {
+            let frame = tokio::time::timeout(PATIENCE, raw.next()).await.unwrap();
+            match frame.unwrap().unwrap() {
+                frame::Frame::Accept { .. } => accepted += 1,
+                frame::Frame::Refuse { reason, .. } => refused.push(reason),
+                _ => {} // the accepted sessions' gRPC server speaks first
+            }
+        }
+        assert_eq!(accepted, link::MAX_SESSIONS);
+        let reason = "node-b has 256 sessions open on this link, the most it takes";
+        assert_eq!(refused, [reason; 3]);
+
+        // The flooding node goes away: every session it opened is let go.
+        let link = node_b.links.lock().unwrap()[0].clone();
+        assert_eq!(*link.sessions_live().borrow(), link::MAX_SESSIONS);
+        drop(raw);
+        let mut live = link.sessions_live();
+        tokio::time::timeout(PATIENCE, live.wait_for(|n| *n == 0)).await.unwrap().unwrap();
+        assert_eq!(node_b.served.load(Ordering::Relaxed), link::MAX_SESSIONS);
     }
 }
