@@ -9,6 +9,8 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
+use bytes::BytesMut;
+use futures::StreamExt;
 use http::{HeaderValue, Request, StatusCode, header};
 use microkit::http::{ApiError, Forwarder};
 use microkit::registry::Registry;
@@ -16,7 +18,8 @@ use microkit::registry::Registry;
 use crate::policy::AllowList;
 use crate::service::RedirectAnswer;
 
-/// A redirect answer is small; a bigger JSON body is passed through unread.
+/// A redirect answer is small: a JSON body bigger than this is not one, and is passed
+/// through unchanged, without the gateway holding more than this much of it.
 const ANSWER_LIMIT: usize = 16 * 1024;
 
 #[derive(Clone)]
@@ -32,7 +35,7 @@ pub fn router(gateway: Gateway) -> Router {
 
 async fn handle(
     State(gateway): State<Gateway>,
-    Path((service, rest)): Path<(String, String)>,
+    Path((service, _)): Path<(String, String)>,
     request: Request<Body>,
 ) -> Result<Response, ApiError> {
     let nodes = gateway
@@ -43,10 +46,7 @@ async fn handle(
     let node = nodes
         .first()
         .ok_or_else(|| ApiError::unavailable(format!("no node for service {service:?}")))?;
-    let mut path = format!("/{rest}");
-    if let Some(query) = request.uri().query() {
-        path = format!("{path}?{query}");
-    }
+    let path = path_for_node(request.uri());
     let response = gateway
         .forwarder
         .forward(&node.address, &path, request)
@@ -60,13 +60,32 @@ async fn handle(
         return Ok(response);
     }
     let (parts, body) = response.into_parts();
-    let bytes = axum::body::to_bytes(body, ANSWER_LIMIT)
-        .await
-        .map_err(|_| ApiError::bad_gateway(format!("{service}: unreadable answer")))?;
-    match serde_json::from_slice::<RedirectAnswer>(&bytes) {
-        Ok(answer) => to_http_redirect(&gateway.allow, &service, answer),
-        // Any other JSON is an ordinary answer: passed on unchanged.
-        Err(_) => Ok(Response::from_parts(parts, Body::from(bytes))),
+    let mut chunks = body.into_data_stream();
+    let mut head = BytesMut::new();
+    while head.len() <= ANSWER_LIMIT {
+        let Some(chunk) = chunks.next().await else {
+            // The whole answer is in hand: a redirect, or any other JSON passed on as it is.
+            return match serde_json::from_slice::<RedirectAnswer>(&head) {
+                Ok(answer) => to_http_redirect(&gateway.allow, &service, answer),
+                Err(_) => Ok(Response::from_parts(parts, Body::from(head.freeze()))),
+            };
+        };
+        let chunk = chunk.map_err(|e| ApiError::bad_gateway(format!("{service}: {e}")))?;
+        head.extend_from_slice(&chunk);
+    }
+    // Too big for a redirect answer: pass it on, what was read first, then the rest.
+    let head = futures::stream::once(async move { Ok(head.freeze()) });
+    Ok(Response::from_parts(parts, Body::from_stream(head.chain(chunks))))
+}
+
+/// The path and query to ask the node for: the request's, as the client sent them (still
+/// percent-encoded), with `/<service>` cut off the front.
+pub fn path_for_node(uri: &http::Uri) -> String {
+    let path = uri.path();
+    let rest = path[1..].find('/').map_or("/", |slash| &path[slash + 1..]);
+    match uri.query() {
+        Some(query) => format!("{rest}?{query}"),
+        None => rest.to_owned(),
     }
 }
 
@@ -116,6 +135,7 @@ mod tests {
     use microkit::http::HttpServer;
     use microkit::registry::{MemoryRegistry, Node};
     use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+    use tower::ServiceExt;
 
     use crate::service::tests::call;
 
@@ -199,5 +219,52 @@ mod tests {
             (status, body.as_str()),
             (StatusCode::SERVICE_UNAVAILABLE, "no node for service \"missing\"")
         );
+    }
+    #[tokio::test]
+    async fn a_json_answer_over_the_limit_passes_through_whole() {
+        // An ordinary JSON document, four times the size a redirect answer may have.
+        let big = serde_json::json!({ "items": vec!["x".repeat(100); 4 * ANSWER_LIMIT / 100] });
+        let big = big.to_string();
+        let sent = big.clone();
+        let node = Router::new().route(
+            "/big",
+            get(move || async move { ([(header::CONTENT_TYPE, "application/json")], sent) }),
+        );
+        let (gateway, _node) = gateway_for("docs", node).await;
+        let request = Request::get("/docs/big").body(Body::empty()).unwrap();
+        let response = gateway.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let content_type = &response.headers()[header::CONTENT_TYPE];
+        assert_eq!(content_type, "application/json");
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        assert!(body == big.as_bytes(), "{} bytes came back of {}", body.len(), big.len());
+    }
+
+    #[tokio::test]
+    async fn the_node_gets_the_path_as_the_client_sent_it() {
+        let echo = Router::new().fallback(|uri: http::Uri| async move { uri.to_string() });
+        let (gateway, _echo) = gateway_for("echo", echo).await;
+        for (path, seen) in [
+            ("/echo/a%20b", "/a%20b"),
+            ("/echo/a%3Fb?x=%26", "/a%3Fb?x=%26"),
+            ("/echo/a%23b/c", "/a%23b/c"),
+            ("/echo/a%2Fb", "/a%2Fb"),
+        ] {
+            assert_eq!(
+                call(&gateway, Method::GET, path).await,
+                (StatusCode::OK, None, seen.into())
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_redirect_that_climbs_out_of_the_services_prefix_is_refused() {
+        let (gateway, _links) = gateway_for("links", crate::service::router()).await;
+        for next in ["/../../etc", "/pages/../../etc", "/%2E%2E/etc"] {
+            let path = format!("/links/login?next={}", utf8_percent_encode(next, NON_ALPHANUMERIC));
+            let (status, location, body) = call(&gateway, Method::GET, &path).await;
+            assert_eq!((status, location), (StatusCode::BAD_REQUEST, None), "{next}");
+            assert!(body.contains("`..` in the path"), "{next}: {body}");
+        }
     }
 }
