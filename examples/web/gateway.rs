@@ -11,11 +11,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::Request;
+use axum::http::{Request, Uri};
 use axum::response::{Redirect, Response};
 use axum::routing::{any, get};
 use microkit::http::{ApiError, Forwarder};
 use microkit::registry::{Node, Registry};
+
+use crate::policy::AllowList;
 
 /// Web services register under this one registry name, each node labelled with its own
 /// service name, so a gateway can find them all with one lookup (go-micro put them under
@@ -31,11 +33,15 @@ pub struct Gateway {
     pub forwarder: Forwarder,
     /// Spreads requests over a service's nodes, one after another; so it also counts them.
     pub next: Arc<AtomicUsize>,
+    /// The gateway's own redirect (`/<service>` to `/<service>/`) copies the request's
+    /// path into `Location`, so it passes the redirect example's checks (paths only).
+    pub redirects: Arc<AllowList>,
 }
 
 impl Gateway {
     pub fn new(registry: Arc<dyn Registry>) -> Self {
-        Gateway { registry, forwarder: Forwarder::new(), next: Arc::default() }
+        let redirects = Arc::new(AllowList::new(&[]));
+        Gateway { registry, forwarder: Forwarder::new(), next: Arc::default(), redirects }
     }
 
     /// Discovery: every registered web service with its nodes, by name, as the registry
@@ -56,22 +62,17 @@ impl Gateway {
     }
 
     /// Forwarding: picks a node of `service` in turn and passes the request on, with
-    /// `/<service>` cut off the path.
-    async fn forward(
-        &self,
-        service: &str,
-        rest: &str,
-        request: Request<Body>,
-    ) -> Result<Response, ApiError> {
+    /// `/<service>` cut off the path, which stays as the client sent it (still
+    /// percent-encoded: decoded, `%3F` would become a query and `%23` would cut the path).
+    async fn forward(&self, service: &str, request: Request<Body>) -> Result<Response, ApiError> {
         let services = self.services().await?;
         let nodes = services.get(service).ok_or_else(|| {
             ApiError::not_found(format!("no web service named {service:?} is registered"))
         })?;
         let node = &nodes[self.next.fetch_add(1, Ordering::Relaxed) % nodes.len()];
-        let mut path = format!("/{rest}");
-        if let Some(query) = request.uri().query() {
-            path = format!("{path}?{query}");
-        }
+        let path_and_query = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        let path = path_and_query[1..].find('/').map_or("/", |slash| &path_and_query[slash + 1..]);
+        let path = path.to_owned();
         tracing::debug!(%service, node = %node.id, %path, "forwarding");
         self.forwarder
             .forward(&node.address, &path, request)
@@ -116,9 +117,16 @@ async fn list(State(gateway): State<Gateway>) -> Result<String, ApiError> {
 }
 
 /// `/<service>` becomes `/<service>/`, so the page's relative links (its websocket)
-/// resolve under the service's prefix rather than the gateway's root.
-async fn proxy_root(Path(service): Path<String>) -> Redirect {
-    Redirect::permanent(&format!("/{service}/"))
+/// resolve under the service's prefix rather than the gateway's root. The target is made
+/// from the request, so it is checked as any redirect target is: `/%2Fevil.example` must
+/// not become `//evil.example/`, another host to a browser.
+async fn proxy_root(State(gateway): State<Gateway>, uri: Uri) -> Result<Redirect, ApiError> {
+    let target = format!("{}/", uri.path());
+    gateway
+        .redirects
+        .check(&target)
+        .map_err(|refusal| ApiError::bad_request(format!("refused redirect: {refusal}")))?;
+    Ok(Redirect::permanent(&target))
 }
 
 async fn proxy_index(
@@ -126,15 +134,15 @@ async fn proxy_index(
     Path(service): Path<String>,
     request: Request<Body>,
 ) -> Result<Response, ApiError> {
-    gateway.forward(&service, "", request).await
+    gateway.forward(&service, request).await
 }
 
 async fn proxy(
     State(gateway): State<Gateway>,
-    Path((service, rest)): Path<(String, String)>,
+    Path((service, _)): Path<(String, String)>,
     request: Request<Body>,
 ) -> Result<Response, ApiError> {
-    gateway.forward(&service, &rest, request).await
+    gateway.forward(&service, request).await
 }
 
 #[cfg(test)]
@@ -216,5 +224,41 @@ mod tests {
         let from: Vec<&str> = answers.iter().map(|a| a.rsplit(' ').next().unwrap()).collect();
         assert_eq!(from, ["hello-1", "hello-2", "hello-1", "hello-2"]);
         assert_eq!(gateway.forwarded(), 4);
+    }
+    #[tokio::test]
+    async fn the_trailing_slash_redirect_never_points_at_another_host() {
+        let gateway = router(Gateway::new(registry()));
+        for (path, refusal) in [
+            ("/%2Fevil.example", "scheme-relative URL"),
+            ("/%5Cevil.example", "backslash"),
+            ("/%252Fevil.example", "scheme-relative URL"),
+            ("/evil%0D%0ALocation:%20x", "control character"),
+            ("/%2E%2E", "`..` in the path"),
+        ] {
+            let (status, body) = call(gateway.clone(), path).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+            assert!(body.starts_with("refused redirect: ") && body.contains(refusal), "{body}");
+        }
+        assert_eq!(
+            call(gateway, "/hello%20world").await,
+            (StatusCode::PERMANENT_REDIRECT, "-> /hello%20world/".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn the_node_gets_the_path_as_the_client_sent_it() {
+        let registry = registry();
+        let echo = Router::new().fallback(|uri: Uri| async move { uri.to_string() });
+        let echo = HttpServer::start(echo).await.unwrap();
+        registry.register(&web_node("echo", "echo-1", echo.addr()), TTL).await.unwrap();
+        let gateway = router(Gateway::new(registry));
+        for (path, seen) in [
+            ("/echo/a%20b", "/a%20b"),
+            ("/echo/a%3Fb?x=%26", "/a%3Fb?x=%26"),
+            ("/echo/a%23b/c", "/a%23b/c"),
+            ("/echo/?q=/x", "/?q=/x"),
+        ] {
+            assert_eq!(call(gateway.clone(), path).await, (StatusCode::OK, seen.into()), "{path}");
+        }
     }
 }

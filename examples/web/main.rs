@@ -25,6 +25,10 @@
 //! Prints `tests/golden/web.txt`; explained in `notes/web.md`.
 
 mod gateway;
+// The redirect example's allow-list, compiled here unchanged: the gateway's own redirect
+// follows the same rules as any other.
+#[path = "../redirect/policy.rs"]
+mod policy;
 mod service;
 
 use std::net::SocketAddr;
