@@ -2,8 +2,8 @@
 //!
 //! A [`Tunnel`] owns one TCP connection. Two tasks drive it: a reader that decodes frames
 //! and hands each to its session, and a writer that encodes what every session sends.
-//! A [`Session`] is a byte stream (`AsyncRead + AsyncWrite`) like a TCP connection, so
-//! anything that runs over TCP (here: HTTP/2, so gRPC) runs over a session unchanged.
+//! A [`Session`] (in `session.rs`) is a byte stream (`AsyncRead + AsyncWrite`) like a TCP
+//! connection, so anything that runs over TCP (here: HTTP/2, so gRPC) runs over it unchanged.
 //!
 //! Which side numbers a session: the dialer uses odd ids, the listener even ones (as HTTP/2
 //! does), so both may open sessions at once without agreeing first.
@@ -14,20 +14,18 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::codec::{FramedRead, FramedWrite};
-use tokio_util::sync::{CancellationToken, PollSender};
+use tokio_util::sync::CancellationToken;
 
-use crate::frame::{Frame, FrameCodec, MAX_PAYLOAD};
+use crate::frame::{Frame, FrameCodec};
+pub use crate::session::Session;
 
 /// Sessions arriving for one channel this node serves.
 pub type Arrivals = mpsc::Sender<Session>;
@@ -65,7 +63,7 @@ struct Slot {
     answer: Option<oneshot::Sender<Result<(), String>>>,
 }
 
-struct Shared {
+pub(crate) struct Shared {
     name: String,
     outgoing: mpsc::Sender<Frame>,
     slots: Mutex<HashMap<u32, Slot>>,
@@ -203,15 +201,18 @@ impl Shared {
         let slot = Slot { inbound, peer_closed: Arc::clone(&peer_closed), answer };
         slots.insert(id, slot);
         self.live.send_modify(|live| *live += 1);
-        Ok(Session {
-            id,
-            link: Arc::clone(self),
-            incoming,
-            unread: Bytes::new(),
-            peer_closed,
-            outgoing: PollSender::new(self.outgoing.clone()),
-            closed: false,
-        })
+        Ok(Session::new(id, Arc::clone(self), incoming, peer_closed, self.outgoing.clone()))
+    }
+
+    /// A session was dropped: it is gone from the link, and if it had not sent `Close`, the
+    /// other node is told (best effort: if the queue is full or the link is gone, the other
+    /// node learns of the end when the link closes).
+    pub(crate) fn forget(&self, session: u32, closed: bool) {
+        self.slots.lock().unwrap().remove(&session);
+        self.live.send_modify(|live| *live -= 1);
+        if !closed {
+            let _ = self.outgoing.try_send(Frame::Close { session });
+        }
     }
 
     /// Wakes the opener waiting for `session` with the other node's answer.
@@ -325,96 +326,4 @@ async fn write_frames(
     }
     down.cancel();
     // Dropping the sink closes our half of the TCP connection; the other node notices.
-}
-
-/// One session: a bidirectional byte stream over the link, like its own TCP connection.
-pub struct Session {
-    id: u32,
-    link: Arc<Shared>,
-    incoming: mpsc::Receiver<Bytes>,
-    /// The part of the last payload the caller has not read yet.
-    unread: Bytes,
-    peer_closed: Arc<AtomicBool>,
-    outgoing: PollSender<Frame>,
-    /// We sent `Close`: no more writes.
-    closed: bool,
-}
-
-fn link_lost() -> io::Error {
-    io::Error::new(io::ErrorKind::ConnectionAborted, "tunnel link lost")
-}
-
-impl AsyncRead for Session {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.unread.is_empty() {
-            match ready!(this.incoming.poll_recv(cx)) {
-                Some(bytes) => this.unread = bytes,
-                // The other node closed its side: a clean end of stream.
-                None if this.peer_closed.load(Ordering::Acquire) => return Poll::Ready(Ok(())),
-                // The link went away under us: an error, so nobody mistakes it for the end.
-                None => return Poll::Ready(Err(link_lost())),
-            }
-        }
-        let n = this.unread.len().min(buf.remaining());
-        buf.put_slice(&this.unread[..n]);
-        this.unread.advance(n);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for Session {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if this.closed {
-            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-        }
-        // Waiting for room in the writer's queue is the back-pressure a fast writer feels.
-        ready!(this.outgoing.poll_reserve(cx)).map_err(|_| link_lost())?;
-        let n = buf.len().min(MAX_PAYLOAD);
-        let frame = Frame::Data { session: this.id, bytes: Bytes::copy_from_slice(&buf[..n]) };
-        this.outgoing.send_item(frame).map_err(|_| link_lost())?;
-        Poll::Ready(Ok(n))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(())) // frames are queued for the writer task as they are written
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.closed {
-            ready!(this.outgoing.poll_reserve(cx)).map_err(|_| link_lost())?;
-            this.outgoing.send_item(Frame::Close { session: this.id }).map_err(|_| link_lost())?;
-            this.closed = true;
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        self.link.slots.lock().unwrap().remove(&self.id);
-        self.link.live.send_modify(|live| *live -= 1);
-        if !self.closed {
-            // Best effort: if the queue is full or the link is gone, the other side learns
-            // of the end when the link closes.
-            let _ = self.link.outgoing.try_send(Frame::Close { session: self.id });
-        }
-    }
-}
-
-/// Lets tonic's server accept sessions as if they were TCP connections.
-impl tonic::transport::server::Connected for Session {
-    type ConnectInfo = ();
-
-    fn connect_info(&self) -> Self::ConnectInfo {}
 }

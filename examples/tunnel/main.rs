@@ -3,10 +3,10 @@
 //! A tunnel joins two nodes with one link and carries many sessions inside it, each a byte
 //! stream of its own, opened by the name of a channel the far node serves. The lesson is in
 //! `frame.rs` (the wire format: every byte belongs to a frame that names its session) and
-//! `link.rs` (the multiplexer that turns frames back into sessions). The tunnel never looks
-//! inside a session, so HTTP/2 and gRPC run through it unchanged; a proxy reads each request.
-//! Here node-b serves the Greeter on channel `greeter`, and node-a's gRPC clients reach it by
-//! that name, one session each, all over one TCP link.
+//! `link.rs` (the multiplexer that turns frames back into sessions, each one a byte stream
+//! in `session.rs`). The tunnel never looks inside a session, so HTTP/2 and gRPC run through
+//! it unchanged; a proxy reads each request. Here node-b serves the Greeter on channel
+//! `greeter`, and node-a's gRPC clients reach it by that name, one session each, one link.
 //!
 //! go-micro's tunnel relayed messages on named channels, but its example was a two-line
 //! README: a reader could only guess that a tunnel "feels like a proxy".
@@ -25,6 +25,7 @@
 mod frame;
 mod link;
 mod roles;
+mod session;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
