@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
+use tokio::process::{ChildStdout, Command};
 use tokio_tungstenite::tungstenite::Message;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -35,9 +35,9 @@ async fn separate_processes() {
         command.args(args).env("NATS_URL", nats.url());
         command
     };
-    let (_hello_1, _) = start(role(&["service", "--id", "hello-1"])).await;
-    let (mut hello_2, _) = start(role(&["service", "--id", "hello-2"])).await;
-    let (_gateway, first) = start(role(&["gateway", "--port", "0"])).await;
+    let (hello_1, _) = start(role(&["service", "--id", "hello-1"])).await;
+    let (hello_2, _) = start(role(&["service", "--id", "hello-2"])).await;
+    let (gateway_role, first) = start(role(&["gateway", "--port", "0"])).await;
     // "gateway on http://127.0.0.1:<port>; ctrl-c stops"
     let gateway = first.split_whitespace().nth(2).unwrap().trim_end_matches(';').to_owned();
 
@@ -55,19 +55,41 @@ async fn separate_processes() {
         "both nodes serve, in turn"
     );
 
-    // SIGTERM: hello-2 deregisters on its way out, so the gateway forgets it at once.
-    let pid = hello_2.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    assert!(hello_2.wait().await.unwrap().success(), "a clean exit after SIGTERM");
+    // SIGTERM: hello-2 deregisters on its way out, so the gateway forgets it at once. Every
+    // role then says what it did and exits 0.
+    assert_eq!(hello_2.terminate().await, "hello-2 stopped: 2 request(s) served\n");
     assert_eq!(get(&gateway, "/").await, "hello: 1 node(s) -> /hello/\n");
+    assert_eq!(gateway_role.terminate().await, "gateway stopped: 4 request(s) forwarded\n");
+    assert_eq!(hello_1.terminate().await, "hello-1 stopped: 2 request(s) served\n");
+}
+
+/// A running role: the process and the rest of its stdout, kept open so it can print more.
+struct Role {
+    child: tokio::process::Child,
+    stdout: Lines<BufReader<ChildStdout>>,
+}
+
+impl Role {
+    /// Stops the role as an operator would (SIGTERM) and returns what it printed on its way
+    /// out, after checking that it exited 0.
+    async fn terminate(mut self) -> String {
+        let pid = self.child.id().unwrap().to_string();
+        let kill = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(kill.success());
+        let status = self.child.wait().await.unwrap();
+        assert!(status.success(), "a clean exit after SIGTERM, not {status}");
+        let mut rest = String::new();
+        self.stdout.into_inner().read_to_string(&mut rest).await.unwrap();
+        rest
+    }
 }
 
 /// Starts an example role and returns it with the first line it printed.
-async fn start(mut command: Command) -> (tokio::process::Child, String) {
+async fn start(mut command: Command) -> (Role, String) {
     let mut child = command.spawn().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next_line().await.unwrap().expect("a role prints one line when ready");
-    (child, first)
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = stdout.next_line().await.unwrap().expect("a role prints one line when ready");
+    (Role { child, stdout }, first)
 }
 
 async fn get(base: &str, path: &str) -> String {
@@ -203,7 +225,8 @@ async fn browser_check() {
     let _ = call(&mut cdp, &mut ids, None, "Browser.close", json!({})).await;
     let _ = tokio::time::timeout(Duration::from_secs(10), chromium.wait()).await;
     let _ = chromium.start_kill();
-    let _ = web.start_kill();
+    let tally = Role { child: web, stdout: lines }.terminate().await;
+    assert!(tally.starts_with("stopped: the gateway forwarded "), "{tally}");
 }
 
 type Socket =

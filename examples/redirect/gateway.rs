@@ -9,14 +9,17 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
+use bytes::BytesMut;
+use futures::StreamExt;
 use http::{HeaderValue, Request, StatusCode, header};
-use microkit::http::Forwarder;
+use microkit::http::{ApiError, Forwarder};
 use microkit::registry::Registry;
 
 use crate::policy::AllowList;
 use crate::service::RedirectAnswer;
 
-/// A redirect answer is small; a bigger JSON body is passed through unread.
+/// A redirect answer is small: a JSON body bigger than this is not one, and is passed
+/// through unchanged, without the gateway holding more than this much of it.
 const ANSWER_LIMIT: usize = 16 * 1024;
 
 #[derive(Clone)]
@@ -32,45 +35,66 @@ pub fn router(gateway: Gateway) -> Router {
 
 async fn handle(
     State(gateway): State<Gateway>,
-    Path((service, rest)): Path<(String, String)>,
+    Path((service, _)): Path<(String, String)>,
     request: Request<Body>,
-) -> Response {
-    let nodes = match gateway.registry.nodes(&service).await {
-        Ok(nodes) => nodes,
-        Err(e) => return (StatusCode::BAD_GATEWAY, format!("registry: {e}")).into_response(),
-    };
-    let Some(node) = nodes.first() else {
-        let message = format!("no node for service {service:?}");
-        return (StatusCode::SERVICE_UNAVAILABLE, message).into_response();
-    };
-    let mut path = format!("/{rest}");
-    if let Some(query) = request.uri().query() {
-        path = format!("{path}?{query}");
-    }
-    let response = match gateway.forwarder.forward(&node.address, &path, request).await {
-        Ok(response) => response,
-        Err(e) => return (StatusCode::BAD_GATEWAY, format!("{service}: {e}")).into_response(),
-    };
+) -> Result<Response, ApiError> {
+    let nodes = gateway
+        .registry
+        .nodes(&service)
+        .await
+        .map_err(|e| ApiError::bad_gateway(format!("registry: {e}")))?;
+    let node = nodes
+        .first()
+        .ok_or_else(|| ApiError::unavailable(format!("no node for service {service:?}")))?;
+    let path = path_for_node(request.uri());
+    let response = gateway
+        .forwarder
+        .forward(&node.address, &path, request)
+        .await
+        .map_err(|e| ApiError::bad_gateway(format!("{service}: {e}")))?;
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|t| t.as_bytes().starts_with(b"application/json"));
     if !is_json {
-        return response;
+        return Ok(response);
     }
     let (parts, body) = response.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, ANSWER_LIMIT).await else {
-        return (StatusCode::BAD_GATEWAY, format!("{service}: unreadable answer")).into_response();
-    };
-    match serde_json::from_slice::<RedirectAnswer>(&bytes) {
-        Ok(answer) => to_http_redirect(&gateway.allow, &service, answer),
-        // Any other JSON is an ordinary answer: passed on unchanged.
-        Err(_) => Response::from_parts(parts, Body::from(bytes)),
+    let mut chunks = body.into_data_stream();
+    let mut head = BytesMut::new();
+    while head.len() <= ANSWER_LIMIT {
+        let Some(chunk) = chunks.next().await else {
+            // The whole answer is in hand: a redirect, or any other JSON passed on as it is.
+            return match serde_json::from_slice::<RedirectAnswer>(&head) {
+                Ok(answer) => to_http_redirect(&gateway.allow, &service, answer),
+                Err(_) => Ok(Response::from_parts(parts, Body::from(head.freeze()))),
+            };
+        };
+        let chunk = chunk.map_err(|e| ApiError::bad_gateway(format!("{service}: {e}")))?;
+        head.extend_from_slice(&chunk);
+    }
+    // Too big for a redirect answer: pass it on, what was read first, then the rest.
+    let head = futures::stream::once(async move { Ok(head.freeze()) });
+    Ok(Response::from_parts(parts, Body::from_stream(head.chain(chunks))))
+}
+
+/// The path and query to ask the node for: the request's, as the client sent them (still
+/// percent-encoded), with `/<service>` cut off the front.
+pub fn path_for_node(uri: &http::Uri) -> String {
+    let path = uri.path();
+    let rest = path[1..].find('/').map_or("/", |slash| &path[slash + 1..]);
+    match uri.query() {
+        Some(query) => format!("{rest}?{query}"),
+        None => rest.to_owned(),
     }
 }
 
 /// The service asked for a redirect: check it, then answer the browser with it.
-fn to_http_redirect(allow: &AllowList, service: &str, answer: RedirectAnswer) -> Response {
+fn to_http_redirect(
+    allow: &AllowList,
+    service: &str,
+    answer: RedirectAnswer,
+) -> Result<Response, ApiError> {
     let redirect = answer.redirect;
     let status = match StatusCode::from_u16(redirect.status) {
         Ok(
@@ -82,22 +106,165 @@ fn to_http_redirect(allow: &AllowList, service: &str, answer: RedirectAnswer) ->
         ) => status,
         // The service's mistake, not the client's: a bad gateway answer.
         _ => {
-            let message = format!("{service} asked for a redirect with status {}", redirect.status);
-            return (StatusCode::BAD_GATEWAY, message).into_response();
+            let reason = format!("{service} asked for a redirect with status {}", redirect.status);
+            return Err(ApiError::bad_gateway(reason));
         }
     };
-    if let Err(refusal) = allow.check(&redirect.location) {
+    allow.check(&redirect.location).map_err(|refusal| {
         tracing::info!(%service, location = %redirect.location.escape_debug(), %refusal, "redirect refused");
-        return (StatusCode::BAD_REQUEST, format!("refused redirect: {refusal}")).into_response();
-    }
+        ApiError::bad_request(format!("refused redirect: {refusal}"))
+    })?;
     // A path of the service lives under the service's prefix at the gateway.
     let location = match redirect.location.starts_with('/') {
         true => format!("/{service}{}", redirect.location),
         false => redirect.location,
     };
-    let Ok(location) = HeaderValue::try_from(location) else {
-        return (StatusCode::BAD_REQUEST, "refused redirect: not a valid header value")
-            .into_response();
-    };
-    (status, [(header::LOCATION, location)]).into_response()
+    let location = HeaderValue::try_from(location)
+        .map_err(|_| ApiError::bad_request("refused redirect: not a valid header value"))?;
+    Ok((status, [(header::LOCATION, location)]).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use axum::Json;
+    use axum::routing::get;
+    use http::Method;
+    use microkit::http::HttpServer;
+    use microkit::registry::{MemoryRegistry, Node};
+    use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+    use tower::ServiceExt;
+
+    use crate::service::tests::call;
+
+    /// A gateway in front of `service` registered as `name`, to drive with `oneshot`.
+    async fn gateway_for(name: &str, service: Router) -> (Router, HttpServer) {
+        let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+        let server = HttpServer::start(service).await.unwrap();
+        let node = Node::new(name, "n-1", server.addr());
+        registry.register(&node, Duration::from_secs(60)).await.unwrap();
+        let allow = Arc::new(AllowList::new(&["docs.example.org"]));
+        (router(Gateway { registry, allow, forwarder: Forwarder::new() }), server)
+    }
+
+    #[tokio::test]
+    async fn the_gateway_turns_answers_into_redirects_with_the_status_kept() {
+        let (gateway, _links) = gateway_for("links", crate::service::router()).await;
+        let cases = [
+            (Method::GET, "/links/go/intro", StatusCode::FOUND, "/links/pages/intro"),
+            (
+                Method::GET,
+                "/links/go/guide",
+                StatusCode::MOVED_PERMANENTLY,
+                "/links/pages/guide-v2",
+            ),
+            (
+                Method::GET,
+                "/links/go/upstream",
+                StatusCode::FOUND,
+                "https://docs.example.org/start",
+            ),
+            (Method::POST, "/links/forms/old", StatusCode::TEMPORARY_REDIRECT, "/links/forms/new"),
+            (
+                Method::POST,
+                "/links/forms/legacy",
+                StatusCode::PERMANENT_REDIRECT,
+                "/links/forms/new",
+            ),
+            (Method::POST, "/links/forms/submit", StatusCode::SEE_OTHER, "/links/pages/thanks"),
+        ];
+        for (method, path, status, location) in cases {
+            let answer = call(&gateway, method, path).await;
+            assert_eq!((answer.0, answer.1.as_deref()), (status, Some(location)), "{path}");
+        }
+        // Answers that are not redirects pass through unchanged.
+        assert_eq!(call(&gateway, Method::GET, "/links/pages/intro").await.2, "page intro");
+        assert_eq!(call(&gateway, Method::GET, "/links/go/nope").await.0, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn every_open_redirect_attempt_is_refused_with_400_and_no_location() {
+        let (gateway, _links) = gateway_for("links", crate::service::router()).await;
+        for target in &crate::LOGIN_TARGETS[2..] {
+            let path =
+                format!("/links/login?next={}", utf8_percent_encode(target, NON_ALPHANUMERIC));
+            let (status, location, body) = call(&gateway, Method::GET, &path).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{target:?}");
+            assert_eq!(location, None, "{target:?}");
+            assert!(body.starts_with("refused redirect: "), "{body}");
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_services_and_bad_redirect_answers_are_the_gateways_errors() {
+        let odd = Router::new()
+            .route(
+                "/bad-status",
+                get(|| async {
+                    Json(serde_json::json!({"redirect": {"status": 200, "location": "/x"}}))
+                }),
+            )
+            .route("/plain-json", get(|| async { Json(serde_json::json!({"message": "hi"})) }));
+        let (gateway, _odd) = gateway_for("odd", odd).await;
+        let (status, _, body) = call(&gateway, Method::GET, "/odd/bad-status").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::BAD_GATEWAY, "odd asked for a redirect with status 200")
+        );
+        assert_eq!(call(&gateway, Method::GET, "/odd/plain-json").await.2, r#"{"message":"hi"}"#);
+        let (status, _, body) = call(&gateway, Method::GET, "/missing/x").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "no node for service \"missing\"")
+        );
+    }
+    #[tokio::test]
+    async fn a_json_answer_over_the_limit_passes_through_whole() {
+        // An ordinary JSON document, four times the size a redirect answer may have.
+        let big = serde_json::json!({ "items": vec!["x".repeat(100); 4 * ANSWER_LIMIT / 100] });
+        let big = big.to_string();
+        let sent = big.clone();
+        let node = Router::new().route(
+            "/big",
+            get(move || async move { ([(header::CONTENT_TYPE, "application/json")], sent) }),
+        );
+        let (gateway, _node) = gateway_for("docs", node).await;
+        let request = Request::get("/docs/big").body(Body::empty()).unwrap();
+        let response = gateway.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let content_type = &response.headers()[header::CONTENT_TYPE];
+        assert_eq!(content_type, "application/json");
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        assert!(body == big.as_bytes(), "{} bytes came back of {}", body.len(), big.len());
+    }
+
+    #[tokio::test]
+    async fn the_node_gets_the_path_as_the_client_sent_it() {
+        let echo = Router::new().fallback(|uri: http::Uri| async move { uri.to_string() });
+        let (gateway, _echo) = gateway_for("echo", echo).await;
+        for (path, seen) in [
+            ("/echo/a%20b", "/a%20b"),
+            ("/echo/a%3Fb?x=%26", "/a%3Fb?x=%26"),
+            ("/echo/a%23b/c", "/a%23b/c"),
+            ("/echo/a%2Fb", "/a%2Fb"),
+        ] {
+            assert_eq!(
+                call(&gateway, Method::GET, path).await,
+                (StatusCode::OK, None, seen.into())
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_redirect_that_climbs_out_of_the_services_prefix_is_refused() {
+        let (gateway, _links) = gateway_for("links", crate::service::router()).await;
+        for next in ["/../../etc", "/pages/../../etc", "/%2E%2E/etc"] {
+            let path = format!("/links/login?next={}", utf8_percent_encode(next, NON_ALPHANUMERIC));
+            let (status, location, body) = call(&gateway, Method::GET, &path).await;
+            assert_eq!((status, location), (StatusCode::BAD_REQUEST, None), "{next}");
+            assert!(body.contains("`..` in the path"), "{next}: {body}");
+        }
+    }
 }

@@ -5,7 +5,9 @@
 //! visitor lands on the other. The check below allows exactly two kinds of target and
 //! refuses everything else, rather than trying to list every bad form:
 //! - a path on this site: starts with one `/`, not `//` (a "scheme-relative" URL that
-//!   browsers read as another host), with no backslash (browsers read `/\host` as `//host`);
+//!   browsers read as another host), with no backslash (browsers read `/\host` as `//host`)
+//!   and no `..` segment (the gateway puts a service's paths under its prefix, and `..`
+//!   would climb out of it: `/links/../../etc` is `/etc` to a browser);
 //! - an absolute `https` URL whose host is on the list, with no user info (in
 //!   `https://trusted@evil.example/` the host is `evil.example`).
 //!
@@ -67,10 +69,14 @@ impl AllowList {
             return Err("backslash in target (browsers read it as a slash)".into());
         }
         if let Some(rest) = target.strip_prefix('/') {
-            return match rest.starts_with('/') {
-                true => Err("scheme-relative URL (//host) points at another host".into()),
-                false => Ok(()),
-            };
+            if rest.starts_with('/') {
+                return Err("scheme-relative URL (//host) points at another host".into());
+            }
+            let path = rest.split(['?', '#']).next().unwrap_or_default();
+            if path.split('/').any(|segment| segment == "..") {
+                return Err("`..` in the path climbs out of the service's prefix".into());
+            }
+            return Ok(());
         }
         let Some((scheme, rest)) = target.split_once(':') else {
             return Err("neither a path nor an absolute URL".into());
@@ -106,6 +112,7 @@ mod tests {
         for target in [
             "/pages/intro",
             "/pages/a%20b?x=1#top",
+            "/pages/a..b/./c?up=../x",
             "https://docs.example.org/start",
             "HTTPS://Docs.Example.org",
             "https://docs.example.org?q=1",
@@ -128,6 +135,12 @@ mod tests {
             ("%252F%252Felsewhere.example", "scheme-relative"),
             ("/%5Celsewhere.example", "backslash"),
             ("/%09/elsewhere.example", "control character"),
+            ("/../../etc", "`..` in the path"),
+            ("/pages/..", "`..` in the path"),
+            (
+                "/%2e%2e/etc",
+                "`..` in the path climbs out of the service's prefix, after percent-decoding",
+            ),
             ("/\t/elsewhere.example", "control character"),
             ("https://docs.example.org@elsewhere.example/", "user info"),
             ("https:elsewhere.example", "without a host"),

@@ -69,3 +69,46 @@ struct Login {
 async fn login(Query(login): Query<Login>) -> Json<RedirectAnswer> {
     redirect(StatusCode::FOUND, login.next.as_deref().unwrap_or("/pages/home"))
 }
+
+#[cfg(test)]
+pub mod tests {
+    use axum::body::Body;
+    use http::{Method, header};
+    use microkit::http::body_text;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// Drives `router` with one request (body `a=1`); answers status, `Location`, body.
+    pub async fn call(
+        router: &Router,
+        method: Method,
+        path: &str,
+    ) -> (StatusCode, Option<String>, String) {
+        let request =
+            http::Request::builder().method(method).uri(path).body(Body::from("a=1")).unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let location =
+            response.headers().get(header::LOCATION).map(|l| l.to_str().unwrap().to_owned());
+        (status, location, body_text(response.into_body(), 1 << 16).await)
+    }
+
+    #[tokio::test]
+    async fn the_service_answers_redirects_as_json_and_pages_as_text() {
+        let links = router();
+        let (status, _, body) = call(&links, Method::GET, "/go/intro").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, r#"{"redirect":{"status":302,"location":"/pages/intro"}}"#)
+        );
+        assert_eq!(call(&links, Method::GET, "/go/nope").await.0, StatusCode::NOT_FOUND);
+        let (_, _, body) = call(&links, Method::GET, "/login?next=%2F%2Fx").await;
+        assert!(body.contains(r#""location":"//x""#), "the service passes next on as is: {body}");
+        assert!(call(&links, Method::POST, "/forms/old").await.2.contains("307"));
+        assert!(call(&links, Method::POST, "/forms/legacy").await.2.contains("308"));
+        assert!(call(&links, Method::POST, "/forms/submit").await.2.contains("303"));
+        assert_eq!(call(&links, Method::POST, "/forms/new").await.2, "form received: a=1");
+        assert_eq!(call(&links, Method::GET, "/pages/x").await.2, "page x");
+    }
+}

@@ -2,37 +2,46 @@
 //!
 //! A [`Tunnel`] owns one TCP connection. Two tasks drive it: a reader that decodes frames
 //! and hands each to its session, and a writer that encodes what every session sends.
-//! A [`Session`] is a byte stream (`AsyncRead + AsyncWrite`) like a TCP connection, so
-//! anything that runs over TCP (here: HTTP/2, so gRPC) runs over a session unchanged.
+//! A [`Session`] (in `session.rs`) is a byte stream (`AsyncRead + AsyncWrite`) like a TCP
+//! connection, so anything that runs over TCP (here: HTTP/2, so gRPC) runs over it unchanged.
 //!
 //! Which side numbers a session: the dialer uses odd ids, the listener even ones (as HTTP/2
 //! does), so both may open sessions at once without agreeing first.
+//!
+//! Every session costs memory on both nodes (here, a whole HTTP/2 connection in the gRPC
+//! server), and the other node decides how many it asks for, so a link carries at most
+//! [`MAX_SESSIONS`]: an `Open` past the bound gets a `Refuse` that names it.
 
 use std::collections::HashMap;
 use std::io;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::codec::{FramedRead, FramedWrite};
-use tokio_util::sync::{CancellationToken, PollSender};
+use tokio_util::sync::CancellationToken;
 
-use crate::frame::{Frame, FrameCodec, MAX_PAYLOAD};
+use crate::frame::{Frame, FrameCodec};
+pub use crate::session::Session;
 
 /// Sessions arriving for one channel this node serves.
 pub type Arrivals = mpsc::Sender<Session>;
+
+/// The most sessions one link carries at once, counting those the other node opened and
+/// those still waiting for their service to take them. Enough for many clients; a peer
+/// that asks for more (a flood of `Open` frames) is refused instead of costing memory.
+pub const MAX_SESSIONS: usize = 256;
 
 /// Why a session could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {
     #[error("the tunnel link is down")]
     LinkDown,
+    #[error("{0}")]
+    Full(String),
     #[error("refused by the other node: {0}")]
     Refused(String),
 }
@@ -54,7 +63,7 @@ struct Slot {
     answer: Option<oneshot::Sender<Result<(), String>>>,
 }
 
-struct Shared {
+pub(crate) struct Shared {
     name: String,
     outgoing: mpsc::Sender<Frame>,
     slots: Mutex<HashMap<u32, Slot>>,
@@ -66,6 +75,8 @@ struct Shared {
     /// Why the link ended, once it has.
     end_reason: Mutex<Option<String>>,
     opened: AtomicUsize,
+    /// Sessions not yet dropped by whoever holds them: what the link's sessions still cost.
+    live: watch::Sender<usize>,
 }
 
 /// A handle on one link; cheap to clone.
@@ -107,6 +118,7 @@ impl Tunnel {
             down: CancellationToken::new(),
             end_reason: Mutex::default(),
             opened: AtomicUsize::new(0),
+            live: watch::Sender::new(0),
         });
         let (read, write) = stream.into_split();
         tokio::spawn(write_frames(
@@ -123,7 +135,7 @@ impl Tunnel {
     pub async fn open(&self, channel: &str) -> Result<Session, TunnelError> {
         let id = self.shared.next_id.fetch_add(2, Ordering::Relaxed);
         let (answer, answered) = oneshot::channel();
-        let session = self.shared.add_session(id, Some(answer));
+        let session = self.shared.add_session(id, Some(answer)).map_err(TunnelError::Full)?;
         self.shared.send(Frame::Open { session: id, channel: channel.to_owned() }).await?;
         // If the link dies first, nobody will answer: stop waiting then.
         let answer = tokio::select! {
@@ -158,26 +170,48 @@ impl Tunnel {
     pub fn sessions_opened(&self) -> usize {
         self.shared.opened.load(Ordering::Relaxed)
     }
+
+    /// How many of this link's sessions are still held somewhere; it falls to 0 once a
+    /// link has ended and every session on it has been let go.
+    pub fn sessions_live(&self) -> watch::Receiver<usize> {
+        self.shared.live.subscribe()
+    }
 }
 
 impl Shared {
+    /// A new session `id`, unless that id is taken or the link is full: then the reason.
     fn add_session(
         self: &Arc<Self>,
         id: u32,
         answer: Option<oneshot::Sender<Result<(), String>>>,
-    ) -> Session {
+    ) -> Result<Session, String> {
+        let mut slots = self.slots.lock().unwrap();
+        // An id already in use would hijack that session's bytes.
+        if slots.contains_key(&id) {
+            return Err(format!("session {id} is already open"));
+        }
+        if slots.len() >= MAX_SESSIONS {
+            let name = &self.name;
+            return Err(format!(
+                "{name} has {MAX_SESSIONS} sessions open on this link, the most it takes"
+            ));
+        }
         let (inbound, incoming) = mpsc::channel(QUEUE);
         let peer_closed = Arc::new(AtomicBool::new(false));
         let slot = Slot { inbound, peer_closed: Arc::clone(&peer_closed), answer };
-        self.slots.lock().unwrap().insert(id, slot);
-        Session {
-            id,
-            link: Arc::clone(self),
-            incoming,
-            unread: Bytes::new(),
-            peer_closed,
-            outgoing: PollSender::new(self.outgoing.clone()),
-            closed: false,
+        slots.insert(id, slot);
+        self.live.send_modify(|live| *live += 1);
+        Ok(Session::new(id, Arc::clone(self), incoming, peer_closed, self.outgoing.clone()))
+    }
+
+    /// A session was dropped: it is gone from the link, and if it had not sent `Close`, the
+    /// other node is told (best effort: if the queue is full or the link is gone, the other
+    /// node learns of the end when the link closes).
+    pub(crate) fn forget(&self, session: u32, closed: bool) {
+        self.slots.lock().unwrap().remove(&session);
+        self.live.send_modify(|live| *live -= 1);
+        if !closed {
+            let _ = self.outgoing.try_send(Frame::Close { session });
         }
     }
 
@@ -208,12 +242,10 @@ impl Shared {
                     let reason = format!("{} has no channel named {channel:?}", self.name);
                     return self.send(Frame::Refuse { session, reason }).await;
                 };
-                // An id already in use would hijack that session's bytes: refuse it.
-                if self.slots.lock().unwrap().contains_key(&session) {
-                    let reason = format!("session {session} is already open");
-                    return self.send(Frame::Refuse { session, reason }).await;
-                }
-                let accepted = self.add_session(session, None);
+                let accepted = match self.add_session(session, None) {
+                    Ok(accepted) => accepted,
+                    Err(reason) => return self.send(Frame::Refuse { session, reason }).await,
+                };
                 self.send(Frame::Accept { session }).await?;
                 if arrivals.send(accepted).await.is_err() {
                     tracing::warn!(%channel, "the service behind the channel has stopped");
@@ -294,95 +326,4 @@ async fn write_frames(
     }
     down.cancel();
     // Dropping the sink closes our half of the TCP connection; the other node notices.
-}
-
-/// One session: a bidirectional byte stream over the link, like its own TCP connection.
-pub struct Session {
-    id: u32,
-    link: Arc<Shared>,
-    incoming: mpsc::Receiver<Bytes>,
-    /// The part of the last payload the caller has not read yet.
-    unread: Bytes,
-    peer_closed: Arc<AtomicBool>,
-    outgoing: PollSender<Frame>,
-    /// We sent `Close`: no more writes.
-    closed: bool,
-}
-
-fn link_lost() -> io::Error {
-    io::Error::new(io::ErrorKind::ConnectionAborted, "tunnel link lost")
-}
-
-impl AsyncRead for Session {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.unread.is_empty() {
-            match ready!(this.incoming.poll_recv(cx)) {
-                Some(bytes) => this.unread = bytes,
-                // The other node closed its side: a clean end of stream.
-                None if this.peer_closed.load(Ordering::Acquire) => return Poll::Ready(Ok(())),
-                // The link went away under us: an error, so nobody mistakes it for the end.
-                None => return Poll::Ready(Err(link_lost())),
-            }
-        }
-        let n = this.unread.len().min(buf.remaining());
-        buf.put_slice(&this.unread[..n]);
-        this.unread.advance(n);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for Session {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if this.closed {
-            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-        }
-        // Waiting for room in the writer's queue is the back-pressure a fast writer feels.
-        ready!(this.outgoing.poll_reserve(cx)).map_err(|_| link_lost())?;
-        let n = buf.len().min(MAX_PAYLOAD);
-        let frame = Frame::Data { session: this.id, bytes: Bytes::copy_from_slice(&buf[..n]) };
-        this.outgoing.send_item(frame).map_err(|_| link_lost())?;
-        Poll::Ready(Ok(n))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(())) // frames are queued for the writer task as they are written
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.closed {
-            ready!(this.outgoing.poll_reserve(cx)).map_err(|_| link_lost())?;
-            this.outgoing.send_item(Frame::Close { session: this.id }).map_err(|_| link_lost())?;
-            this.closed = true;
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        self.link.slots.lock().unwrap().remove(&self.id);
-        if !self.closed {
-            // Best effort: if the queue is full or the link is gone, the other side learns
-            // of the end when the link closes.
-            let _ = self.link.outgoing.try_send(Frame::Close { session: self.id });
-        }
-    }
-}
-
-/// Lets tonic's server accept sessions as if they were TCP connections.
-impl tonic::transport::server::Connected for Session {
-    type ConnectInfo = ();
-
-    fn connect_info(&self) -> Self::ConnectInfo {}
 }

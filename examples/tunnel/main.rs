@@ -1,12 +1,15 @@
 //! # tunnel: many connections inside one link
 //!
-//! go-micro's tunnel joined two nodes and relayed messages on named channels; its example
-//! was a two-line README, and a reader could only guess that a tunnel "feels like a proxy".
-//! Here node-a and node-b are joined by one TCP link. node-b serves the Greeter behind the
-//! channel `greeter`; node-a's gRPC clients reach it by that name, each client on its own
-//! session, all sessions multiplexed over the one link (frames: `frame.rs`; the multiplexer:
-//! `link.rs`). The tunnel never looks inside a session: it carries bytes, so HTTP/2 and
-//! gRPC run through it unchanged. A proxy, by contrast, reads each request.
+//! A tunnel joins two nodes with one link and carries many sessions inside it, each a byte
+//! stream of its own, opened by the name of a channel the far node serves. The lesson is in
+//! `frame.rs` (the wire format: every byte belongs to a frame that names its session) and
+//! `link.rs` (the multiplexer that turns frames back into sessions, each one a byte stream
+//! in `session.rs`). The tunnel never looks inside a session, so HTTP/2 and gRPC run through
+//! it unchanged; a proxy reads each request. Here node-b serves the Greeter on channel
+//! `greeter`, and node-a's gRPC clients reach it by that name, one session each, one link.
+//!
+//! go-micro's tunnel relayed messages on named channels, but its example was a two-line
+//! README: a reader could only guess that a tunnel "feels like a proxy".
 //!
 //! Run it:
 //!
@@ -17,158 +20,230 @@
 //! cargo run --example tunnel -- node-a --connect 127.0.0.1:7000 --names ada,bo
 //! ```
 //!
-//! It prints (the golden file `tests/golden/tunnel.txt` holds exactly this):
-//!
-//! ```text
-//! node-b serves the Greeter on channel "greeter"
-//! 4 clients on node-a call it at once:
-//!   hello ada, answered by node-b
-//!   hello bo, answered by node-b
-//!   hello cy, answered by node-b
-//!   hello dee, answered by node-b
-//! 4 sessions over 1 link
-//! open channel "billing": refused by the other node: node-b has no channel named "billing"
-//! link cut with 3 streams open: 3 failed (tunnel link lost), 0 hung
-//! the same client calls again: hello ada, over link 2
-//! a stranger sends "GET / HTTP/1.1" to node-b: link closed (unknown frame kind 0x47)
-//! ```
-//!
-//! Read it beside `notes/tunnel.md`.
+//! Prints `tests/golden/tunnel.txt`; explained in `notes/tunnel.md`.
 
 mod frame;
 mod link;
+mod roles;
+mod session;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use futures::StreamExt;
 use hyper_util::rt::TokioIo;
+use microkit::PATIENCE;
 use microkit::greeter::HelloGreeter;
 use microkit::proto::greeter::greeter_client::GreeterClient;
 use microkit::proto::greeter::{GreetingsRequest, HelloRequest};
-use microkit::{Out, say};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tonic::transport::{Channel, Endpoint, Server};
 
 use link::{Side, Tunnel};
 
-/// Every wait in this example is capped: a broken tunnel must fail a call, not hang it.
-const PATIENCE: Duration = Duration::from_secs(5);
-
-#[derive(Parser, Debug)]
-#[command(about = "A tunnel: gRPC calls multiplexed over one link between two nodes")]
-struct Args {
-    /// Who node-a's clients greet, one client (and one session) each.
-    #[arg(long, global = true, value_delimiter = ',', default_value = "ada,bo,cy,dee", value_parser = name)]
-    names: Vec<String>,
-    #[command(subcommand)]
-    role: Option<Role>,
+/// node-a: dials node-b when it needs a link, and again when the link was lost.
+struct NodeA {
+    name: String,
+    peer: SocketAddr,
+    link: tokio::sync::Mutex<Option<Tunnel>>,
+    dialed: AtomicUsize,
 }
 
-#[derive(Subcommand, Debug)]
-enum Role {
-    /// Serve the Greeter on channel "greeter" to every node that links up, until ctrl-c.
-    NodeB {
-        #[arg(long, default_value = "127.0.0.1:7000")]
-        listen: SocketAddr,
-    },
-    /// Link up with node-b and call its Greeter through the tunnel, one session per name.
-    NodeA {
-        #[arg(long, default_value = "127.0.0.1:7000")]
-        connect: SocketAddr,
-    },
-}
-
-fn name(text: &str) -> Result<String, String> {
-    match text.trim() {
-        "" => Err("a name may not be empty".into()),
-        name => Ok(name.to_owned()),
+impl NodeA {
+    fn new(name: &str, peer: SocketAddr) -> Self {
+        NodeA { name: name.to_owned(), peer, link: Default::default(), dialed: AtomicUsize::new(0) }
     }
-}
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    microkit::init_tracing();
-    microkit::report(run(Args::parse(), &Out::stdout()).await)
-}
-
-async fn run(args: Args, out: &Out) -> anyhow::Result<()> {
-    match args.role {
-        None => demo(&args.names, out).await,
-        Some(Role::NodeB { listen }) => {
-            let node_b = NodeB::start("node-b", listen).await?;
-            say!(out, "node-b listens for links on {}; ctrl-c stops it", node_b.addr);
-            tokio::signal::ctrl_c().await?;
-            Ok(())
-        }
-        Some(Role::NodeA { connect }) => {
-            let node_a = Arc::new(NodeA::new("node-a", connect));
-            node_a.link().await.with_context(|| {
-                format!(
-                    "cannot link up with node-b at {connect}: is `tunnel node-b` running there?"
-                )
-            })?;
-            for line in call_all(&node_a, &args.names).await? {
-                say!(out, "  {line}");
+    /// A gRPC channel whose connections are tunnel sessions to `service`: the connector
+    /// tonic calls to connect (and to reconnect) opens a session instead of a socket.
+    fn channel(self: &Arc<Self>, service: &'static str) -> anyhow::Result<Channel> {
+        let node_a = Arc::clone(self);
+        let connector = tower::service_fn(move |_uri| {
+            let node_a = Arc::clone(&node_a);
+            async move {
+                let session = node_a.link().await?.open(service).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(session))
             }
-            Ok(())
+        });
+        // The URI is only a label here: the connector decides where bytes go.
+        let endpoint = Endpoint::from_shared(format!("http://{service}.tunnel"))?;
+        Ok(endpoint.connect_timeout(PATIENCE).connect_with_connector_lazy(connector))
+    }
+
+    /// The live link, dialing a new one if there is none or the last one is down.
+    async fn link(&self) -> std::io::Result<Tunnel> {
+        let mut link = self.link.lock().await;
+        if let Some(tunnel) = link.as_ref().filter(|t| t.is_up()) {
+            return Ok(tunnel.clone());
+        }
+        let stream = tokio::time::timeout(PATIENCE, TcpStream::connect(self.peer)).await??;
+        stream.set_nodelay(true)?;
+        let tunnel = Tunnel::start(&self.name, stream, Side::Dialer, HashMap::new());
+        self.dialed.fetch_add(1, Ordering::Relaxed);
+        *link = Some(tunnel.clone());
+        Ok(tunnel)
+    }
+
+    fn links_dialed(&self) -> usize {
+        self.dialed.load(Ordering::Relaxed)
+    }
+}
+
+/// node-b: accepts links, and serves the Greeter to sessions opened on channel "greeter".
+struct NodeB {
+    addr: SocketAddr,
+    links: Arc<Mutex<Vec<Tunnel>>>,
+    /// Links accepted and sessions handed to the Greeter, over node-b's life.
+    linked: Arc<AtomicUsize>,
+    served: Arc<AtomicUsize>,
+    /// Asks the gRPC server to finish the calls in flight and stop.
+    drain: CancellationToken,
+    server: AbortOnDropHandle<()>,
+    accept: AbortOnDropHandle<()>,
+}
+
+/// What a node-b that was asked to stop had done.
+#[derive(Debug, PartialEq, Eq)]
+struct NodeBTally {
+    links: usize,
+    sessions: usize,
+    /// Every call in flight finished before the deadline.
+    drained: bool,
+}
+
+impl NodeB {
+    async fn start(name: &str, listen: SocketAddr) -> anyhow::Result<NodeB> {
+        let listener =
+            TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
+        let addr = listener.local_addr()?;
+
+        // One gRPC server for every session on every link: sessions are its connections.
+        let (arrivals, sessions) = mpsc::channel(16);
+        let served = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&served);
+        let incoming = ReceiverStream::new(sessions).map(move |session| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            Ok::<_, std::io::Error>(session)
+        });
+        let greeter = HelloGreeter::new(name).into_service();
+        let drain = CancellationToken::new();
+        let stopped = drain.clone().cancelled_owned();
+        let server = tokio::spawn(async move {
+            let server = Server::builder().add_service(greeter);
+            if let Err(error) = server.serve_with_incoming_shutdown(incoming, stopped).await {
+                tracing::error!(%error, "the greeter server stopped");
+            }
+        });
+
+        let links = Arc::new(Mutex::new(Vec::new()));
+        let linked = Arc::new(AtomicUsize::new(0));
+        let (name, accepted, count) = (name.to_owned(), Arc::clone(&links), Arc::clone(&linked));
+        let accept = tokio::spawn(async move {
+            while let Ok((stream, peer)) = listener.accept().await {
+                tracing::info!(%peer, "a node linked up");
+                let services = HashMap::from([("greeter".to_owned(), arrivals.clone())]);
+                let tunnel = Tunnel::start(&name, stream, Side::Listener, services);
+                count.fetch_add(1, Ordering::Relaxed);
+                let mut links = accepted.lock().unwrap();
+                links.retain(Tunnel::is_up); // forget links that have ended
+                links.push(tunnel);
+            }
+        });
+        Ok(NodeB {
+            addr,
+            links,
+            linked,
+            served,
+            drain,
+            server: AbortOnDropHandle::new(server),
+            accept: AbortOnDropHandle::new(accept),
+        })
+    }
+
+    /// The graceful stop: take no new links, let the calls in flight finish (for at most
+    /// `PATIENCE`), then close every link that is left.
+    async fn stop(mut self) -> NodeBTally {
+        self.accept.abort();
+        self.drain.cancel();
+        let drained = tokio::time::timeout(PATIENCE, &mut self.server).await.is_ok();
+        let links: Vec<Tunnel> = self.links.lock().unwrap().drain(..).collect();
+        for link in &links {
+            link.cut();
+            // A cut link lets go of its sessions: wait until none is held any more.
+            let mut live = link.sessions_live();
+            let _ = tokio::time::timeout(PATIENCE, live.wait_for(|n| *n == 0)).await;
+        }
+        NodeBTally {
+            links: self.linked.load(Ordering::Relaxed),
+            sessions: self.served.load(Ordering::Relaxed),
+            drained,
         }
     }
+}
+
+/// What the one-process run saw, for the tests to check.
+#[derive(Debug, PartialEq, Eq)]
+struct Story {
+    replies: Vec<String>,
+    sessions: usize,
+    links: usize,
+    refusal: String,
+    /// The root cause of each stream the cut failed, and how many hung instead.
+    cut: Vec<String>,
+    hung: usize,
+    again: String,
+    links_after_cut: usize,
+    stranger: String,
 }
 
 /// Everything in one process: node-b and node-a, joined by a real TCP link on loopback.
-async fn demo(names: &[String], out: &Out) -> anyhow::Result<()> {
+async fn demo(names: &[String]) -> anyhow::Result<Story> {
     let node_b = NodeB::start("node-b", "127.0.0.1:0".parse()?).await?;
-    say!(out, "node-b serves the Greeter on channel \"greeter\"");
+    println!("node-b serves the Greeter on channel \"greeter\"");
     let node_a = Arc::new(NodeA::new("node-a", node_b.addr));
 
-    say!(out, "{} clients on node-a call it at once:", names.len());
-    for line in call_all(&node_a, names).await? {
-        say!(out, "  {line}");
+    println!("{} clients on node-a call it at once:", names.len());
+    let replies = call_all(&node_a, names).await?;
+    for line in &replies {
+        println!("  {line}");
     }
     let link = node_a.link().await?;
-    say!(out, "{} sessions over {} link", link.sessions_opened(), node_a.links_dialed());
+    let (sessions, links) = (link.sessions_opened(), node_a.links_dialed());
+    println!("{sessions} sessions over {links} link");
 
     // A channel nobody serves is refused by the far node, by name: no hang, no guess.
-    match link.open("billing").await {
+    let refusal = match link.open("billing").await {
         Ok(_) => anyhow::bail!("node-b accepted a channel it does not serve"),
-        Err(error) => say!(out, "open channel \"billing\": {error}"),
-    }
+        Err(error) => error.to_string(),
+    };
+    println!("open channel \"billing\": {refusal}");
 
-    let (causes, hung) = cut_link_mid_call(&node_a, 3).await?;
-    let mut distinct = causes.clone();
+    let (cut, hung) = cut_link_mid_call(&node_a, 3).await?;
+    let mut distinct = cut.clone();
     distinct.dedup();
-    say!(
-        out,
-        "link cut with 3 streams open: {} failed ({}), {hung} hung",
-        causes.len(),
-        distinct.join("; ")
-    );
+    let causes = distinct.join("; ");
+    println!("link cut with 3 streams open: {} failed ({causes}), {hung} hung", cut.len());
 
     // A tonic Channel reconnects by calling its connector again, which dials a new link.
     let mut client = GreeterClient::new(node_a.channel("greeter")?);
     let reply = tokio::time::timeout(PATIENCE, client.say_hello(hello("ada")))
         .await
         .context("calling again after the cut")??;
-    say!(
-        out,
-        "the same client calls again: {}, over link {}",
-        reply.get_ref().message,
-        node_a.links_dialed()
-    );
+    let (again, links_after_cut) = (reply.into_inner().message, node_a.links_dialed());
+    println!("the same client calls again: {again}, over link {links_after_cut}");
 
-    let reason = stranger_speaks_http(&node_b).await?;
-    say!(out, "a stranger sends \"GET / HTTP/1.1\" to node-b: link closed ({reason})");
-    Ok(())
+    let stranger = stranger_speaks_http(&node_b).await?;
+    println!("a stranger sends \"GET / HTTP/1.1\" to node-b: link closed ({stranger})");
+    Ok(Story { replies, sessions, links, refusal, cut, hung, again, links_after_cut, stranger })
 }
 
 /// One client per name, all calling at once, each over its own session. Returns the
@@ -259,98 +334,10 @@ fn hello(name: &str) -> HelloRequest {
     HelloRequest { name: name.to_owned() }
 }
 
-/// node-b: accepts links, and serves the Greeter to sessions opened on channel "greeter".
-struct NodeB {
-    addr: SocketAddr,
-    links: Arc<std::sync::Mutex<Vec<Tunnel>>>,
-    _tasks: [AbortOnDropHandle<()>; 2],
-}
-
-impl NodeB {
-    async fn start(name: &str, listen: SocketAddr) -> anyhow::Result<NodeB> {
-        let listener =
-            TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
-        let addr = listener.local_addr()?;
-
-        // One gRPC server for every session on every link: sessions are its connections.
-        let (arrivals, sessions) = mpsc::channel(16);
-        let greeter = HelloGreeter::new(name).into_service();
-        let incoming = ReceiverStream::new(sessions).map(Ok::<_, std::io::Error>);
-        let server = tokio::spawn(async move {
-            if let Err(error) =
-                Server::builder().add_service(greeter).serve_with_incoming(incoming).await
-            {
-                tracing::error!(%error, "the greeter server stopped");
-            }
-        });
-
-        let links = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let name = name.to_owned();
-        let accepted = Arc::clone(&links);
-        let accept = tokio::spawn(async move {
-            while let Ok((stream, peer)) = listener.accept().await {
-                tracing::info!(%peer, "a node linked up");
-                let services = HashMap::from([("greeter".to_owned(), arrivals.clone())]);
-                let tunnel = Tunnel::start(&name, stream, Side::Listener, services);
-                let mut links = accepted.lock().unwrap();
-                links.retain(Tunnel::is_up); // forget links that have ended
-                links.push(tunnel);
-            }
-        });
-        Ok(NodeB {
-            addr,
-            links,
-            _tasks: [AbortOnDropHandle::new(server), AbortOnDropHandle::new(accept)],
-        })
-    }
-}
-
-/// node-a: dials node-b when it needs a link, and again when the link was lost.
-struct NodeA {
-    name: String,
-    peer: SocketAddr,
-    link: tokio::sync::Mutex<Option<Tunnel>>,
-    dialed: AtomicUsize,
-}
-
-impl NodeA {
-    fn new(name: &str, peer: SocketAddr) -> Self {
-        NodeA { name: name.to_owned(), peer, link: Default::default(), dialed: AtomicUsize::new(0) }
-    }
-
-    /// The live link, dialing a new one if there is none or the last one is down.
-    async fn link(&self) -> std::io::Result<Tunnel> {
-        let mut link = self.link.lock().await;
-        if let Some(tunnel) = link.as_ref().filter(|t| t.is_up()) {
-            return Ok(tunnel.clone());
-        }
-        let stream = tokio::time::timeout(PATIENCE, TcpStream::connect(self.peer)).await??;
-        stream.set_nodelay(true)?;
-        let tunnel = Tunnel::start(&self.name, stream, Side::Dialer, HashMap::new());
-        self.dialed.fetch_add(1, Ordering::Relaxed);
-        *link = Some(tunnel.clone());
-        Ok(tunnel)
-    }
-
-    fn links_dialed(&self) -> usize {
-        self.dialed.load(Ordering::Relaxed)
-    }
-
-    /// A gRPC channel whose connections are tunnel sessions to `service`: the connector
-    /// tonic calls to connect (and to reconnect) opens a session instead of a socket.
-    fn channel(self: &Arc<Self>, service: &'static str) -> anyhow::Result<Channel> {
-        let node_a = Arc::clone(self);
-        let connector = tower::service_fn(move |_uri| {
-            let node_a = Arc::clone(&node_a);
-            async move {
-                let session = node_a.link().await?.open(service).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(session))
-            }
-        });
-        // The URI is only a label here: the connector decides where bytes go.
-        let endpoint = Endpoint::from_shared(format!("http://{service}.tunnel"))?;
-        Ok(endpoint.connect_timeout(PATIENCE).connect_with_connector_lazy(connector))
-    }
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    microkit::init_tracing();
+    microkit::report(roles::run(roles::Args::parse()).await)
 }
 
 #[cfg(test)]
@@ -362,10 +349,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn prints_its_golden_output() {
-        let out = Out::capture();
-        run(Args::parse_from(["tunnel"]), &out).await.unwrap();
-        microkit::golden::assert_matches("tunnel", &out.text());
+    async fn the_story_multiplexes_refuses_fails_cleanly_and_relinks() {
+        let story = demo(&names(&["bo", "ada"])).await.unwrap();
+        let expected = Story {
+            replies: vec![
+                "hello ada, answered by node-b".into(),
+                "hello bo, answered by node-b".into(),
+            ],
+            sessions: 2,
+            links: 1,
+            refusal: "refused by the other node: node-b has no channel named \"billing\"".into(),
+            cut: vec!["tunnel link lost".into(); 3],
+            hung: 0,
+            again: "hello ada".into(),
+            links_after_cut: 2,
+            stranger: "unknown frame kind 0x47".into(),
+        };
+        assert_eq!(story, expected);
     }
 
     #[tokio::test]
@@ -468,9 +468,38 @@ mod tests {
         assert_eq!(refusal, frame::Frame::Refuse { session: 1, reason });
     }
 
-    #[test]
-    fn an_empty_name_is_refused() {
-        let error = Args::try_parse_from(["tunnel", "--names", "ada,,bo"]).unwrap_err().to_string();
-        assert!(error.contains("a name may not be empty"), "{error}");
+    #[tokio::test]
+    async fn a_flood_of_opens_is_refused_past_the_bound_and_a_lost_link_frees_its_sessions() {
+        use futures::SinkExt;
+        use tokio_util::codec::Framed;
+        let node_b = NodeB::start("node-b", "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let tcp = TcpStream::connect(node_b.addr).await.unwrap();
+        let mut raw = Framed::new(tcp, frame::FrameCodec);
+        let flood = link::MAX_SESSIONS as u32 + 3;
+        for n in 0..flood {
+            let open = frame::Frame::Open { session: 2 * n + 1, channel: "greeter".into() };
+            raw.feed(open).await.unwrap();
+        }
+        raw.flush().await.unwrap();
+        let (mut accepted, mut refused) = (0, Vec::new());
+        while accepted + refused.len() < flood as usize {
+            let frame = tokio::time::timeout(PATIENCE, raw.next()).await.unwrap();
+            match frame.unwrap().unwrap() {
+                frame::Frame::Accept { .. } => accepted += 1,
+                frame::Frame::Refuse { reason, .. } => refused.push(reason),
+                _ => {} // the accepted sessions' gRPC server speaks first
+            }
+        }
+        assert_eq!(accepted, link::MAX_SESSIONS);
+        let reason = "node-b has 256 sessions open on this link, the most it takes";
+        assert_eq!(refused, [reason; 3]);
+
+        // The flooding node goes away: every session it opened is let go.
+        let link = node_b.links.lock().unwrap()[0].clone();
+        assert_eq!(*link.sessions_live().borrow(), link::MAX_SESSIONS);
+        drop(raw);
+        let mut live = link.sessions_live();
+        tokio::time::timeout(PATIENCE, live.wait_for(|n| *n == 0)).await.unwrap().unwrap();
+        assert_eq!(node_b.served.load(Ordering::Relaxed), link::MAX_SESSIONS);
     }
 }

@@ -2,12 +2,15 @@
 //! Greeter's server-streaming call. It knows nothing of the gateway in front of it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Query, State};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use http::Request;
 use microkit::proto::greeter::GreetingsRequest;
 use microkit::proto::greeter::greeter_client::GreeterClient;
 use microkit::registry::Registry;
@@ -25,15 +28,28 @@ pub struct WebService {
     pub node_id: String,
     /// Where to find the Greeter: looked up per stream, so a new node is used at once.
     pub registry: Arc<dyn Registry>,
+    /// Requests answered, over the node's life: its tally when it stops.
+    pub served: Arc<AtomicUsize>,
+}
+
+impl WebService {
+    pub fn new(node_id: &str, registry: Arc<dyn Registry>) -> Self {
+        WebService { node_id: node_id.to_owned(), registry, served: Arc::default() }
+    }
 }
 
 /// The service's routes. A function, so tests can drive it without a socket.
 pub fn router(service: WebService) -> Router {
+    let served = Arc::clone(&service.served);
     Router::new()
         .route("/", get(page))
         .route("/greet", get(greet))
         .route("/stream", get(stream))
         .with_state(service)
+        .layer(axum::middleware::map_request(move |request: Request<Body>| {
+            served.fetch_add(1, Ordering::Relaxed);
+            async move { request }
+        }))
 }
 
 async fn page() -> Html<&'static str> {
@@ -134,4 +150,106 @@ async fn read_request(socket: &mut WebSocket) -> Result<StreamRequest, Failure> 
         return Err((close_code::POLICY, reason));
     }
     Ok(request)
+}
+
+#[cfg(test)]
+pub mod tests {
+    use axum::http::StatusCode;
+    use futures::{SinkExt, StreamExt};
+    use microkit::PATIENCE;
+    use microkit::http::{HttpServer, body_text};
+    use microkit::registry::{MemoryRegistry, Node};
+    use tokio_tungstenite::tungstenite;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// One GET through `router`: the status, and the body (or `-> <location>` for a redirect).
+    pub async fn call(router: Router, path: &str) -> (StatusCode, String) {
+        let request = Request::get(path).body(Body::empty()).unwrap();
+        let response = router.oneshot(request).await.unwrap();
+        let status = response.status();
+        let location = response.headers().get(http::header::LOCATION).cloned();
+        let body = body_text(response.into_body(), 1 << 20).await;
+        match location {
+            Some(location) => (status, format!("-> {}", location.to_str().unwrap())),
+            None => (status, body),
+        }
+    }
+
+    fn registry() -> Arc<dyn Registry> {
+        Arc::new(MemoryRegistry::new())
+    }
+
+    #[tokio::test]
+    async fn service_routes_answer_without_a_socket_and_are_counted() {
+        let service = WebService::new("hello-9", registry());
+        let served = Arc::clone(&service.served);
+        let service = router(service);
+        let (status, page) = call(service.clone(), "/").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(page.contains("new WebSocket(streamUrl())"), "the page opens the websocket");
+        assert_eq!(call(service.clone(), "/greet").await.1, "hello world, from hello-9");
+        assert_eq!(call(service.clone(), "/greet?name=bo").await.1, "hello bo, from hello-9");
+        // A plain GET is not a websocket handshake, and is refused as such.
+        let (status, _) = call(service, "/stream").await;
+        assert!(status.is_client_error(), "{status}");
+        assert_eq!(served.load(Ordering::Relaxed), 4);
+    }
+
+    /// Sends `request` over the stream websocket of a fresh service; returns the texts and
+    /// the close frame's code and reason.
+    async fn stream_once(registry: Arc<dyn Registry>, request: &str) -> (Vec<String>, u16, String) {
+        let server = HttpServer::start(router(WebService::new("hello-1", registry))).await.unwrap();
+        let url = format!("ws://{}/stream", server.addr());
+        let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        socket.send(tungstenite::Message::text(request)).await.unwrap();
+        let mut texts = Vec::new();
+        let result = tokio::time::timeout(PATIENCE, async {
+            while let Some(message) = socket.next().await {
+                match message.unwrap() {
+                    tungstenite::Message::Text(text) => texts.push(text.to_string()),
+                    tungstenite::Message::Close(Some(frame)) => {
+                        return (u16::from(frame.code), frame.reason.to_string());
+                    }
+                    _ => {}
+                }
+            }
+            panic!("no close frame")
+        })
+        .await
+        .expect("the stream must end");
+        (texts, result.0, result.1)
+    }
+
+    #[tokio::test]
+    async fn the_websocket_relays_every_reply_then_closes_normally() {
+        let registry = registry();
+        let greeter = microkit::greeter::serve("greeter-7").await.unwrap();
+        let node = Node::new(GREETER, "greeter-7", greeter.addr());
+        registry.register(&node, std::time::Duration::from_secs(60)).await.unwrap();
+        let (texts, code, reason) = stream_once(registry, r#"{"name":"dee","count":4}"#).await;
+        let seqs: Vec<u32> = texts
+            .iter()
+            .map(|t| serde_json::from_str::<microkit::proto::greeter::HelloReply>(t).unwrap().seq)
+            .collect();
+        assert_eq!(seqs, [1, 2, 3, 4], "every reply, in order, none lost");
+        assert_eq!((code, reason.as_str()), (1000, "4 messages"));
+        greeter.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn bad_stream_requests_are_closed_with_a_reason() {
+        let (texts, code, reason) = stream_once(registry(), "not json").await;
+        assert!(texts.is_empty());
+        assert_eq!(code, 1007);
+        assert!(reason.starts_with("bad request: expected"), "{reason}");
+
+        let (_, code, reason) = stream_once(registry(), r#"{"name":"a","count":0}"#).await;
+        assert_eq!((code, reason.as_str()), (1008, "bad request: count must be 1 to 100, not 0"));
+
+        // No Greeter registered: the page is told which service is missing.
+        let (_, code, reason) = stream_once(registry(), r#"{"name":"a","count":2}"#).await;
+        assert_eq!((code, reason.as_str()), (1013, "no node for service greeter"));
+    }
 }

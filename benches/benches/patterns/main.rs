@@ -18,6 +18,9 @@ mod frame;
 #[allow(dead_code)]
 #[path = "../../../examples/tunnel/link.rs"]
 mod link;
+#[allow(dead_code)]
+#[path = "../../../examples/tunnel/session.rs"]
+mod session;
 // The sharding example's node choosers, likewise.
 #[path = "../../../examples/sharding/hashing.rs"]
 mod hashing;
