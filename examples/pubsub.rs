@@ -372,10 +372,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
 /// handled, then handles what is already buffered and returns the tally.
 async fn until_stopped(running: Running, max_events: Option<u64>) -> anyhow::Result<Tally> {
     let name = &running.name;
+    // Armed before saying so: from here on a signal is a stop request, never a kill.
     let stop = microkit::signal::stop_requested();
-    tokio::pin!(stop);
-    // Polled once before saying so: from here on a signal is a stop request, not a kill.
-    let early = futures::poll!(stop.as_mut());
     println!("{name}: listening (Ctrl-C to stop)");
     let mut tally = running.tally.subscribe();
     let enough = async {
@@ -384,13 +382,11 @@ async fn until_stopped(running: Running, max_events: Option<u64>) -> anyhow::Res
             None => std::future::pending().await,
         }
     };
-    if early.is_pending() {
-        tokio::select! {
-            () = enough => {}
-            signal = &mut stop => {
-                tracing::info!(signal = signal?, "stopping: draining the subscription");
-                microkit::signal::exit_on_next();
-            }
+    tokio::select! {
+        () = enough => {}
+        signal = stop => {
+            tracing::info!(signal = signal?, "stopping: draining the subscription");
+            microkit::signal::exit_on_next();
         }
     }
     running.handler.stop().await;

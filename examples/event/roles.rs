@@ -5,27 +5,14 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::Poll;
 
 use anyhow::Context;
 use axum::response::Response;
 use cloudevents::{AttributesReader, Event};
-use futures::FutureExt;
-use futures::future::BoxFuture;
 use microkit::PATIENCE;
 
 use crate::bus::EventBus;
 use crate::{AUDIT, http, user_of};
-
-/// The stop request, armed: its signal handlers are in place when this returns, so a
-/// signal after the role has said it is ready is a stop request, never the default kill.
-async fn armed_stop() -> BoxFuture<'static, std::io::Result<&'static str>> {
-    let mut stop = microkit::signal::stop_requested().boxed();
-    match futures::poll!(stop.as_mut()) {
-        Poll::Ready(signal) => futures::future::ready(signal).boxed(),
-        Poll::Pending => stop,
-    }
-}
 
 /// Says which signal asked, and makes a second one exit at once.
 fn stopping(signal: std::io::Result<&'static str>, what: &str) -> anyhow::Result<()> {
@@ -50,7 +37,8 @@ pub async fn serve(bus: Arc<EventBus>, listen: SocketAddr) -> anyhow::Result<()>
         }
     };
     let router = http::router(bus).layer(axum::middleware::map_response(count));
-    let stop = armed_stop().await;
+    // Armed before saying so: from here on a signal is a stop request, never a kill.
+    let stop = microkit::signal::stop_requested();
     // Print the bound address: with port 0 the system picks a free one.
     let bound = listener.local_addr()?;
     println!("serving POST /user/login and POST /events on http://{bound} (Ctrl-C to stop)");
@@ -71,7 +59,9 @@ pub async fn serve(bus: Arc<EventBus>, listen: SocketAddr) -> anyhow::Result<()>
 /// The `audit` role: the durable consumer, printing each login until stopped.
 pub async fn audit(bus: &EventBus) -> anyhow::Result<()> {
     let consumer = bus.durable(AUDIT).await?;
-    let mut stop = armed_stop().await;
+    // Armed before saying so: from here on a signal is a stop request, never a kill.
+    let stop = microkit::signal::stop_requested();
+    tokio::pin!(stop);
     println!("audit: resuming where the last run acknowledged (Ctrl-C to stop)");
     let (mut taken, mut skipped) = (0, 0);
     loop {

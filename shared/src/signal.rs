@@ -8,18 +8,26 @@
 //!
 //! On platforms without Unix signals, ctrl-c is the one stop request there is.
 
+use std::future::Future;
+
 /// Waits for the first stop request and says which signal it was (`SIGTERM`, `SIGINT`,
 /// `SIGHUP`), for a role's log line.
-pub async fn stop_requested() -> std::io::Result<&'static str> {
-    imp::next().await
+///
+/// The handlers are installed when this is *called*, not when the future is first polled:
+/// a role calls it before it says it is ready, so a signal that follows that line is always
+/// a stop request, never the default action (which kills the process on the spot).
+pub fn stop_requested() -> impl Future<Output = std::io::Result<&'static str>> + Send + 'static {
+    let armed = imp::Armed::install();
+    async move { armed?.next().await }
 }
 
 /// After the first stop request: a second one exits the process at once with code 1.
 ///
 /// Call it right after [`stop_requested`] returned, before the drain starts.
 pub fn exit_on_next() {
-    tokio::spawn(async {
-        if let Ok(signal) = imp::next().await {
+    let armed = imp::Armed::install();
+    tokio::spawn(async move {
+        if let Ok(signal) = async { armed?.next().await }.await {
             eprintln!("{signal} again: exiting at once");
             std::process::exit(1);
         }
@@ -28,23 +36,60 @@ pub fn exit_on_next() {
 
 #[cfg(unix)]
 mod imp {
-    use tokio::signal::unix::{SignalKind, signal};
+    use tokio::signal::unix::{Signal, SignalKind, signal};
 
-    pub async fn next() -> std::io::Result<&'static str> {
-        let mut terminate = signal(SignalKind::terminate())?;
-        let mut interrupt = signal(SignalKind::interrupt())?;
-        let mut hangup = signal(SignalKind::hangup())?;
-        Ok(tokio::select! {
-            _ = terminate.recv() => "SIGTERM",
-            _ = interrupt.recv() => "SIGINT",
-            _ = hangup.recv() => "SIGHUP",
-        })
+    pub struct Armed {
+        terminate: Signal,
+        interrupt: Signal,
+        hangup: Signal,
+    }
+
+    impl Armed {
+        pub fn install() -> std::io::Result<Self> {
+            Ok(Armed {
+                terminate: signal(SignalKind::terminate())?,
+                interrupt: signal(SignalKind::interrupt())?,
+                hangup: signal(SignalKind::hangup())?,
+            })
+        }
+
+        pub async fn next(mut self) -> std::io::Result<&'static str> {
+            Ok(tokio::select! {
+                _ = self.terminate.recv() => "SIGTERM",
+                _ = self.interrupt.recv() => "SIGINT",
+                _ = self.hangup.recv() => "SIGHUP",
+            })
+        }
     }
 }
 
-#[cfg(not(unix))]
+#[cfg(windows)]
 mod imp {
-    pub async fn next() -> std::io::Result<&'static str> {
-        tokio::signal::ctrl_c().await.map(|()| "ctrl-c")
+    pub struct Armed(tokio::signal::windows::CtrlC);
+
+    impl Armed {
+        pub fn install() -> std::io::Result<Self> {
+            tokio::signal::windows::ctrl_c().map(Armed)
+        }
+
+        pub async fn next(mut self) -> std::io::Result<&'static str> {
+            self.0.recv().await;
+            Ok("ctrl-c")
+        }
+    }
+}
+
+#[cfg(not(any(unix, windows)))]
+mod imp {
+    pub struct Armed;
+
+    impl Armed {
+        pub fn install() -> std::io::Result<Self> {
+            Ok(Armed)
+        }
+
+        pub async fn next(self) -> std::io::Result<&'static str> {
+            tokio::signal::ctrl_c().await.map(|()| "ctrl-c")
+        }
     }
 }
