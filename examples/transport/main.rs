@@ -150,6 +150,7 @@ pub async fn serve_over_nats(bus: &Bus, node: &str) -> anyhow::Result<NatsInstan
                 .map_err(|error| anyhow::anyhow!("starting the NATS service: {error}"))?;
             let endpoint = service.group(SERVICE).endpoint_builder().name(METHOD);
             let mut endpoint = endpoint.add(METHOD).await.map_err(nats_error)?;
+            bus::round_trip(client).await?; // subscribed at the server before we say we serve
             let client = client.clone();
             tokio::spawn(async move {
                 let mut served = 0;

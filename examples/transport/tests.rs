@@ -60,8 +60,7 @@ async fn the_memory_bus_gives_each_request_to_one_queue_member_and_every_plain_s
     }
     let mut taken = [0, 0];
     for (member, count) in members.iter_mut().zip(&mut taken) {
-        while let Ok(Some(_)) =
-            tokio::time::timeout(Duration::from_millis(10), member.next()).await
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(10), member.next()).await
         {
             *count += 1;
         }
