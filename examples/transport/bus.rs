@@ -12,7 +12,7 @@ use microkit::PATIENCE;
 use microkit::backend::Backend;
 use serde::{Deserialize, Serialize};
 
-use crate::memory::{Envelope, MemoryBus};
+use super::memory::{Envelope, MemoryBus};
 
 /// The headers of an error reply, as the NATS service protocol names them.
 pub const ERROR_HEADER: &str = "Nats-Service-Error";

@@ -15,11 +15,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::Refusal;
-use crate::bus::{
+use super::bus::{
     CallError, ERROR_CODE_HEADER, ERROR_HEADER, EndpointInfo, EndpointStats, Info, Ping,
     QUEUE_GROUP, Stats,
 };
+use super::service::Refusal;
 
 /// A message on the memory bus.
 #[derive(Clone, Debug)]

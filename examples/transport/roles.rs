@@ -13,9 +13,10 @@ use microkit::registered::Registered;
 use microkit::server::RunningServer;
 use prost::Message;
 
+use crate::TTL;
 use crate::bus::{Answer, Bus, Ping};
 use crate::memory::MemoryBus;
-use crate::{METHOD, OverHttp2, SERVICE, TTL, VERSION};
+use crate::service::{METHOD, OverHttp2, SERVICE, VERSION};
 
 #[derive(Parser, Debug)]
 #[command(about = "One handler carried over HTTP/2 and over NATS (the NATS service protocol)")]
@@ -78,7 +79,7 @@ async fn serve(backend: &microkit::backend::Backend, bus: &Bus, id: &str) -> any
     let routes = tonic::service::Routes::new(GreeterServer::new(OverHttp2 { node: id.into() }));
     let server = RunningServer::start(routes).await?;
     let grpc = Registered::new(&backend.registry(), server, SERVICE, id, TTL).await?;
-    let nats = crate::serve_over_nats(bus, id).await?;
+    let nats = crate::service::serve_over_nats(bus, id).await?;
     println!("{id}: serving {METHOD} over HTTP/2 and as NATS service {SERVICE} {VERSION}");
     let signal = microkit::signal::stop_requested().await?;
     microkit::signal::exit_on_next();

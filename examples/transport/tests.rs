@@ -6,6 +6,7 @@ use microkit::backend::{BackendArgs, BackendChoice};
 use microkit::nats::NatsServer;
 
 use super::*;
+use crate::service::{Refusal, on_message, say_hello};
 use crate::memory::{Envelope, MemoryBus};
 
 #[test]
