@@ -2,18 +2,17 @@
 //!
 //! go-micro kept the *transport* (what carries a request) apart from the client and server
 //! that use it, so the same service could be reached over direct connections or over NATS.
-//! Here the greeter's `SayHello` is one function, `say_hello` in `service.rs` (next to this
-//! file), behind two adapters there: `OverHttp2` (tonic, on a port listed in the registry)
-//! and `serve_over_nats` (the NATS service protocol: no port, a subject per endpoint, a
-//! queue group that balances, `$SRV.PING`/`INFO`/`STATS` answered by every instance). The
-//! run prints what changes with the transport: finding, balancing, refusing, counting,
-//! dying. go-micro's NATS transport gave each server an inbox subject of its own, listed in
-//! the registry as its address: its selector still chose the node, queue groups went
-//! unused, and the envelope was go-micro's own. This one is the standard that nats-py and
-//! the `nats` CLI speak. On the memory backend, `memory.rs` stands in for the NATS server.
+//! Here `SayHello` is one function, `say_hello` in `service.rs` (next to this file), behind
+//! two adapters there: `OverHttp2` (tonic, on a port listed in the registry) and
+//! `serve_over_nats` (the NATS service protocol: no port, a subject per endpoint, a queue
+//! group that balances, `$SRV.PING`/`INFO`/`STATS` answered by every instance). The run
+//! prints what changes with the transport: finding, balancing, refusing, counting, dying.
+//! go-micro's NATS transport gave each server an inbox subject of its own, listed in the
+//! registry as its address: the selector still chose the node, queue groups went unused,
+//! the envelope was go-micro's own. This is the standard nats-py and the `nats` CLI speak
+//! (`memory.rs` stands in for the NATS server on the memory backend).
 //!
 //! Run it:
-//!
 //! ```text
 //! cargo run --example transport
 //! # or as processes, on one NATS (nats-server -js; export NATS_URL=nats://127.0.0.1:4222):

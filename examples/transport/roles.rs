@@ -84,7 +84,10 @@ async fn serve(backend: &microkit::backend::Backend, bus: &Bus, id: &str) -> any
     let signal = microkit::signal::stop_requested().await?;
     microkit::signal::exit_on_next();
     let served = nats.stop().await?;
-    grpc.stop().await?;
+    // Deregister, then drain the HTTP/2 calls in flight, for at most PATIENCE.
+    tokio::time::timeout(microkit::PATIENCE, grpc.stop())
+        .await
+        .context("the HTTP/2 drain hung")??;
     println!("{id}: stopped on {signal}: {served} calls served over NATS");
     Ok(())
 }

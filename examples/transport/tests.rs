@@ -6,8 +6,8 @@ use microkit::backend::{BackendArgs, BackendChoice};
 use microkit::nats::NatsServer;
 
 use super::*;
-use crate::service::{Refusal, on_message, say_hello};
 use crate::memory::{Envelope, MemoryBus};
+use crate::service::{Refusal, on_message, say_hello};
 
 #[test]
 fn the_handler_refuses_an_empty_name_and_a_payload_that_is_not_a_request() {

@@ -79,11 +79,7 @@ pub async fn rows(effort: Effort) -> Vec<Row> {
 
     let per_second = |rate: f64| format!("{:.1} k/s", rate / 1e3);
     vec![
-        Row::latency(
-            "transport: SayHello p50, as a NATS service vs over HTTP/2",
-            latency,
-            Target::Report,
-        ),
+        Row::latency("transport: SayHello p50, NATS service vs HTTP/2", latency, Target::Report),
         Row::new(
             &format!("transport: NATS service, 2 instances vs 1 ({CALLERS} callers)"),
             per_second(throughput.0),
