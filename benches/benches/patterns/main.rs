@@ -8,6 +8,7 @@ mod broker;
 mod grpc;
 mod sharding;
 mod tls;
+mod transport;
 mod tunnel;
 
 // The tunnel example's own multiplexer and wire format, compiled here unchanged so the
@@ -57,6 +58,9 @@ fn main() {
         }
         if wanted("sharding") {
             rows.extend(sharding::rows(effort).await);
+        }
+        if wanted("transport") {
+            rows.extend(transport::rows(effort).await);
         }
     });
     print_table(&rows);

@@ -1,0 +1,165 @@
+//! The lesson: the greeter's `SayHello` written once, as [`say_hello`], and carried by two
+//! transports. [`OverHttp2`] is what tonic needs: frames and protobuf decoding are tonic's,
+//! a refusal becomes a gRPC status. [`serve_over_nats`] is what the NATS service protocol
+//! needs: an endpoint subject in a queue group, the same protobuf payload decoded by hand
+//! ([`on_message`]), a refusal as error headers, and discovery answered by async-nats's
+//! `service` module (on the memory backend, by its stand-in in `memory.rs`).
+
+use std::collections::HashMap;
+
+use anyhow::Context;
+use async_nats::service::ServiceExt;
+use bytes::Bytes;
+use microkit::PATIENCE;
+use microkit::proto::greeter::greeter_server::Greeter;
+use microkit::proto::greeter::{GreetingsRequest, HelloReply, HelloRequest, NamesSummary};
+use prost::Message;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::bus::{self, Bus};
+use super::memory;
+
+/// The service as NATS knows it: a name, a semantic version, and one endpoint per method.
+pub const SERVICE: &str = "greeter";
+pub const VERSION: &str = "1.0.0";
+pub const METHOD: &str = "SayHello";
+
+/// Why the handler refused a request. Each transport says it its own way.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// HTTP-like: 400 is the caller's fault, 500 ours.
+    pub code: u16,
+    pub reason: String,
+}
+
+/// The handler, written once: a request in, a reply or a refusal out. It never learns
+/// which transport brought the request.
+pub fn say_hello(node: &str, request: HelloRequest) -> Result<HelloReply, Refusal> {
+    if request.name.trim().is_empty() {
+        return Err(Refusal { code: 400, reason: "name is empty".into() });
+    }
+    Ok(HelloReply { message: format!("hello {}", request.name), node: node.into(), seq: 0 })
+}
+
+/// Transport one, HTTP/2: tonic reads the frames and decodes the protobuf; a refusal
+/// travels as a gRPC status in the trailers.
+#[derive(Clone)]
+pub struct OverHttp2 {
+    pub node: String,
+}
+
+#[tonic::async_trait]
+impl Greeter for OverHttp2 {
+    async fn say_hello(
+        &self,
+        request: Request<HelloRequest>,
+    ) -> Result<Response<HelloReply>, Status> {
+        match say_hello(&self.node, request.into_inner()) {
+            Ok(reply) => Ok(Response::new(reply)),
+            Err(Refusal { code: 400, reason }) => Err(Status::invalid_argument(reason)),
+            Err(Refusal { reason, .. }) => Err(Status::internal(reason)),
+        }
+    }
+
+    type GreetingsStream = futures::stream::Empty<Result<HelloReply, Status>>;
+    type ChatStream = futures::stream::Empty<Result<HelloReply, Status>>;
+
+    async fn greetings(
+        &self,
+        _: Request<GreetingsRequest>,
+    ) -> Result<Response<Self::GreetingsStream>, Status> {
+        Err(Status::unimplemented("only SayHello travels both ways: NATS has no streams here"))
+    }
+
+    async fn collect_names(
+        &self,
+        _: Request<Streaming<HelloRequest>>,
+    ) -> Result<Response<NamesSummary>, Status> {
+        Err(Status::unimplemented("only SayHello travels both ways: NATS has no streams here"))
+    }
+
+    async fn chat(
+        &self,
+        _: Request<Streaming<HelloRequest>>,
+    ) -> Result<Response<Self::ChatStream>, Status> {
+        Err(Status::unimplemented("only SayHello travels both ways: NATS has no streams here"))
+    }
+}
+
+/// Transport two, NATS: what tonic does for HTTP/2, by hand. The payload is the same
+/// protobuf; a refusal becomes the protocol's error headers.
+pub fn on_message(node: &str, payload: &[u8]) -> Result<Bytes, Refusal> {
+    let request = HelloRequest::decode(payload)
+        .map_err(|error| Refusal { code: 400, reason: format!("not a HelloRequest: {error}") })?;
+    Ok(say_hello(node, request)?.encode_to_vec().into())
+}
+
+/// One instance of the NATS service, answering until [`NatsInstance::stop`].
+pub struct NatsInstance {
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<u64>>,
+}
+
+/// Starts an instance: endpoint `greeter.SayHello` in the queue group every instance joins,
+/// and the discovery subjects, answered by async-nats's `service` module (or its stand-in).
+pub async fn serve_over_nats(bus: &Bus, node: &str) -> anyhow::Result<NatsInstance> {
+    let stop = CancellationToken::new();
+    let stopping = stop.clone();
+    let node = node.to_owned();
+    let metadata = HashMap::from([("node".to_owned(), node.clone())]);
+    let task = match bus {
+        Bus::Nats(client) => {
+            let service = client
+                .service_builder()
+                .description("the greeter, over NATS")
+                .metadata(metadata)
+                .start(SERVICE, VERSION)
+                .await
+                .map_err(|error| anyhow::anyhow!("starting the NATS service: {error}"))?;
+            let endpoint = service.group(SERVICE).endpoint_builder().name(METHOD);
+            let mut endpoint = endpoint.add(METHOD).await.map_err(nats_error)?;
+            bus::round_trip(client).await?; // subscribed at the server before we say we serve
+            let client = client.clone();
+            tokio::spawn(async move {
+                let mut served = 0;
+                while let Some(request) = tokio::select! {
+                    request = futures::StreamExt::next(&mut endpoint) => request,
+                    () = stopping.cancelled() => None,
+                } {
+                    let answer = on_message(&node, &request.message.payload).map_err(|refusal| {
+                        async_nats::service::error::Error {
+                            code: refusal.code.into(),
+                            status: refusal.reason,
+                        }
+                    });
+                    request.respond(answer).await?;
+                    served += 1;
+                }
+                endpoint.stop().await?;
+                service.stop().await.map_err(nats_error)?;
+                bus::round_trip(&client).await?;
+                Ok(served)
+            })
+        }
+        Bus::Memory(bus) => {
+            let metadata = metadata.into_iter().collect();
+            let handler = move |payload: &[u8]| on_message(&node, payload);
+            memory::serve(bus, SERVICE, VERSION, METHOD, metadata, stopping, handler)
+        }
+    };
+    Ok(NatsInstance { stop, task })
+}
+
+impl NatsInstance {
+    /// Leaves the queue group and the discovery subjects; returns how many calls it served.
+    pub async fn stop(self) -> anyhow::Result<u64> {
+        self.stop.cancel();
+        tokio::time::timeout(PATIENCE, self.task).await.context("the NATS instance hung")??
+    }
+}
+
+fn nats_error(error: async_nats::Error) -> anyhow::Error {
+    anyhow::anyhow!("NATS service: {error}")
+}
