@@ -136,10 +136,11 @@ impl Hop {
         call.end(answer)
     }
 
-    /// Work that outlives the handler unless told otherwise: the guarded job ends when the
-    /// returned guard is dropped (with the handler, however it ends), the orphan does not.
+    /// Work that outlives the handler unless told otherwise (a cache to warm, as long as the
+    /// call's own work): the guarded job ends when the returned guard is dropped, with the
+    /// handler however it ends; the orphan runs on, whether anyone still waits or not.
     fn spawn_side_jobs(&self) -> DropGuard {
-        let token = CancellationToken::new();
+        let (token, work) = (CancellationToken::new(), self.work);
         self.tally.send_modify(|t| {
             (t.guarded_jobs, t.orphan_jobs) = (t.guarded_jobs + 1, t.orphan_jobs + 1)
         });
@@ -147,21 +148,18 @@ impl Hop {
         tokio::spawn(async move {
             tokio::select! {
                 () = stop.cancelled() => {}
-                () = tokio::time::sleep(SIDE_JOB) => {}
+                () = tokio::time::sleep(work) => {}
             }
             tally.send_modify(|t| t.guarded_jobs -= 1);
         });
         let tally = self.tally.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(SIDE_JOB).await;
+            tokio::time::sleep(work).await;
             tally.send_modify(|t| t.orphan_jobs -= 1);
         });
         token.drop_guard()
     }
 }
-
-/// How long a side job would run if nothing stopped it.
-const SIDE_JOB: Duration = Duration::from_millis(500);
 
 fn out_of_time(hop: &str, what: &str) -> Status {
     Status::deadline_exceeded(format!("{hop}: {what}"))
