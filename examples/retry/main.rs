@@ -136,28 +136,38 @@ impl Hop {
         call.end(answer)
     }
 
-    /// Work that outlives the handler unless told otherwise (a cache to warm, as long as the
-    /// call's own work): the guarded job ends when the returned guard is dropped, with the
-    /// handler however it ends; the orphan runs on, whether anyone still waits or not.
+    /// Work that outlives the handler unless told otherwise (a subscription, a poller: jobs
+    /// with no end of their own): the guarded job ends when the returned guard is dropped,
+    /// with the handler however it ends; the orphan runs on until the process ends.
     fn spawn_side_jobs(&self) -> DropGuard {
-        let (token, work) = (CancellationToken::new(), self.work);
-        self.tally.send_modify(|t| {
-            (t.guarded_jobs, t.orphan_jobs) = (t.guarded_jobs + 1, t.orphan_jobs + 1)
-        });
-        let (tally, stop) = (self.tally.clone(), token.clone());
+        let token = CancellationToken::new();
+        let (guarded, stop) = (Running::new(&self.tally, |t| &mut t.guarded_jobs), token.clone());
         tokio::spawn(async move {
-            tokio::select! {
-                () = stop.cancelled() => {}
-                () = tokio::time::sleep(work) => {}
-            }
-            tally.send_modify(|t| t.guarded_jobs -= 1);
+            let _running = guarded;
+            stop.cancelled().await;
         });
-        let tally = self.tally.clone();
+        let orphan = Running::new(&self.tally, |t| &mut t.orphan_jobs);
         tokio::spawn(async move {
-            tokio::time::sleep(work).await;
-            tally.send_modify(|t| t.orphan_jobs -= 1);
+            let _running = orphan;
+            std::future::pending::<()>().await; // nothing can reach it now
         });
         token.drop_guard()
+    }
+}
+
+/// Counts a side job in the tally for as long as it runs (until its task ends or is dropped).
+struct Running(watch::Sender<Tally>, fn(&mut Tally) -> &mut u32);
+
+impl Running {
+    fn new(tally: &watch::Sender<Tally>, count: fn(&mut Tally) -> &mut u32) -> Self {
+        tally.send_modify(|t| *count(t) += 1);
+        Running(tally.clone(), count)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.send_modify(|t| *(self.1)(t) -= 1);
     }
 }
 
