@@ -187,10 +187,10 @@ pub fn policy(budgeted: bool) -> RetryPolicy {
     RetryPolicy::new(2, Duration::from_millis(1), Duration::from_millis(8), budget)
 }
 
-/// Deadlines that run out at c (during its work), at b (on arrival), at a (on arrival): each
-/// hop uses its work and its margin, 50 ms for a and b, so the deadline falls in the middle
-/// of c's work, and half a margin before b's arrival.
-pub const SHORT_DEADLINES: [u64; 3] = [200, 70, 10];
+/// Deadlines that run out at c, at b and at a. a and b each use their work and keep their
+/// margin (50 ms together): 200 ms reaches c with its deadline in the middle of its work; 70 ms
+/// reaches b with less than its margin left, 30 ms does the same to a.
+pub const SHORT_DEADLINES: [u64; 3] = [200, 70, 30];
 
 /// The most each hop can have been given when the client allows `deadline`: every hop
 /// before it has used its work and kept its margin. A hop that was given more would show
