@@ -6,6 +6,7 @@
 
 mod broker;
 mod grpc;
+mod retry;
 mod sharding;
 mod tls;
 mod tunnel;
@@ -21,6 +22,15 @@ mod link;
 // The sharding example's node choosers, likewise.
 #[path = "../../../examples/sharding/hashing.rs"]
 mod hashing;
+// The retry example's policy and attempt service, likewise (the macro its test servers use
+// first: `policy.rs` expects it at the crate root).
+#[allow(dead_code)]
+#[macro_use]
+#[path = "../../../examples/retry/unary.rs"]
+mod unary;
+#[allow(dead_code)]
+#[path = "../../../examples/retry/policy.rs"]
+mod policy;
 
 use micro_benches::{Effort, print_table};
 
@@ -54,6 +64,9 @@ fn main() {
         }
         if wanted("sharding") {
             rows.extend(sharding::rows(effort).await);
+        }
+        if wanted("retry") {
+            rows.extend(retry::rows(effort).await);
         }
     });
     print_table(&rows);
