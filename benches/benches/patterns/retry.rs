@@ -51,7 +51,7 @@ pub async fn rows(effort: Effort) -> Vec<Row> {
     // The pattern's figure is for calls that succeeded at the first attempt: no retry hid in it.
     assert_eq!(attempts.load(Ordering::SeqCst), calls, "an attempt failed and was retried");
     vec![Row::latency(
-        "retry: unary p50 via the retry and deadline layers vs bare",
+        "retry: unary p50 through retry and deadline layers",
         unary,
         Target::AtMost(1.05),
     )]
