@@ -128,8 +128,12 @@ impl Hop {
         };
         let mut onward = Request::new(request.into_inner());
         deadline.pass_on(&mut onward);
+        let mut client = match next.client() {
+            Ok(client) => client,
+            Err(status) => return call.end(Err(status)),
+        };
         // The next hop answers first (its deadline is a margin earlier); this cap is the guard.
-        let answer = match deadline.run(next.client()?.say_hello(onward)).await {
+        let answer = match deadline.run(client.say_hello(onward)).await {
             Ok(answer) => answer.map(tonic::Response::into_inner),
             Err(_) => Err(out_of_time(&self.name, "no answer from the next hop in time")),
         };
