@@ -142,3 +142,16 @@ fn bad_flags_are_refused() {
         assert!(crate::roles::Args::try_parse_from(args).is_err(), "{flags:?} was accepted");
     }
 }
+
+#[tokio::test]
+async fn a_hop_whose_next_service_has_no_node_refuses_with_unavailable_and_counts_a_failure() {
+    let registry = registry();
+    let (a, tally) = story::hop(&registry, 0, Duration::ZERO, false).await.unwrap();
+    let entry = crate::Next::find(&registry, "retry-a", Some("a")).await.unwrap();
+    let status = entry.call(Duration::from_secs(5)).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(status.message(), "no node of service \"retry-b\" in the registry");
+    let tally = tally.borrow().clone();
+    assert_eq!((tally.failed, tally.cancelled), (1, 0), "{tally:?}");
+    a.stop().await.unwrap();
+}
