@@ -134,7 +134,7 @@ impl Flaky {
 
     async fn hello(&self, request: Request<HelloRequest>) -> Result<HelloReply, Status> {
         let attempt = self.attempts.fetch_add(1, Ordering::SeqCst) + 1;
-        let fails = attempt % self.every == 0;
+        let fails = attempt.is_multiple_of(self.every);
         if fails && !self.after_work {
             return Err(Status::unavailable("flaky node: not now"));
         }
