@@ -1,10 +1,12 @@
 //! The command line: the one-process story by default, or one part of the chain per process
 //! (`a`, `b`, `c`, `client`), meeting through a shared NATS registry.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use microkit::backend::BackendArgs;
+use microkit::registry::Registry;
 use tokio::sync::watch;
 
 use crate::story::{self, HOPS, WORK};
@@ -50,42 +52,47 @@ struct HopArgs {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let backend = args.backend.connect().await?;
     let registry = backend.registry();
-    let index = match &args.role {
-        None => return story::demo(&registry).await,
-        Some(Role::A(_)) => 0,
-        Some(Role::B(_)) => 1,
-        Some(Role::C(_)) => 2,
-        Some(Role::Client { .. }) => HOPS.len(),
+    let Some(role) = args.role else {
+        return story::demo(&registry).await;
     };
     backend.require_shared_nats("the hops a, b, c and the client")?;
-    match args.role {
-        Some(Role::A(hop) | Role::B(hop) | Role::C(hop)) => {
-            let work = hop.work_ms.map_or(WORK[index], Duration::from_millis);
-            serve_hop(&registry, index, work).await
+    let (index, hop) = match role {
+        Role::A(hop) => (0, hop),
+        Role::B(hop) => (1, hop),
+        Role::C(hop) => (2, hop),
+        Role::Client { deadline_ms, give_up_ms } => {
+            return client(&registry, deadline_ms, give_up_ms).await;
         }
-        Some(Role::Client { deadline_ms, give_up_ms }) => {
-            let (id, service) = HOPS[0];
-            let entry = Next::find(&registry, service, Some(id)).await?;
-            let call = entry.call(Duration::from_millis(deadline_ms));
-            let give_up = give_up_ms.map_or(Duration::MAX, Duration::from_millis);
-            tokio::select! {
-                answer = call => match answer {
-                    Ok(reply) => println!("client: {}", reply.message),
-                    Err(status) => println!("client: {:?} \"{}\"", status.code(), status.message()),
-                },
-                () = tokio::time::sleep(give_up) => {
-                    println!("client: gave up after {}ms, dropping the call", give_up.as_millis());
-                }
-            }
-            Ok(())
+    };
+    let work = hop.work_ms.map_or(WORK[index], Duration::from_millis);
+    serve_hop(&registry, index, work).await
+}
+
+/// One call to a, printed; or, after `give_up_ms`, the call dropped.
+async fn client(
+    registry: &Arc<dyn Registry>,
+    deadline_ms: u64,
+    give_up_ms: Option<u64>,
+) -> anyhow::Result<()> {
+    let (id, service) = HOPS[0];
+    let entry = Next::find(registry, service, Some(id)).await?;
+    let call = entry.call(Duration::from_millis(deadline_ms));
+    let give_up = give_up_ms.map_or(Duration::MAX, Duration::from_millis);
+    tokio::select! {
+        answer = call => match answer {
+            Ok(reply) => println!("client: {}", reply.message),
+            Err(status) => println!("client: {:?} \"{}\"", status.code(), status.message()),
+        },
+        () = tokio::time::sleep(give_up) => {
+            println!("client: gave up after {}ms, dropping the call", give_up.as_millis());
         }
-        None => unreachable!("the story returned above"),
     }
+    Ok(())
 }
 
 /// One hop as a process: serves until a stop signal, printing what happens to its calls.
 async fn serve_hop(
-    registry: &std::sync::Arc<dyn microkit::registry::Registry>,
+    registry: &Arc<dyn Registry>,
     index: usize,
     work: Duration,
 ) -> anyhow::Result<()> {
