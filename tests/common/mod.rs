@@ -36,6 +36,7 @@ pub const TOPICS: &[Topic] = &[
     topic("mocking", false),
     topic("pubsub", true),
     topic("redirect", true),
+    topic("retry", true),
     topic("round-robin", true),
     topic("secure", false),
     topic("sharding", true),

@@ -6,6 +6,7 @@
 
 mod broker;
 mod grpc;
+mod retry;
 mod sharding;
 mod tls;
 mod transport;
@@ -25,6 +26,15 @@ mod session;
 // The sharding example's node choosers, likewise.
 #[path = "../../../examples/sharding/hashing.rs"]
 mod hashing;
+// The retry example's policy and attempt service, likewise (the macro its test servers use
+// first: `policy.rs` expects it at the crate root).
+#[allow(dead_code)]
+#[macro_use]
+#[path = "../../../examples/retry/unary.rs"]
+mod unary;
+#[allow(dead_code)]
+#[path = "../../../examples/retry/policy.rs"]
+mod policy;
 
 use micro_benches::{Effort, print_table};
 
@@ -61,6 +71,9 @@ fn main() {
         }
         if wanted("transport") {
             rows.extend(transport::rows(effort).await);
+        }
+        if wanted("retry") {
+            rows.extend(retry::rows(effort).await);
         }
     });
     print_table(&rows);
