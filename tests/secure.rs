@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{example, run_within, text};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -20,8 +20,8 @@ async fn a_client_process_calls_the_mutual_tls_server_process() {
     server.args(["server", "--listen", "127.0.0.1:0", "--certs", certs_path]);
     let mut server = server.spawn().unwrap();
     let mut first = String::new();
-    let stdout = server.stdout.take().unwrap();
-    tokio::time::timeout(LIMIT, BufReader::new(stdout).read_line(&mut first))
+    let mut stdout = BufReader::new(server.stdout.take().unwrap());
+    tokio::time::timeout(LIMIT, stdout.read_line(&mut first))
         .await
         .expect("the server must announce its address")
         .unwrap();
@@ -34,7 +34,14 @@ async fn a_client_process_calls_the_mutual_tls_server_process() {
     assert!(output.status.success(), "client failed: {}", text(&output.stderr));
     assert_eq!(text(&output.stdout), "hello bo, answered by secure-node\n");
 
-    server.kill().await.unwrap();
+    // A stop request: the server drains, prints its tally and exits 0, like every role.
+    let pid = server.id().expect("the server is still running").to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = tokio::time::timeout(LIMIT, server.wait()).await.expect("no exit").unwrap();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).await.unwrap();
+    assert_eq!(status.code(), Some(0), "stdout after the signal: {rest}");
+    assert_eq!(rest, "stopped on SIGTERM: calls served 1, handshakes refused 0\n");
 }
 
 #[tokio::test]

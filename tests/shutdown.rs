@@ -131,33 +131,28 @@ async fn sigterm_stops_it_in_order_and_it_leaves_the_registry() {
 
 #[tokio::test]
 async fn sigterm_stops_it_in_order_and_exits_0() {
-    let serving = Serving::start(&[]).await;
-    serving.signal("TERM");
-    let (status, lines, stderr) = serving.finish().await;
-    assert_eq!(status.code(), Some(0), "stderr:\n{stderr}");
-    assert_eq!(lines[0], "shutdown signal: SIGTERM");
-    assert_eq!(lines[1..], CLEAN_STOP, "stderr:\n{stderr}");
+    stops_cleanly_on("TERM", "SIGTERM").await;
 }
 
 #[tokio::test]
 async fn ctrl_c_stops_it_the_same_way() {
-    let serving = Serving::start(&[]).await;
-    serving.signal("INT");
-    let (status, lines, stderr) = serving.finish().await;
-    assert_eq!(status.code(), Some(0), "stderr:\n{stderr}");
-    assert_eq!(lines[0], "shutdown signal: ctrl-c");
-    assert_eq!(lines[1..], CLEAN_STOP);
+    stops_cleanly_on("INT", "ctrl-c").await;
 }
 
 #[tokio::test]
 async fn sighup_stops_it_the_same_way() {
     // The terminal that started it closed: a stop request like the others, not a crash.
+    stops_cleanly_on("HUP", "SIGHUP").await;
+}
+
+/// Sends `signal` (as `kill` names it) and expects every phase, then exit 0.
+async fn stops_cleanly_on(signal: &str, printed_as: &str) {
     let serving = Serving::start(&[]).await;
-    serving.signal("HUP");
+    serving.signal(signal);
     let (status, lines, stderr) = serving.finish().await;
     assert_eq!(status.code(), Some(0), "stderr:\n{stderr}");
-    assert_eq!(lines[0], "shutdown signal: SIGHUP");
-    assert_eq!(lines[1..], CLEAN_STOP);
+    assert_eq!(lines[0], format!("shutdown signal: {printed_as}"));
+    assert_eq!(lines[1..], CLEAN_STOP, "stderr:\n{stderr}");
 }
 
 /// Opens an endless stream on the served process and waits for its first message.
