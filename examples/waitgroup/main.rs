@@ -225,12 +225,22 @@ struct Args {
     /// How many slow calls are in flight when the shutdown starts.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
     calls: u32,
-    /// How long each slow call works before it replies.
-    #[arg(long, value_name = "MS", default_value_t = 200)]
+    /// How long each slow call works before it replies (at least 1).
+    #[arg(long, value_name = "MS", default_value_t = 200, value_parser = work_ms)]
     work_ms: u64,
     /// The drain deadline: calls still running after it are cut with `Cancelled`.
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     drain_ms: u64,
+}
+
+/// A call with no work is over before the stop begins: nothing would be in flight to drain.
+fn work_ms(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>().map_err(|e| e.to_string())? {
+        0 => Err("0 ms of work ends each call before the shutdown starts, so none would be in \
+                  flight to drain; give at least 1"
+            .to_owned()),
+        ms => Ok(ms),
+    }
 }
 
 #[tokio::main]
@@ -281,7 +291,9 @@ mod tests {
 
     #[test]
     fn bad_settings_are_refused() {
-        for flags in [&["--calls", "0"][..], &["--drain-ms", "soon"], &["--work-ms", "-1"]] {
+        let work_0 = ["--work-ms", "0"];
+        for flags in [&["--calls", "0"][..], &["--drain-ms", "soon"], &["--work-ms", "-1"], &work_0]
+        {
             let args = ["waitgroup"].iter().chain(flags);
             assert!(Args::try_parse_from(args).is_err(), "{flags:?} was accepted");
         }
