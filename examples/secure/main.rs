@@ -14,9 +14,10 @@
 //!
 //! ```text
 //! cargo run --example secure
-//! # or as two processes (the server writes the CA and a client certificate to --certs):
-//! cargo run --example secure -- server --listen 127.0.0.1:7443 --certs /tmp/lessons-certs
-//! cargo run --example secure -- client --connect 127.0.0.1:7443 --certs /tmp/lessons-certs
+//! # or as two processes (the server writes the CA and a client certificate to
+//! # target/secure-certs, where the client finds them; --certs picks another folder):
+//! cargo run --example secure -- server
+//! cargo run --example secure -- client --name bo
 //! ```
 //!
 //! Prints `tests/golden/secure.txt`; explained in `notes/secure.md`. The two roles are in
