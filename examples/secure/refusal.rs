@@ -42,6 +42,9 @@ pub fn server_refusal(error: &std::io::Error) -> String {
         rustls::Error::InvalidCertificate(Cert::UnknownIssuer) => {
             "client certificate signed by an unknown CA".to_owned()
         }
+        rustls::Error::InvalidCertificate(Cert::BadSignature) => {
+            "client certificate not signed by the trusted CA's key".to_owned()
+        }
         rustls::Error::InvalidCertificate(Cert::Expired | Cert::ExpiredContext { .. }) => {
             "client certificate expired".to_owned()
         }
@@ -50,4 +53,28 @@ pub fn server_refusal(error: &std::io::Error) -> String {
         rustls::Error::AlertReceived(alert) => format!("the client sent alert {alert:?}"),
         other => other.to_string(),
     }
+}
+
+/// The sign, as the client sees it, that the server turned it away: a TLS alert from the
+/// server, or the connection ended right after a handshake the client thought was done. In
+/// TLS 1.3 a client has finished its side before the server has checked its certificate,
+/// so a refusal arrives as the first call failing, with a transport error that names none
+/// of this; the server's own log says what was wrong.
+pub fn refused_by_the_server(error: &anyhow::Error) -> Option<String> {
+    let mut ended = false;
+    for cause in error.chain() {
+        let tls = cause.downcast_ref::<rustls::Error>().or_else(|| {
+            let io = cause.downcast_ref::<std::io::Error>()?;
+            io.get_ref()?.downcast_ref::<rustls::Error>()
+        });
+        if let Some(rustls::Error::AlertReceived(alert)) = tls {
+            return Some(format!("TLS alert {alert:?}"));
+        }
+        // The call itself failed for want of a connection (a failed connect is no `Status`):
+        // the connection the handshake had just made was gone.
+        ended |= cause.downcast_ref::<tonic::Status>().is_some_and(|status| {
+            std::error::Error::source(status).is_some_and(|e| e.is::<tonic::transport::Error>())
+        });
+    }
+    ended.then(|| "the connection ended right after the handshake".to_owned())
 }

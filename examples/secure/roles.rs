@@ -11,13 +11,15 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use microkit::PATIENCE;
 use microkit::tls::Authority;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
-use crate::refusal::client_refusal;
+use crate::refusal::{client_refusal, refused_by_the_server};
 use crate::{HOST, Setup, call, greeter, serve_tls, server_config};
 
 /// Where the server writes the certificates and the client reads them: cargo's build folder,
@@ -191,13 +193,33 @@ async fn client(connect: SocketAddr, certs: &Path, name: &str) -> anyhow::Result
         let path = certs.join(file);
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
     };
+    let (ca, cert, key) = (read("ca.pem")?, read("client.pem")?, read("client.key")?);
+    // tonic skips what it cannot parse: a garbled CA would show up later as "signed by an
+    // unknown CA", a garbled key as a handshake error. Say which file is wrong instead.
+    let a_certificate = |text: &str| {
+        CertificateDer::pem_slice_iter(text.as_bytes()).next().is_some_and(|c| c.is_ok())
+    };
+    let a_key = PrivateKeyDer::from_pem_slice(key.as_bytes()).is_ok();
+    for (file, found, what) in [
+        ("ca.pem", a_certificate(&ca), "certificate"),
+        ("client.pem", a_certificate(&cert), "certificate"),
+        ("client.key", a_key, "private key"),
+    ] {
+        anyhow::ensure!(found, "{} holds no PEM {what}", certs.join(file).display());
+    }
     let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read("ca.pem")?))
-        .identity(Identity::from_pem(read("client.pem")?, read("client.key")?))
+        .ca_certificate(Certificate::from_pem(ca))
+        .identity(Identity::from_pem(cert, key))
         .domain_name(HOST);
-    let reply = call(connect, Some(tls), name).await.map_err(|e| match client_refusal(&e) {
-        Some(why) => anyhow::anyhow!("the client refused the server: {why}"),
-        None => e,
+    let reply = call(connect, Some(tls), name).await.map_err(|e| {
+        if let Some(why) = client_refusal(&e) {
+            anyhow::anyhow!("the client refused the server: {why}")
+        } else if let Some(why) = refused_by_the_server(&e) {
+            let hint = "most likely over its certificate; the server's log says why";
+            anyhow::anyhow!("the server turned this client away ({why}), {hint}")
+        } else {
+            e
+        }
     })?;
     println!("{reply}");
     Ok(())
