@@ -32,7 +32,7 @@ fn every_example_has_a_golden_file_a_note_and_an_in_process_test() {
         .collect();
     let mut missing = Vec::new();
     for topic in topics() {
-        if !microkit::golden::dir().join(format!("{topic}.txt")).is_file() {
+        if !common::golden::dir().join(format!("{topic}.txt")).is_file() {
             missing.push(format!("{topic}: no tests/golden/{topic}.txt (BLESS=1 creates it)"));
         }
         if !common::root().join("notes").join(format!("{topic}.md")).is_file() {
@@ -70,7 +70,7 @@ async fn every_example_prints_its_golden_output_and_exits_0() {
                 continue;
             }
             // The same comparison (and BLESS) as the in-process tests.
-            if let Err(difference) = microkit::golden::compare(&topic, &stdout) {
+            if let Err(difference) = common::golden::compare(&topic, &stdout) {
                 failures.push(format!("{topic} ({backend}): {difference}"));
             }
         }

@@ -16,7 +16,7 @@ fn each_note_quotes_the_output_its_golden_file_holds() {
     for topic in topics() {
         let (Ok(note), Ok(golden)) = (
             std::fs::read_to_string(root().join("notes").join(format!("{topic}.md"))),
-            std::fs::read_to_string(microkit::golden::dir().join(format!("{topic}.txt"))),
+            std::fs::read_to_string(common::golden::dir().join(format!("{topic}.txt"))),
         ) else {
             continue; // tests/examples.rs reports a missing note or golden file
         };

@@ -47,11 +47,10 @@ async fn handle(
         .first()
         .ok_or_else(|| ApiError::unavailable(format!("no node for service {service:?}")))?;
     let path = path_for_node(request.uri());
-    let response = gateway
-        .forwarder
-        .forward(&node.address, &path, request)
-        .await
-        .map_err(|e| ApiError::bad_gateway(format!("{service}: {e}")))?;
+    let response =
+        gateway.forwarder.forward(&node.address, &path, request).await.map_err(|e| {
+            ApiError::bad_gateway(format!("{service}: {}", microkit::error_chain(&e)))
+        })?;
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)

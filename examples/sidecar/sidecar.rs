@@ -117,7 +117,9 @@ async fn call_http(
         .body(Body::from(body))
         .expect("a valid request");
     let response = forwarder.forward(&node.address, &format!("/{method}"), request).await;
-    response.map_err(|e| JsonError::bad_gateway(format!("{}: {e}", node.service)))
+    response.map_err(|e| {
+        JsonError::bad_gateway(format!("{}: {}", node.service, microkit::error_chain(&e)))
+    })
 }
 
 /// The most programs the sidecar keeps registered at once: one sidecar serves one host's

@@ -77,7 +77,7 @@ impl Gateway {
         self.forwarder
             .forward(&node.address, &path, request)
             .await
-            .map_err(|e| ApiError::bad_gateway(format!("{service}: {e}")))
+            .map_err(|e| ApiError::bad_gateway(format!("{service}: {}", microkit::error_chain(&e))))
     }
 
     /// Requests passed on to a node, over the gateway's life.

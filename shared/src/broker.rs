@@ -121,7 +121,7 @@ pub trait Broker: Send + Sync + 'static {
 
 /// Checks a topic the same way on both brokers, so a topic that works in memory works on
 /// NATS too.
-pub fn check_topic(topic: &str) -> Result<(), BrokerError> {
+pub(crate) fn check_topic(topic: &str) -> Result<(), BrokerError> {
     let valid = !topic.is_empty()
         && topic.split('.').all(|word| {
             !word.is_empty()
@@ -133,7 +133,7 @@ pub fn check_topic(topic: &str) -> Result<(), BrokerError> {
 }
 
 /// Checks headers the same way on both brokers (NATS headers travel like HTTP/1 headers).
-pub fn check_headers(headers: &Headers) -> Result<(), BrokerError> {
+pub(crate) fn check_headers(headers: &Headers) -> Result<(), BrokerError> {
     for (name, value) in headers {
         let name_ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_graphic() && c != ':');
         if !name_ok || value.contains(['\r', '\n']) {

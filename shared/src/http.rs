@@ -212,13 +212,22 @@ impl axum::response::IntoResponse for ApiError {
     }
 }
 
-/// Why a forwarded request got no answer from the node.
+/// Why a forwarded request got no answer from the node. Each keeps its cause, so `{:#}`
+/// says what went wrong underneath (a refused connection, a reset, a bad URI).
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
-    #[error("bad node address {address:?}: {reason}")]
-    BadAddress { address: String, reason: String },
-    #[error("node at {address} did not answer: {reason}")]
-    Unreachable { address: String, reason: String },
+    #[error("bad node address {address:?}")]
+    BadAddress {
+        address: String,
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+    #[error("node at {address} did not answer")]
+    Unreachable {
+        address: String,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
 }
 
 /// Passes HTTP/1.1 requests on to a node (`host:port`) and hands back its answer.
@@ -265,9 +274,9 @@ impl Forwarder {
         let upgrade = request.headers().get(header::UPGRADE).cloned();
         let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         let uri: Uri = format!("http://{address}{path_and_query}").parse().map_err(
-            |e: http::uri::InvalidUri| ForwardError::BadAddress {
+            |source: http::uri::InvalidUri| ForwardError::BadAddress {
                 address: address.to_owned(),
-                reason: e.to_string(),
+                source,
             },
         )?;
         *request.uri_mut() = uri;
@@ -280,9 +289,11 @@ impl Forwarder {
             headers.insert(header::CONNECTION, http::HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, protocol);
         }
-        let mut response = self.client.request(request).await.map_err(|e| {
-            ForwardError::Unreachable { address: address.to_owned(), reason: e.to_string() }
-        })?;
+        let mut response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|source| ForwardError::Unreachable { address: address.to_owned(), source })?;
         if response.status() == http::StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_side) = client_side
         {
@@ -305,7 +316,7 @@ impl Forwarder {
             .client
             .request(request)
             .await
-            .map_err(|e| ForwardError::Unreachable { address, reason: e.to_string() })?;
+            .map_err(|source| ForwardError::Unreachable { address, source })?;
         Ok(response.map(Body::new))
     }
 }
@@ -424,5 +435,8 @@ mod tests {
         let request = Request::get("/").body(Body::empty()).unwrap();
         let error = Forwarder::new().forward(&port.to_string(), "/", request).await.unwrap_err();
         assert!(error.to_string().contains(&port.to_string()), "{error}");
+        // The cause is kept, so the whole story can be told.
+        let chain = crate::error_chain(&error);
+        assert!(chain.len() > error.to_string().len() && chain.contains("onnect"), "{chain}");
     }
 }

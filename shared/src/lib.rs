@@ -15,16 +15,14 @@
 //! - [`nats`]: a private `nats-server` (single node or a small cluster) for demos and tests.
 //! - [`tls`]: an in-memory certificate authority with server and client certificates.
 //! - [`signal`]: the stop request (SIGTERM, SIGINT, SIGHUP) every long-running role honours.
-//! - [`out`] and [`golden`]: deterministic stdout, logs on stderr, golden-file checks.
+//! - [`report`] and [`init_tracing`]: how every example's `main` ends and where its logs go.
 
 pub mod backend;
 pub mod broker;
 pub mod discovery;
-pub mod golden;
 pub mod greeter;
 pub mod http;
 pub mod nats;
-pub mod out;
 pub mod registered;
 pub mod registry;
 pub mod server;
@@ -44,7 +42,41 @@ pub mod proto {
     }
 }
 
-pub use out::{Out, init_tracing, report};
+/// Ends `main`: an error is printed on stderr with its causes, and the exit code is 1.
+///
+/// Used instead of returning `anyhow::Result` from `main`, whose `Debug` output adds a
+/// backtrace when `RUST_BACKTRACE` is set: a learner should see one clear sentence.
+pub fn report(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes on one line (`outer: inner: root`), for a message that leaves
+/// the process (an HTTP answer, a printed line) where `{:#}` of anyhow is not at hand.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        line.push_str(": ");
+        line.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    line
+}
+
+/// Sends logs to stderr, filtered by `RUST_LOG` (default: warnings and errors only), so
+/// stdout holds an example's results alone. Safe to call more than once.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
 
 /// How long a demo or a test waits for something that should happen at once (a registry
 /// change to arrive, a message to be delivered): a guard against a hang, never a pace. Every

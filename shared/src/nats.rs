@@ -23,7 +23,7 @@ pub const INSTALL_HINT: &str =
     "install NATS (Debian/Ubuntu: `apt-get install nats-server`) or set NATS_URL";
 
 /// The `nats-server` binary, from PATH or Debian's folder.
-pub fn server_binary() -> Option<PathBuf> {
+fn server_binary() -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(FALLBACK_DIRS.iter().map(PathBuf::from))
@@ -238,7 +238,7 @@ fn free_port() -> std::io::Result<u16> {
 }
 
 /// True when a server could be started here.
-pub fn available() -> bool {
+pub(crate) fn available() -> bool {
     server_binary().is_some()
 }
 

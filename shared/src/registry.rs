@@ -110,6 +110,9 @@ pub struct Registration {
     registry: Arc<dyn Registry>,
     node: Node,
     heartbeat: CancellationToken,
+    /// The heartbeat task, awaited by `deregister` so no beat in flight can list the node
+    /// again after it left.
+    beating: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Registration {
@@ -122,7 +125,7 @@ impl Registration {
         registry.register(&node, ttl).await?;
         let heartbeat = CancellationToken::new();
         let (reg, beat_node, stop) = (registry.clone(), node.clone(), heartbeat.clone());
-        tokio::spawn(async move {
+        let beating = tokio::spawn(async move {
             let mut tick = tokio::time::interval(ttl / 3);
             tick.tick().await; // the first tick is immediate; we just registered
             loop {
@@ -136,7 +139,7 @@ impl Registration {
                 }
             }
         });
-        Ok(Registration { registry, node, heartbeat })
+        Ok(Registration { registry, node, heartbeat, beating: Some(beating) })
     }
 
     pub fn node(&self) -> &Node {
@@ -144,8 +147,15 @@ impl Registration {
     }
 
     /// A graceful stop: no more heartbeats, and the node leaves the registry at once.
-    pub async fn deregister(self) -> Result<(), RegistryError> {
+    pub async fn deregister(mut self) -> Result<(), RegistryError> {
         self.heartbeat.cancel();
+        // A beat already on its way would register the node again right after it left:
+        // wait until the heartbeat task has ended (a cancelled one ends at its next await).
+        if let Some(mut beating) = self.beating.take()
+            && tokio::time::timeout(crate::PATIENCE, &mut beating).await.is_err()
+        {
+            beating.abort();
+        }
         self.registry.deregister(&self.node.service, &self.node.id).await
     }
 }
@@ -161,6 +171,41 @@ impl Drop for Registration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::MemoryRegistry;
+
+    /// A registry whose writes take a while, as a remote one's do.
+    struct Slow(MemoryRegistry);
+
+    #[async_trait]
+    impl Registry for Slow {
+        async fn register(&self, node: &Node, ttl: Duration) -> Result<(), RegistryError> {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            self.0.register(node, ttl).await
+        }
+        async fn deregister(&self, service: &str, id: &str) -> Result<(), RegistryError> {
+            self.0.deregister(service, id).await
+        }
+        async fn nodes(&self, service: &str) -> Result<Vec<Node>, RegistryError> {
+            self.0.nodes(service).await
+        }
+        async fn watch(&self, service: &str) -> Result<BoxStream<'static, Change>, RegistryError> {
+            self.0.watch(service).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_heartbeat_in_flight_does_not_list_a_node_again_after_it_left() {
+        let memory = MemoryRegistry::new();
+        let registry: Arc<dyn Registry> = Arc::new(Slow(memory.clone()));
+        let node = Node::new("greeter", "a", "127.0.0.1:1");
+        let ttl = Duration::from_secs(3);
+        let registration = Registration::start(registry, node, ttl).await.unwrap();
+        // The first beat starts at ttl/3 and takes 100 ms: deregister in the middle of it.
+        tokio::time::sleep(ttl / 3 + Duration::from_millis(50)).await;
+        registration.deregister().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await; // the beat, had it gone on
+        assert!(memory.nodes("greeter").await.unwrap().is_empty(), "listed again after leaving");
+    }
 
     #[test]
     fn an_error_keeps_its_cause_for_the_whole_chain() {

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
+pub mod golden;
+
 /// The workspace root.
 pub fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -46,7 +46,10 @@ impl NatsBroker {
     }
 
     /// Connects with each subscription buffering up to `capacity` messages.
-    pub async fn connect_with_capacity(url: &str, capacity: usize) -> Result<Self, BrokerError> {
+    pub(crate) async fn connect_with_capacity(
+        url: &str,
+        capacity: usize,
+    ) -> Result<Self, BrokerError> {
         let slow_consumer_drops = Arc::new(AtomicU64::new(0));
         let closed = Arc::new(AtomicBool::new(false));
         let (counter, draining) = (slow_consumer_drops.clone(), closed.clone());

@@ -5,12 +5,9 @@
 
 use std::path::PathBuf;
 
-/// The folder of golden files, at the workspace root.
+/// The folder of golden files.
 pub fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the shared crate lives inside the workspace")
-        .join("tests/golden")
+    super::root().join("tests/golden")
 }
 
 /// Compares `actual` with the golden file of `topic` (or rewrites it under `BLESS=1`),
@@ -32,14 +29,4 @@ pub fn compare(topic: &str, actual: &str) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// [`compare`] as a test assertion.
-///
-/// # Panics
-/// When the output differs from the golden file, or there is none.
-pub fn assert_matches(topic: &str, actual: &str) {
-    if let Err(difference) = compare(topic, actual) {
-        panic!("{difference}");
-    }
 }
