@@ -49,6 +49,30 @@ fi
 # leftovers from anything else on the machine (see the check at the bottom).
 export MICRO_TEST_RUN="test-$$-$(date +%s)"
 
+# A Python virtual environment for the interop tests (clients nobody here wrote: nats-py for
+# tests/transport.rs), in target/py. It installs scripts/requirements.txt again only when that
+# file changed since the last install.
+if [ ! -x target/py/bin/python ]; then
+  if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      echo "== installing python3-venv (Debian package)"
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    else
+      echo "scripts/test.sh needs Python's venv module: install it (Debian/Ubuntu: sudo apt-get install python3-venv)" >&2
+      exit 1
+    fi
+  fi
+  echo "== python3 -m venv target/py"
+  mkdir -p target
+  python3 -m venv target/py || { rm -rf target/py; exit 1; }
+fi
+if ! cmp -s scripts/requirements.txt target/py/installed-requirements.txt; then
+  echo "== pip install -r scripts/requirements.txt (into target/py)"
+  target/py/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
+  cp scripts/requirements.txt target/py/installed-requirements.txt
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -34,6 +34,7 @@ pub const TOPICS: &[Topic] = &[
     topic("event", true),
     topic("metadata", false),
     topic("mocking", false),
+    topic("proxy", true),
     topic("pubsub", true),
     topic("redirect", true),
     topic("round-robin", true),
@@ -126,6 +127,20 @@ pub async fn run_within(mut command: Command, limit: Duration) -> Output {
         Ok(output) => output.expect("waiting for an example"),
         Err(_) => panic!("{command:?} did not finish within {limit:?}"),
     }
+}
+
+/// The Python of the virtual environment that `scripts/test.sh` makes in `target/py`, with
+/// the interop clients of `scripts/requirements.txt` (nats-py, ...) installed. A test that
+/// needs it fails, never skips, when it is missing.
+pub fn python() -> PathBuf {
+    let python = root().join("target").join("py").join("bin").join("python");
+    assert!(
+        python.is_file(),
+        "{} is missing: run scripts/test.sh, which creates the virtual environment target/py \
+         and installs scripts/requirements.txt into it",
+        python.display()
+    );
+    python
 }
 
 pub fn text(bytes: &[u8]) -> String {
