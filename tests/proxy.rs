@@ -43,7 +43,10 @@ fn metadata(map: &MetadataMap, key: &str) -> String {
 
 #[tonic::async_trait]
 impl Greeter for Echo {
-    async fn say_hello(&self, request: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
+    async fn say_hello(
+        &self,
+        request: Request<HelloRequest>,
+    ) -> Result<Response<HelloReply>, Status> {
         let md = request.metadata();
         let trace = md.get_bin("x-trace-bin").and_then(|v| v.to_bytes().ok()).unwrap_or_default();
         let message = format!(
@@ -219,7 +222,9 @@ async fn what_cannot_be_routed_is_refused_and_streams_are_bounded() {
     loop {
         match greeter.say_hello(hello("fourth")).await {
             Ok(_) => break,
-            Err(status) if status.code() == Code::ResourceExhausted && Instant::now() < deadline => {
+            Err(status)
+                if status.code() == Code::ResourceExhausted && Instant::now() < deadline =>
+            {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             Err(status) => panic!("the freed slot was never given back: {status:?}"),
@@ -254,7 +259,10 @@ async fn a_node_that_dies_mid_stream_fails_the_stream_instead_of_hanging_it() {
     // It is still listed until its TTL ends: the next call to it is refused, not hung.
     let status = greeter.say_hello(hello("after")).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert!(status.message().starts_with("node echo-1 of greeter.v1.Greeter unreachable"), "{status:?}");
+    assert!(
+        status.message().starts_with("node echo-1 of greeter.v1.Greeter unreachable"),
+        "{status:?}"
+    );
 }
 
 /// Python's grpcio, with stubs it generates now from `shared/proto/greeter.proto` and the

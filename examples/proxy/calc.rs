@@ -86,7 +86,8 @@ where
                     let add = tower::service_fn(move |r: Request<AddRequest>| {
                         let node = node.clone();
                         async move {
-                            let sum = r.into_inner().terms.iter().fold(0i64, |a, t| a.wrapping_add(*t));
+                            let sum =
+                                r.into_inner().terms.iter().fold(0i64, |a, t| a.wrapping_add(*t));
                             Ok::<_, Status>(Response::new(AddReply { sum, node }))
                         }
                     });
@@ -131,7 +132,8 @@ impl CalculatorClient {
     pub async fn add(&mut self, terms: Vec<i64>) -> Result<AddReply, Status> {
         self.ready().await?;
         let path = PathAndQuery::from_static("/calc.v1.Calculator/Add");
-        let reply = self.grpc.unary(Request::new(AddRequest { terms }), path, ProstCodec::default());
+        let reply =
+            self.grpc.unary(Request::new(AddRequest { terms }), path, ProstCodec::default());
         Ok(reply.await?.into_inner())
     }
 

@@ -49,7 +49,8 @@ use proxy::{Limits, Proxy, ProxyServer};
 use roles::{GREETER, start_calc, start_greeter};
 
 /// Where the one-process story's proxy listens: any free loopback port.
-const LOOPBACK: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+const LOOPBACK: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
 /// One process, the whole story: two services through one proxy, nodes coming and going.
 async fn demo(registry: &Arc<dyn Registry>, ttl: Duration) -> anyhow::Result<()> {
@@ -71,7 +72,8 @@ async fn demo(registry: &Arc<dyn Registry>, ttl: Duration) -> anyhow::Result<()>
         println!("  Greeter/SayHello {name}: {:?} from {}", reply.message, reply.node);
     }
     let request = GreetingsRequest { name: "cy".into(), count: 3, interval_ms: 0 };
-    let replies: Vec<HelloReply> = greeter.greetings(request).await?.into_inner().try_collect().await?;
+    let replies: Vec<HelloReply> =
+        greeter.greetings(request).await?.into_inner().try_collect().await?;
     let seqs: Vec<String> = replies.iter().map(|r| r.seq.to_string()).collect();
     println!("  Greeter/Greetings cy: replies {} from {}", seqs.join(", "), replies[0].node);
     let names = futures::stream::iter(["di", "ed"].map(hello));
@@ -95,7 +97,8 @@ async fn demo(registry: &Arc<dyn Registry>, ttl: Duration) -> anyhow::Result<()>
     for path in ["/billing.v1.Billing/Charge", "/greeter.v1.Greeter/Shout", "/no-service"] {
         let refused_before = proxy.refused.load(Ordering::Relaxed);
         let status = call_path(channel.clone(), path).await;
-        let by = if proxy.refused.load(Ordering::Relaxed) > refused_before { "proxy" } else { "node" };
+        let by =
+            if proxy.refused.load(Ordering::Relaxed) > refused_before { "proxy" } else { "node" };
         println!("  {path}: {:?} from the {by} {:?}", status.code(), status.message());
     }
     let endless = GreetingsRequest { name: "hal".into(), count: 0, interval_ms: 5 };

@@ -9,18 +9,18 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
-use std::pin::Pin;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, Uri, header};
 use http_body::{Body as HttpBody, Frame};
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use microkit::PATIENCE;
 use microkit::discovery::LiveNodes;
@@ -61,7 +61,8 @@ pub struct Route<'a> {
 /// server answers a method it does not have.
 pub fn route(path: &str) -> Result<Route<'_>, Status> {
     let malformed = || Status::unimplemented(format!("malformed gRPC path {path:?}"));
-    let (service, method) = path.strip_prefix('/').and_then(|p| p.split_once('/')).ok_or_else(malformed)?;
+    let (service, method) =
+        path.strip_prefix('/').and_then(|p| p.split_once('/')).ok_or_else(malformed)?;
     let word = |s: &str, dots: bool| {
         !s.is_empty()
             && s.len() <= 128
@@ -155,7 +156,8 @@ impl Proxy {
                 self.limits.max_streams
             ))
         })?;
-        let node = self.rotation(service).await?.get().expect("initialised by rotation()").pick()?;
+        let node =
+            self.rotation(service).await?.get().expect("initialised by rotation()").pick()?;
 
         let (mut parts, body) = request.into_parts();
         parts.uri = Uri::try_from(format!("http://{}{path}", node.address))
@@ -172,14 +174,23 @@ impl Proxy {
             None => sent.await.map_err(unreachable)?,
             Some(deadline) => tokio::time::timeout(deadline, sent)
                 .await
-                .map_err(|_| Status::deadline_exceeded(format!("no answer from {} in time", node.id)))?
+                .map_err(|_| {
+                    Status::deadline_exceeded(format!("no answer from {} in time", node.id))
+                })?
                 .map_err(unreachable)?,
         };
-        Ok(response.map(|body| Body::new(Passing { body, node: node.id, permit: Some(permit), ended: false })))
+        Ok(response.map(|body| {
+            Body::new(Passing { body, node: node.id, permit: Some(permit), ended: false })
+        }))
     }
 
     /// Waits until the proxy's view of `service` shows exactly the nodes `ids`.
-    pub async fn wait_for(&self, service: &str, ids: &[&str], limit: Duration) -> anyhow::Result<()> {
+    pub async fn wait_for(
+        &self,
+        service: &str,
+        ids: &[&str],
+        limit: Duration,
+    ) -> anyhow::Result<()> {
         let cell = self.rotation(service).await?;
         let rotation = cell.get().expect("initialised by rotation()");
         rotation.nodes.wait_for_ids(ids, limit).await
@@ -208,7 +219,8 @@ impl Proxy {
     }
 
     async fn watch(&self, service: &str) -> Result<Rotation, Status> {
-        let failed = |e: microkit::registry::RegistryError| Status::unavailable(format!("registry: {e}"));
+        let failed =
+            |e: microkit::registry::RegistryError| Status::unavailable(format!("registry: {e}"));
         let nodes = LiveNodes::watch(&self.registry, service).await.map_err(failed)?;
         let listed: Vec<String> =
             self.registry.nodes(service).await.map_err(failed)?.into_iter().map(|n| n.id).collect();
@@ -257,7 +269,10 @@ impl HttpBody for Passing {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.project();
         if *this.ended {
             return Poll::Ready(None);
@@ -274,7 +289,8 @@ impl HttpBody for Passing {
                 *this.ended = true;
                 this.permit.take();
                 tracing::info!(node = %this.node, "the node went away mid-stream: {e}");
-                let status = Status::unavailable(format!("node {} went away mid-stream", this.node));
+                let status =
+                    Status::unavailable(format!("node {} went away mid-stream", this.node));
                 let mut trailers = status.into_http::<()>().into_parts().0.headers;
                 trailers.remove(header::CONTENT_TYPE);
                 Poll::Ready(Some(Ok(Frame::trailers(trailers))))
@@ -348,5 +364,38 @@ impl ProxyServer {
         let _ = self.accepting.await;
         self.connections.close();
         tokio::time::timeout(drain, self.connections.wait()).await.is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_grpc_path_names_a_service_and_a_method() {
+        let route = route("/greeter.v1.Greeter/SayHello").unwrap();
+        assert_eq!(route, Route { service: "greeter.v1.Greeter", method: "SayHello" });
+        for bad in ["", "/", "/x", "x/y", "/x/", "//y", "/x/y/z", "/x y/z", "/x/y.z", "/x-y/z"] {
+            let status = route(bad).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::Unimplemented, "{bad:?}");
+        }
+        assert!(route(&format!("/{}/M", "s".repeat(129))).is_err(), "a bound on the name");
+    }
+
+    #[test]
+    fn grpc_timeout_is_read_in_every_unit() {
+        let timeout = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("grpc-timeout", value.parse().unwrap());
+            grpc_timeout(&headers)
+        };
+        assert_eq!(timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(timeout("300m"), Some(Duration::from_millis(300)));
+        assert_eq!(timeout("7000000u"), Some(Duration::from_secs(7)));
+        assert_eq!(timeout("1H"), Some(Duration::from_secs(3600)));
+        for bad in ["", "S", "5", "5x", "123456789S", "-1S"] {
+            assert_eq!(timeout(bad), None, "{bad:?}");
+        }
+        assert_eq!(grpc_timeout(&HeaderMap::new()), None);
     }
 }

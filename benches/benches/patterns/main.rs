@@ -6,6 +6,7 @@
 
 mod broker;
 mod grpc;
+mod proxy;
 mod sharding;
 mod tls;
 mod tunnel;
@@ -21,6 +22,9 @@ mod link;
 #[allow(dead_code)]
 #[path = "../../../examples/tunnel/session.rs"]
 mod session;
+// The proxy example's proxy, likewise (its calc service and roles stay out).
+#[path = "../../../examples/proxy/proxy.rs"]
+mod proxy_code;
 // The sharding example's node choosers, likewise.
 #[path = "../../../examples/sharding/hashing.rs"]
 mod hashing;
@@ -51,6 +55,9 @@ fn main() {
         }
         if wanted("tunnel") {
             rows.extend(tunnel::rows(effort).await);
+        }
+        if wanted("proxy") {
+            rows.extend(proxy::rows(effort).await);
         }
         if wanted("tls") {
             rows.extend(tls::rows(effort).await);
