@@ -55,9 +55,8 @@ impl Greeter for Echo {
             trace.as_ref(),
             metadata(md, "grpc-timeout")
         );
-        match request.get_ref().name.as_str() {
-            "fail" => return Err(Status::not_found("no such name")),
-            _ => {}
+        if request.get_ref().name == "fail" {
+            return Err(Status::not_found("no such name"));
         }
         let mut response = Response::new(HelloReply { message, node: "echo".into(), seq: 0 });
         response.metadata_mut().insert("x-served-by", MetadataValue::from_static("echo"));

@@ -373,8 +373,8 @@ mod tests {
 
     #[test]
     fn a_grpc_path_names_a_service_and_a_method() {
-        let route = route("/greeter.v1.Greeter/SayHello").unwrap();
-        assert_eq!(route, Route { service: "greeter.v1.Greeter", method: "SayHello" });
+        let parsed = route("/greeter.v1.Greeter/SayHello").unwrap();
+        assert_eq!(parsed, Route { service: "greeter.v1.Greeter", method: "SayHello" });
         for bad in ["", "/", "/x", "x/y", "/x/", "//y", "/x/y/z", "/x y/z", "/x/y.z", "/x-y/z"] {
             let status = route(bad).unwrap_err();
             assert_eq!(status.code(), tonic::Code::Unimplemented, "{bad:?}");

@@ -23,6 +23,7 @@ mod link;
 #[path = "../../../examples/tunnel/session.rs"]
 mod session;
 // The proxy example's proxy, likewise (its calc service and roles stay out).
+#[allow(dead_code)]
 #[path = "../../../examples/proxy/proxy.rs"]
 mod proxy_code;
 // The sharding example's node choosers, likewise.
