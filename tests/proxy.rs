@@ -21,8 +21,8 @@ use microkit::proto::greeter::{GreetingsRequest, HelloReply, HelloRequest, Names
 use microkit::registered::Registered;
 use microkit::registry::{NatsRegistry, Registry};
 use microkit::server::RunningServer;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Child;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout};
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::service::Routes;
 use tonic::transport::{Channel, Endpoint};
@@ -55,8 +55,10 @@ impl Greeter for Echo {
             trace.as_ref(),
             metadata(md, "grpc-timeout")
         );
-        if request.get_ref().name == "fail" {
-            return Err(Status::not_found("no such name"));
+        match request.get_ref().name.as_str() {
+            "fail" => return Err(Status::not_found("no such name")),
+            "slow" => tokio::time::sleep(PATIENCE * 2).await,
+            _ => {}
         }
         let mut response = Response::new(HelloReply { message, node: "echo".into(), seq: 0 });
         response.metadata_mut().insert("x-served-by", MetadataValue::from_static("echo"));
@@ -104,9 +106,32 @@ impl Greeter for Echo {
 struct Setup {
     nats: NatsServer,
     registry: Arc<dyn Registry>,
-    proxy: Child,
+    proxy: Role,
     addr: String,
     channel: Channel,
+}
+
+/// A role of the example running as a process, and the rest of its stdout.
+struct Role {
+    child: Child,
+    stdout: Lines<BufReader<ChildStdout>>,
+}
+
+impl Role {
+    /// Asks it to stop as every long-running role is asked (SIGTERM); its last line and
+    /// whether it exited 0.
+    async fn stop(mut self) -> (String, bool) {
+        let pid = self.child.id().unwrap().to_string();
+        let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(status.success());
+        let mut last = String::new();
+        while let Ok(Ok(Some(line))) = tokio::time::timeout(PATIENCE, self.stdout.next_line()).await
+        {
+            last = line;
+        }
+        let exit = tokio::time::timeout(PATIENCE, self.child.wait()).await.unwrap().unwrap();
+        (last, exit.success())
+    }
 }
 
 async fn setup(extra: &[&str]) -> Setup {
@@ -119,7 +144,7 @@ async fn setup(extra: &[&str]) -> Setup {
 }
 
 /// Runs a role of the example; returns it and the address its first line names.
-async fn spawn_role(nats: &NatsServer, args: &[&str], extra: &[&str]) -> (Child, String) {
+async fn spawn_role(nats: &NatsServer, args: &[&str], extra: &[&str]) -> (Role, String) {
     let mut command = common::example("proxy");
     command.env("NATS_URL", nats.url()).args(args).args(extra);
     let mut child = command.spawn().unwrap();
@@ -129,8 +154,7 @@ async fn spawn_role(nats: &NatsServer, args: &[&str], extra: &[&str]) -> (Child,
     // "proxy listening on 127.0.0.1:<port>; ..." or "calc-a serving calc.v1.Calculator on ..."
     let addr = first.split(" on ").nth(1).unwrap().split(';').next().unwrap().to_owned();
     assert!(addr.starts_with("127.0.0.1:"), "{first}");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
+    (Role { child, stdout: lines }, addr)
 }
 
 async fn echo_node(registry: &Arc<dyn Registry>, id: &str) -> Registered<RunningServer> {
@@ -140,6 +164,40 @@ async fn echo_node(registry: &Arc<dyn Registry>, id: &str) -> Registered<Running
 
 fn hello(name: &str) -> HelloRequest {
     HelloRequest { name: name.into() }
+}
+
+/// A unary gRPC call by hand over HTTP/2: its response headers and trailers, merged.
+async fn raw_unary(
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    message: &impl prost::Message,
+) -> http::HeaderMap {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let executor = hyper_util::rt::TokioExecutor::new();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(executor, io).await.unwrap();
+    tokio::spawn(connection);
+    let payload = message.encode_to_vec();
+    let mut frame = vec![0u8]; // not compressed
+    frame.extend((payload.len() as u32).to_be_bytes());
+    frame.extend(payload);
+    let mut request = http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let body = http_body_util::Full::new(bytes::Bytes::from(frame));
+    let response = sender.send_request(request.body(body).unwrap()).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let mut answer = parts.headers;
+    if let Some(trailers) = body.collect().await.unwrap().trailers() {
+        answer.extend(trailers.clone());
+    }
+    answer
 }
 
 /// A unary call to any path: the status the proxy (or a node) answers with.
@@ -176,6 +234,19 @@ async fn metadata_deadline_status_and_trailers_pass_through() {
 
     let status = greeter.say_hello(hello("fail")).await.unwrap_err();
     assert_eq!((status.code(), status.message()), (Code::NotFound, "no such name"));
+
+    // The deadline binds the node: a caller with no timer of its own (a raw HTTP/2 client
+    // here; tonic's would give up by itself) still hears DeadlineExceeded at the deadline.
+    let started = Instant::now();
+    let headers = [("grpc-timeout", "300m")];
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        raw_unary(&setup.addr, "/greeter.v1.Greeter/SayHello", &headers, &hello("slow")),
+    )
+    .await
+    .expect("the deadline must end the call");
+    assert_eq!(answer.get("grpc-status").map(|v| v.as_bytes()), Some(&b"4"[..]), "{answer:?}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
 
     let request = GreetingsRequest { name: "bo".into(), count: 2, interval_ms: 0 };
     let mut stream = greeter.greetings(request).await.unwrap().into_inner();
@@ -293,8 +364,8 @@ except grpc.RpcError as e:
 async fn python_grpcio_calls_both_services_through_the_proxy() {
     let python = common::python();
     let setup = setup(&[]).await;
-    let (_greeter, _) = spawn_role(&setup.nats, &["greeter", "--name", "greeter-a"], &[]).await;
-    let (_calc, _) = spawn_role(&setup.nats, &["calc", "--name", "calc-a"], &[]).await;
+    let (greeter, _) = spawn_role(&setup.nats, &["greeter", "--name", "greeter-a"], &[]).await;
+    let (calc, _) = spawn_role(&setup.nats, &["calc", "--name", "calc-a"], &[]).await;
 
     let stubs = tempfile::tempdir().unwrap();
     let root = common::root();
@@ -326,4 +397,12 @@ async fn python_grpcio_calls_both_services_through_the_proxy() {
          Count: [1, 2, 3]\n\
          Billing: UNAVAILABLE no node of service \"billing.v1.Billing\" in the registry\n"
     );
+    // Every role stops the same way: its tally, exit 0. Five calls went through, one
+    // (the unknown service) was refused.
+    let (last, ok) = setup.proxy.stop().await;
+    assert_eq!(last, "proxy stopped: 5 calls forwarded, 1 refused, every call finished");
+    assert!(ok, "the proxy exits 0 when asked to stop");
+    for (role, name) in [(greeter, "greeter-a"), (calc, "calc-a")] {
+        assert_eq!(role.stop().await, (format!("{name} deregistered and stopped"), true));
+    }
 }
