@@ -97,7 +97,9 @@ fn no_node(service: &str) -> Status {
 /// The proxy itself: a registry, a rotation per service, one HTTP/2 client for every node.
 pub struct Proxy {
     registry: Arc<dyn Registry>,
-    services: Mutex<HashMap<String, Arc<OnceCell<Rotation>>>>,
+    /// Each service's rotation, made on its first call (the cell lets one caller make it
+    /// while the others of that service wait, and callers of other services do not).
+    services: Mutex<HashMap<String, Arc<OnceCell<Arc<Rotation>>>>>,
     /// HTTP/2 only, one pooled connection per node: a gRPC node speaks nothing else.
     client: Client<HttpConnector, Body>,
     streams: Arc<Semaphore>,
@@ -156,8 +158,7 @@ impl Proxy {
                 self.limits.max_streams
             ))
         })?;
-        let node =
-            self.rotation(service).await?.get().expect("initialised by rotation()").pick()?;
+        let node = self.rotation(service).await?.pick()?;
 
         let (mut parts, body) = request.into_parts();
         parts.uri = Uri::try_from(format!("http://{}{path}", node.address))
@@ -191,15 +192,13 @@ impl Proxy {
         ids: &[&str],
         limit: Duration,
     ) -> anyhow::Result<()> {
-        let cell = self.rotation(service).await?;
-        let rotation = cell.get().expect("initialised by rotation()");
-        rotation.nodes.wait_for_ids(ids, limit).await
+        self.rotation(service).await?.nodes.wait_for_ids(ids, limit).await
     }
 
     /// The rotation of `service`: watched from its first call on, once the registry's nodes
     /// are in view. An unknown service is refused, not watched, so a caller cannot make the
     /// proxy watch names without end.
-    async fn rotation(&self, service: &str) -> Result<Arc<OnceCell<Rotation>>, Status> {
+    async fn rotation(&self, service: &str) -> Result<Arc<Rotation>, Status> {
         let cell = {
             let mut services = self.services.lock().unwrap();
             if !services.contains_key(service) && services.len() >= self.limits.max_services {
@@ -210,15 +209,16 @@ impl Proxy {
             }
             services.entry(service.to_owned()).or_default().clone()
         };
-        let watched = cell.get_or_try_init(|| self.watch(service)).await.map(drop);
-        if let Err(status) = watched {
-            self.services.lock().unwrap().remove(service);
-            return Err(status);
+        match cell.get_or_try_init(|| self.watch(service)).await {
+            Ok(rotation) => Ok(rotation.clone()),
+            Err(status) => {
+                self.services.lock().unwrap().remove(service);
+                Err(status)
+            }
         }
-        Ok(cell)
     }
 
-    async fn watch(&self, service: &str) -> Result<Rotation, Status> {
+    async fn watch(&self, service: &str) -> Result<Arc<Rotation>, Status> {
         let failed =
             |e: microkit::registry::RegistryError| Status::unavailable(format!("registry: {e}"));
         let nodes = LiveNodes::watch(&self.registry, service).await.map_err(failed)?;
@@ -233,7 +233,7 @@ impl Proxy {
         if let Err(e) = nodes.wait_for_ids(&listed, PATIENCE).await {
             tracing::warn!("{e}");
         }
-        Ok(Rotation { nodes, next: AtomicUsize::new(0) })
+        Ok(Arc::new(Rotation { nodes, next: AtomicUsize::new(0) }))
     }
 }
 
