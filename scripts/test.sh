@@ -45,8 +45,8 @@ if ! command -v python3 >/dev/null 2>&1; then
   fi
 fi
 
-# A Python virtual environment for the interop tests (clients nobody here wrote: nats-py for
-# tests/transport.rs), in target/py. It installs scripts/requirements.txt again only when that
+# A Python virtual environment for the interop tests (clients nobody here wrote: nats-py,
+# grpcio and its tools, in scripts/requirements.txt), in target/py. It installs scripts/requirements.txt again only when that
 # file changed since the last install.
 if [ ! -x target/py/bin/python ]; then
   if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then

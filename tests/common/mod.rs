@@ -36,6 +36,7 @@ pub const TOPICS: &[Topic] = &[
     topic("event", true),
     topic("metadata", false),
     topic("mocking", false),
+    topic("proxy", true),
     topic("pubsub", true),
     topic("redirect", true),
     topic("retry", true),

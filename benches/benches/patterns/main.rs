@@ -6,6 +6,7 @@
 
 mod broker;
 mod grpc;
+mod proxy;
 mod retry;
 mod sharding;
 mod tls;
@@ -23,6 +24,10 @@ mod link;
 #[allow(dead_code)]
 #[path = "../../../examples/tunnel/session.rs"]
 mod session;
+// The proxy example's proxy, likewise (its calc service and roles stay out).
+#[allow(dead_code)]
+#[path = "../../../examples/proxy/proxy.rs"]
+mod proxy_code;
 // The sharding example's node choosers, likewise.
 #[path = "../../../examples/sharding/hashing.rs"]
 mod hashing;
@@ -62,6 +67,9 @@ fn main() {
         }
         if wanted("tunnel") {
             rows.extend(tunnel::rows(effort).await);
+        }
+        if wanted("proxy") {
+            rows.extend(proxy::rows(effort).await);
         }
         if wanted("tls") {
             rows.extend(tls::rows(effort).await);

@@ -1,0 +1,406 @@
+//! The proxy: any gRPC call in, the same call out to a node of the service its path names.
+//!
+//! It is compiled against no proto. A gRPC request is an HTTP/2 POST to
+//! `/<package>.<Service>/<Method>`; the proxy reads that path, looks the service up in the
+//! registry, takes the next node in turn and hands hyper the request to send there, headers
+//! and body as they came. The reply goes back the same way: its frames stream through unread,
+//! its trailers (where gRPC's status lives) after them.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, Uri, header};
+use http_body::{Body as HttpBody, Frame};
+use hyper::server::conn::http2;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use microkit::PATIENCE;
+use microkit::discovery::LiveNodes;
+use microkit::registry::{Node, Registry};
+use tokio::net::TcpListener;
+use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::Status;
+use tonic::body::Body;
+
+/// The bounds that keep one caller from taking the proxy for itself.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Streams (calls) in flight through the proxy at once, over every connection.
+    pub max_streams: u32,
+    /// Streams one client connection may open at once (HTTP/2's own setting).
+    pub max_streams_per_connection: u32,
+    /// Services the proxy keeps watching in the registry.
+    pub max_services: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_streams: 256, max_streams_per_connection: 64, max_services: 64 }
+    }
+}
+
+/// What a path names: the service (the registry's name for it) and the method.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Route<'a> {
+    pub service: &'a str,
+    pub method: &'a str,
+}
+
+/// `/<package>.<Service>/<Method>` and nothing else: two segments of letters, digits, `_`
+/// and (in the service) dots. Anything else is no gRPC call: `Unimplemented`, as a gRPC
+/// server answers a method it does not have.
+pub fn route(path: &str) -> Result<Route<'_>, Status> {
+    let malformed = || Status::unimplemented(format!("malformed gRPC path {path:?}"));
+    let (service, method) =
+        path.strip_prefix('/').and_then(|p| p.split_once('/')).ok_or_else(malformed)?;
+    let word = |s: &str, dots: bool| {
+        !s.is_empty()
+            && s.len() <= 128
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || (dots && b == b'.'))
+    };
+    if !word(service, true) || !word(method, false) {
+        return Err(malformed());
+    }
+    Ok(Route { service, method })
+}
+
+/// One service's nodes and its turn counter: the round-robin rotation.
+struct Rotation {
+    nodes: LiveNodes,
+    next: AtomicUsize,
+}
+
+impl Rotation {
+    fn pick(&self) -> Result<Node, Status> {
+        let nodes = self.nodes.current();
+        if nodes.is_empty() {
+            return Err(no_node(self.nodes.service()));
+        }
+        Ok(nodes[self.next.fetch_add(1, Ordering::Relaxed) % nodes.len()].clone())
+    }
+}
+
+fn no_node(service: &str) -> Status {
+    Status::unavailable(format!("no node of service \"{service}\" in the registry"))
+}
+
+/// The proxy itself: a registry, a rotation per service, one HTTP/2 client for every node.
+pub struct Proxy {
+    registry: Arc<dyn Registry>,
+    /// Each service's rotation, made on its first call (the cell lets one caller make it
+    /// while the others of that service wait, and callers of other services do not).
+    services: Mutex<HashMap<String, Arc<OnceCell<Arc<Rotation>>>>>,
+    /// HTTP/2 only, one pooled connection per node: a gRPC node speaks nothing else.
+    client: Client<HttpConnector, Body>,
+    streams: Arc<Semaphore>,
+    limits: Limits,
+    pub forwarded: AtomicU64,
+    pub refused: AtomicU64,
+}
+
+impl Proxy {
+    pub fn new(registry: Arc<dyn Registry>, limits: Limits) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let client = Client::builder(TokioExecutor::new()).http2_only(true).build(connector);
+        Proxy {
+            registry,
+            services: Mutex::default(),
+            client,
+            streams: Arc::new(Semaphore::new(limits.max_streams as usize)),
+            limits,
+            forwarded: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// Every call goes through here: a reply from the node, or a refusal with gRPC's status.
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<Body>
+    where
+        B: HttpBody<Data = Bytes> + Send + 'static,
+        B::Error: Into<tonic::codegen::StdError>,
+    {
+        match self.forward(request).await {
+            Ok(response) => {
+                self.forwarded.fetch_add(1, Ordering::Relaxed);
+                response
+            }
+            Err(status) => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(code = ?status.code(), "refused: {}", status.message());
+                status.into_http()
+            }
+        }
+    }
+
+    async fn forward<B>(&self, request: Request<B>) -> Result<Response<Body>, Status>
+    where
+        B: HttpBody<Data = Bytes> + Send + 'static,
+        B::Error: Into<tonic::codegen::StdError>,
+    {
+        let path = request.uri().path().to_owned();
+        let Route { service, .. } = route(&path)?;
+        // The permit travels with the reply's body: a stream holds its slot until it ends.
+        let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "the proxy carries at most {} streams at once",
+                self.limits.max_streams
+            ))
+        })?;
+        let node = self.rotation(service).await?.pick()?;
+
+        let (mut parts, body) = request.into_parts();
+        parts.uri = Uri::try_from(format!("http://{}{path}", node.address))
+            .map_err(|e| Status::internal(format!("bad address {}: {e}", node.address)))?;
+        // Everything else goes as it came: metadata, `te: trailers`, `grpc-timeout`.
+        let deadline = grpc_timeout(&parts.headers);
+        let sent = self.client.request(Request::from_parts(parts, Body::new(body)));
+        let unreachable = |e: hyper_util::client::legacy::Error| {
+            Status::unavailable(format!("node {} of {service} unreachable: {e}", node.id))
+        };
+        // The node enforces the deadline too; this bound only keeps the proxy from waiting
+        // on a node that never answers.
+        let response = match deadline {
+            None => sent.await.map_err(unreachable)?,
+            Some(deadline) => tokio::time::timeout(deadline, sent)
+                .await
+                .map_err(|_| {
+                    Status::deadline_exceeded(format!("no answer from {} in time", node.id))
+                })?
+                .map_err(unreachable)?,
+        };
+        Ok(response.map(|body| {
+            Body::new(Passing { body, node: node.id, permit: Some(permit), ended: false })
+        }))
+    }
+
+    /// Waits until the proxy's view of `service` shows exactly the nodes `ids`.
+    pub async fn wait_for(
+        &self,
+        service: &str,
+        ids: &[&str],
+        limit: Duration,
+    ) -> anyhow::Result<()> {
+        self.rotation(service).await?.nodes.wait_for_ids(ids, limit).await
+    }
+
+    /// The rotation of `service`: watched from its first call on, once the registry's nodes
+    /// are in view. An unknown service is refused, not watched, so a caller cannot make the
+    /// proxy watch names without end.
+    async fn rotation(&self, service: &str) -> Result<Arc<Rotation>, Status> {
+        let cell = {
+            let mut services = self.services.lock().unwrap();
+            if !services.contains_key(service) && services.len() >= self.limits.max_services {
+                return Err(Status::resource_exhausted(format!(
+                    "the proxy routes at most {} services",
+                    self.limits.max_services
+                )));
+            }
+            services.entry(service.to_owned()).or_default().clone()
+        };
+        match cell.get_or_try_init(|| self.watch(service)).await {
+            Ok(rotation) => Ok(rotation.clone()),
+            Err(status) => {
+                self.services.lock().unwrap().remove(service);
+                Err(status)
+            }
+        }
+    }
+
+    async fn watch(&self, service: &str) -> Result<Arc<Rotation>, Status> {
+        let failed =
+            |e: microkit::registry::RegistryError| Status::unavailable(format!("registry: {e}"));
+        let nodes = LiveNodes::watch(&self.registry, service).await.map_err(failed)?;
+        let listed: Vec<String> =
+            self.registry.nodes(service).await.map_err(failed)?.into_iter().map(|n| n.id).collect();
+        if listed.is_empty() {
+            return Err(no_node(service));
+        }
+        // The watch reports the nodes a moment after it starts; a node that left meanwhile
+        // only makes this wait end at its bound, with the nodes still there.
+        let listed: Vec<&str> = listed.iter().map(String::as_str).collect();
+        if let Err(e) = nodes.wait_for_ids(&listed, PATIENCE).await {
+            tracing::warn!("{e}");
+        }
+        Ok(Arc::new(Rotation { nodes, next: AtomicUsize::new(0) }))
+    }
+}
+
+/// A `grpc-timeout` header (`<digits><unit>`, units H M S m u n) as a duration.
+pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = digits.parse().ok().filter(|_| digits.len() <= 8)?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+pin_project_lite::pin_project! {
+    /// A node's reply body on its way back, frame by frame. If the node goes away mid-stream
+    /// the caller gets trailers saying so (`Unavailable` naming the node), never a hang.
+    struct Passing {
+        #[pin]
+        body: hyper::body::Incoming,
+        node: String,
+        permit: Option<OwnedSemaphorePermit>,
+        ended: bool,
+    }
+}
+
+impl HttpBody for Passing {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.project();
+        if *this.ended {
+            return Poll::Ready(None);
+        }
+        let frame = ready!(this.body.poll_frame(cx));
+        match frame {
+            Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
+            None => {
+                *this.ended = true;
+                this.permit.take(); // the stream is over: its slot is free
+                Poll::Ready(None)
+            }
+            Some(Err(e)) => {
+                *this.ended = true;
+                this.permit.take();
+                tracing::info!(node = %this.node, "the node went away mid-stream: {e}");
+                let status =
+                    Status::unavailable(format!("node {} went away mid-stream", this.node));
+                let mut trailers = status.into_http::<()>().into_parts().0.headers;
+                trailers.remove(header::CONTENT_TYPE);
+                Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
+    }
+}
+
+/// The proxy serving on a loopback port: HTTP/2 only, as gRPC is.
+pub struct ProxyServer {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    connections: TaskTracker,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl ProxyServer {
+    /// Listens on `addr` (port 0: any free port) and serves `proxy` on every connection.
+    pub async fn start(proxy: Arc<Proxy>, addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let stop = CancellationToken::new();
+        let connections = TaskTracker::new();
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2.max_concurrent_streams(proxy.limits.max_streams_per_connection);
+        let accepting = tokio::spawn({
+            let (stop, connections) = (stop.clone(), connections.clone());
+            async move {
+                loop {
+                    let stream = tokio::select! {
+                        accepted = listener.accept() => match accepted {
+                            Ok((stream, _)) => stream,
+                            Err(e) => { tracing::warn!("accept: {e}"); continue; }
+                        },
+                        () = stop.cancelled() => break,
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let proxy = proxy.clone();
+                    let service = service_fn(move |request| {
+                        let proxy = proxy.clone();
+                        async move { Ok::<_, Infallible>(proxy.handle(request).await) }
+                    });
+                    let connection = http2.serve_connection(TokioIo::new(stream), service);
+                    let stop = stop.clone();
+                    connections.spawn(async move {
+                        tokio::pin!(connection);
+                        tokio::select! {
+                            _ = connection.as_mut() => return,
+                            () = stop.cancelled() => connection.as_mut().graceful_shutdown(),
+                        }
+                        let _ = connection.await;
+                    });
+                }
+            }
+        });
+        Ok(ProxyServer { addr, stop, connections, accepting })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting and lets the calls in flight finish, for at most `drain`; true when
+    /// every one did.
+    pub async fn stop(self, drain: Duration) -> bool {
+        self.stop.cancel();
+        let _ = self.accepting.await;
+        self.connections.close();
+        tokio::time::timeout(drain, self.connections.wait()).await.is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    // Imports inside each test: the bench compiles this file with cfg(test) but without
+    // its #[test] functions, and unused imports would fail its build.
+
+    #[test]
+    fn a_grpc_path_names_a_service_and_a_method() {
+        use super::{Route, route};
+        let parsed = route("/greeter.v1.Greeter/SayHello").unwrap();
+        assert_eq!(parsed, Route { service: "greeter.v1.Greeter", method: "SayHello" });
+        for bad in ["", "/", "/x", "x/y", "/x/", "//y", "/x/y/z", "/x y/z", "/x/y.z", "/x-y/z"] {
+            let status = route(bad).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::Unimplemented, "{bad:?}");
+        }
+        assert!(route(&format!("/{}/M", "s".repeat(129))).is_err(), "a bound on the name");
+    }
+
+    #[test]
+    fn grpc_timeout_is_read_in_every_unit() {
+        use super::grpc_timeout;
+        use http::HeaderMap;
+        use std::time::Duration;
+        let timeout = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("grpc-timeout", value.parse().unwrap());
+            grpc_timeout(&headers)
+        };
+        assert_eq!(timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(timeout("300m"), Some(Duration::from_millis(300)));
+        assert_eq!(timeout("7000000u"), Some(Duration::from_secs(7)));
+        assert_eq!(timeout("1H"), Some(Duration::from_secs(3600)));
+        for bad in ["", "S", "5", "5x", "123456789S", "-1S"] {
+            assert_eq!(timeout(bad), None, "{bad:?}");
+        }
+        assert_eq!(grpc_timeout(&HeaderMap::new()), None);
+    }
+}

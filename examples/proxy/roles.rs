@@ -1,0 +1,117 @@
+//! The proxy's command line: the one-process story by default, or one role per process over
+//! a shared NATS: the proxy, and nodes of the two services it routes to.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use microkit::PATIENCE;
+use microkit::backend::BackendArgs;
+use microkit::greeter::HelloGreeter;
+use microkit::proto::greeter::greeter_server::GreeterServer;
+use microkit::registered::Registered;
+use microkit::registry::Registry;
+use microkit::server::RunningServer;
+use tonic::server::NamedService;
+use tonic::service::Routes;
+
+use crate::calc::{self, CalculatorServer};
+use crate::proxy::{Limits, Proxy, ProxyServer};
+
+/// The Greeter's name in gRPC paths: the name its nodes register under.
+pub const GREETER: &str = GreeterServer::<HelloGreeter>::NAME;
+
+#[derive(Parser, Debug)]
+#[command(about = "A gRPC proxy: any call, to a node of the service its path names")]
+pub struct Args {
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// A node's time to live in the registry: heartbeats come every third of it.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=600_000), global = true)]
+    ttl_ms: u64,
+    #[command(subcommand)]
+    role: Option<Role>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Role {
+    /// Forward every call to a node of the service it names, until stopped (needs NATS_URL).
+    Proxy {
+        /// Where to listen (port 0: any free port, printed).
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        listen: SocketAddr,
+        /// Calls in flight through the proxy at once; one more is refused.
+        #[arg(long, default_value_t = Limits::default().max_streams, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        max_streams: u32,
+    },
+    /// Serve the Greeter and stay registered until stopped (needs NATS_URL).
+    Greeter {
+        #[arg(long)]
+        name: String,
+    },
+    /// Serve the Calculator and stay registered until stopped (needs NATS_URL).
+    Calc {
+        #[arg(long)]
+        name: String,
+    },
+}
+
+/// A Greeter node named `name`, registered under its gRPC name.
+pub async fn start_greeter(
+    registry: &Arc<dyn Registry>,
+    name: &str,
+    ttl: Duration,
+) -> anyhow::Result<Registered<RunningServer>> {
+    let server = microkit::greeter::serve(name).await?;
+    Ok(Registered::new(registry, server, GREETER, name, ttl).await?)
+}
+
+/// A Calculator node named `name`, registered under its gRPC name.
+pub async fn start_calc(
+    registry: &Arc<dyn Registry>,
+    name: &str,
+    ttl: Duration,
+) -> anyhow::Result<Registered<RunningServer>> {
+    let server = RunningServer::start(Routes::new(CalculatorServer::new(name))).await?;
+    Ok(Registered::new(registry, server, calc::SERVICE, name, ttl).await?)
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let ttl = Duration::from_millis(args.ttl_ms);
+    let backend = args.backend.connect().await?;
+    let registry = backend.registry();
+    let Some(role) = args.role else { return crate::demo(&registry, ttl).await };
+    backend.require_shared_nats("the proxy, greeter and calc roles")?;
+    let stop = microkit::signal::stop_requested();
+    match role {
+        Role::Proxy { listen, max_streams } => {
+            let limits = Limits { max_streams, ..Limits::default() };
+            let proxy = Arc::new(Proxy::new(registry, limits));
+            let server = ProxyServer::start(proxy.clone(), listen).await?;
+            println!("proxy listening on {}; ctrl-c stops it", server.addr());
+            let signal = stop.await?;
+            microkit::signal::exit_on_next();
+            tracing::info!(signal, "proxy stopping: draining the calls in flight");
+            let drained = server.stop(PATIENCE).await;
+            let forwarded = proxy.forwarded.load(Ordering::Relaxed);
+            let refused = proxy.refused.load(Ordering::Relaxed);
+            let calls = if drained { "every call finished" } else { "calls cut at the deadline" };
+            println!("proxy stopped: {forwarded} calls forwarded, {refused} refused, {calls}");
+        }
+        Role::Greeter { ref name } | Role::Calc { ref name } => {
+            let (service, node) = match role {
+                Role::Greeter { .. } => (GREETER, start_greeter(&registry, name, ttl).await?),
+                _ => (calc::SERVICE, start_calc(&registry, name, ttl).await?),
+            };
+            println!("{name} serving {service} on {}", node.addr());
+            let signal = stop.await?;
+            microkit::signal::exit_on_next();
+            tracing::info!(signal, "deregistering, then draining");
+            node.stop().await?;
+            println!("{name} deregistered and stopped");
+        }
+    }
+    Ok(())
+}

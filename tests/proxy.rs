@@ -1,0 +1,417 @@
+//! The proxy as a process (`proxy proxy`) over a private nats-server, in front of services
+//! this test writes and registers itself: what a caller sends arrives as it was sent
+//! (metadata, deadline), what a node answers comes back as it was (headers, status,
+//! trailers), what cannot be routed is refused, and a node that dies mid-stream fails the
+//! stream instead of hanging it. Last, Python's grpcio calls both of the example's services
+//! through it, with stubs it generates from the repository's protos.
+
+mod common;
+
+use std::pin::Pin;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use http::uri::PathAndQuery;
+use microkit::nats::{INSTALL_HINT, NatsServer};
+use microkit::proto::greeter::greeter_client::GreeterClient;
+use microkit::proto::greeter::greeter_server::{Greeter, GreeterServer};
+use microkit::proto::greeter::{GreetingsRequest, HelloReply, HelloRequest, NamesSummary};
+use microkit::registered::Registered;
+use microkit::registry::{NatsRegistry, Registry};
+use microkit::server::RunningServer;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout};
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::service::Routes;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Response, Status, Streaming};
+
+/// Only turns a hang into a failure.
+const PATIENCE: Duration = Duration::from_secs(30);
+const GREETER: &str = "greeter.v1.Greeter";
+
+/// A Greeter that tells what reached it: the caller's metadata and deadline come back in
+/// the reply, and it answers with headers, errors and trailers of its own.
+#[derive(Clone)]
+struct Echo;
+
+fn metadata(map: &MetadataMap, key: &str) -> String {
+    map.get(key).and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned()
+}
+
+#[tonic::async_trait]
+impl Greeter for Echo {
+    async fn say_hello(
+        &self,
+        request: Request<HelloRequest>,
+    ) -> Result<Response<HelloReply>, Status> {
+        let md = request.metadata();
+        let trace = md.get_bin("x-trace-bin").and_then(|v| v.to_bytes().ok()).unwrap_or_default();
+        let message = format!(
+            "user={} trace={:?} timeout={}",
+            metadata(md, "x-user"),
+            trace.as_ref(),
+            metadata(md, "grpc-timeout")
+        );
+        match request.get_ref().name.as_str() {
+            "fail" => return Err(Status::not_found("no such name")),
+            "slow" => tokio::time::sleep(PATIENCE * 2).await,
+            _ => {}
+        }
+        let mut response = Response::new(HelloReply { message, node: "echo".into(), seq: 0 });
+        response.metadata_mut().insert("x-served-by", MetadataValue::from_static("echo"));
+        Ok(response)
+    }
+
+    type GreetingsStream = Pin<Box<dyn Stream<Item = Result<HelloReply, Status>> + Send>>;
+
+    /// `count` replies, then an error whose status and metadata travel in the trailers;
+    /// `count` 0: replies until the caller (or the node) goes away.
+    async fn greetings(
+        &self,
+        request: Request<GreetingsRequest>,
+    ) -> Result<Response<Self::GreetingsStream>, Status> {
+        let GreetingsRequest { count, interval_ms, .. } = request.into_inner();
+        let limit = if count == 0 { u32::MAX } else { count };
+        let replies = futures::stream::iter(1..=limit).then(move |seq| async move {
+            tokio::time::sleep(Duration::from_millis(interval_ms.into())).await;
+            Ok(HelloReply { message: "hi".into(), node: "echo".into(), seq })
+        });
+        let mut trailer = MetadataMap::new();
+        trailer.insert("x-reason", MetadataValue::from_static("done"));
+        let end = Status::with_metadata(Code::Aborted, "enough", trailer);
+        Ok(Response::new(Box::pin(replies.chain(futures::stream::iter([Err(end)])))))
+    }
+
+    async fn collect_names(
+        &self,
+        _: Request<Streaming<HelloRequest>>,
+    ) -> Result<Response<NamesSummary>, Status> {
+        Err(Status::unimplemented("not here"))
+    }
+
+    type ChatStream = Self::GreetingsStream;
+
+    async fn chat(
+        &self,
+        _: Request<Streaming<HelloRequest>>,
+    ) -> Result<Response<Self::ChatStream>, Status> {
+        Err(Status::unimplemented("not here"))
+    }
+}
+
+/// A private NATS, its registry, and the proxy role running against it.
+struct Setup {
+    nats: NatsServer,
+    registry: Arc<dyn Registry>,
+    proxy: Role,
+    addr: String,
+    channel: Channel,
+}
+
+/// A role of the example running as a process, and the rest of its stdout.
+struct Role {
+    child: Child,
+    stdout: Lines<BufReader<ChildStdout>>,
+}
+
+impl Role {
+    /// Asks it to stop as every long-running role is asked (SIGTERM); its last line and
+    /// whether it exited 0.
+    async fn stop(mut self) -> (String, bool) {
+        let pid = self.child.id().unwrap().to_string();
+        let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(status.success());
+        let mut last = String::new();
+        while let Ok(Ok(Some(line))) = tokio::time::timeout(PATIENCE, self.stdout.next_line()).await
+        {
+            last = line;
+        }
+        let exit = tokio::time::timeout(PATIENCE, self.child.wait()).await.unwrap().unwrap();
+        (last, exit.success())
+    }
+}
+
+async fn setup(extra: &[&str]) -> Setup {
+    let nats = NatsServer::start().await.expect(INSTALL_HINT);
+    let client = microkit::backend::connect(&nats.url()).await.unwrap();
+    let registry: Arc<dyn Registry> = Arc::new(NatsRegistry::new(client));
+    let (proxy, addr) = spawn_role(&nats, &["proxy", "--listen", "127.0.0.1:0"], extra).await;
+    let channel = Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
+    Setup { nats, registry, proxy, addr, channel }
+}
+
+/// Runs a role of the example; returns it and the address its first line names.
+async fn spawn_role(nats: &NatsServer, args: &[&str], extra: &[&str]) -> (Role, String) {
+    let mut command = common::example("proxy");
+    command.env("NATS_URL", nats.url()).args(args).args(extra);
+    let mut child = command.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(PATIENCE, lines.next_line()).await.unwrap().unwrap();
+    let first = first.expect("the role prints its address");
+    // "proxy listening on 127.0.0.1:<port>; ..." or "calc-a serving calc.v1.Calculator on ..."
+    let addr = first.split(" on ").nth(1).unwrap().split(';').next().unwrap().to_owned();
+    assert!(addr.starts_with("127.0.0.1:"), "{first}");
+    (Role { child, stdout: lines }, addr)
+}
+
+async fn echo_node(registry: &Arc<dyn Registry>, id: &str) -> Registered<RunningServer> {
+    let server = RunningServer::start(Routes::new(GreeterServer::new(Echo))).await.unwrap();
+    Registered::new(registry, server, GREETER, id, Duration::from_secs(30)).await.unwrap()
+}
+
+fn hello(name: &str) -> HelloRequest {
+    HelloRequest { name: name.into() }
+}
+
+/// A unary gRPC call by hand over HTTP/2: its response headers and trailers, merged.
+async fn raw_unary(
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    message: &impl prost::Message,
+) -> http::HeaderMap {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let executor = hyper_util::rt::TokioExecutor::new();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(executor, io).await.unwrap();
+    tokio::spawn(connection);
+    let payload = message.encode_to_vec();
+    let mut frame = vec![0u8]; // not compressed
+    frame.extend((payload.len() as u32).to_be_bytes());
+    frame.extend(payload);
+    let mut request = http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let body = http_body_util::Full::new(bytes::Bytes::from(frame));
+    let response = sender.send_request(request.body(body).unwrap()).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let mut answer = parts.headers;
+    if let Some(trailers) = body.collect().await.unwrap().trailers() {
+        answer.extend(trailers.clone());
+    }
+    answer
+}
+
+/// A unary call to any path: the status the proxy (or a node) answers with.
+async fn call_path(channel: Channel, path: &str) -> Status {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<HelloRequest, HelloReply>::default();
+    let path = PathAndQuery::try_from(path).unwrap();
+    match grpc.unary(Request::new(hello("x")), path, codec).await {
+        Ok(_) => Status::ok("answered"),
+        Err(status) => status,
+    }
+}
+
+#[tokio::test]
+async fn metadata_deadline_status_and_trailers_pass_through() {
+    let setup = setup(&[]).await;
+    let _node = echo_node(&setup.registry, "echo-1").await;
+    let mut greeter = GreeterClient::new(setup.channel.clone());
+
+    let mut request = Request::new(hello("ada"));
+    request.metadata_mut().insert("x-user", MetadataValue::from_static("ada"));
+    request.metadata_mut().insert_bin("x-trace-bin", MetadataValue::from_bytes(&[0, 1, 255]));
+    request.set_timeout(Duration::from_secs(7));
+    let response = greeter.say_hello(request).await.unwrap();
+    assert_eq!(metadata(response.metadata(), "x-served-by"), "echo", "response headers");
+    let message = response.into_inner().message;
+    let (sent, timeout) = message.split_once(" timeout=").unwrap();
+    assert_eq!(sent, "user=ada trace=[0, 1, 255]", "{message}");
+    // tonic writes 7 s as microseconds or nanoseconds; the node must see the same bound.
+    let (digits, unit) = timeout.split_at(timeout.len() - 1);
+    let nanos = digits.parse::<u64>().unwrap() * if unit == "u" { 1000 } else { 1 };
+    assert!(matches!(unit, "u" | "n") && nanos == 7_000_000_000, "grpc-timeout {timeout}");
+
+    let status = greeter.say_hello(hello("fail")).await.unwrap_err();
+    assert_eq!((status.code(), status.message()), (Code::NotFound, "no such name"));
+
+    // The deadline binds the node: a caller with no timer of its own (a raw HTTP/2 client
+    // here; tonic's would give up by itself) still hears DeadlineExceeded at the deadline.
+    let started = Instant::now();
+    let headers = [("grpc-timeout", "300m")];
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        raw_unary(&setup.addr, "/greeter.v1.Greeter/SayHello", &headers, &hello("slow")),
+    )
+    .await
+    .expect("the deadline must end the call");
+    // Two timers race for the same deadline, and either answer is the deadline binding:
+    // the proxy's own (DeadlineExceeded, 4) or the node's, which tonic arms from the
+    // `grpc-timeout` the proxy passed on (Cancelled "Timeout expired", 1). Under load
+    // either may fire first.
+    let status = answer.get("grpc-status").map(|v| v.as_bytes().to_vec());
+    let message = answer.get("grpc-message").map(|v| v.as_bytes().to_vec());
+    let proxy_fired = status.as_deref() == Some(&b"4"[..]);
+    let node_fired = status.as_deref() == Some(&b"1"[..])
+        && message.as_deref() == Some(&b"Timeout%20expired"[..]);
+    assert!(proxy_fired || node_fired, "{answer:?}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    let request = GreetingsRequest { name: "bo".into(), count: 2, interval_ms: 0 };
+    let mut stream = greeter.greetings(request).await.unwrap().into_inner();
+    assert_eq!(stream.message().await.unwrap().unwrap().seq, 1);
+    assert_eq!(stream.message().await.unwrap().unwrap().seq, 2);
+    let end = stream.message().await.unwrap_err();
+    assert_eq!((end.code(), end.message()), (Code::Aborted, "enough"), "status in the trailers");
+    assert_eq!(metadata(end.metadata(), "x-reason"), "done", "trailer metadata");
+    drop(setup.nats);
+}
+
+#[tokio::test]
+async fn what_cannot_be_routed_is_refused_and_streams_are_bounded() {
+    let setup = setup(&["--max-streams", "2"]).await;
+    let _node = echo_node(&setup.registry, "echo-1").await;
+
+    let status = call_path(setup.channel.clone(), "/billing.v1.Billing/Charge").await;
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(status.message(), "no node of service \"billing.v1.Billing\" in the registry");
+    for path in ["/no-service", "/greeter.v1.Greeter/", "/a/b/c", "//SayHello", "/greeter v1/X"] {
+        let path = path.replace(' ', "%20");
+        let status = call_path(setup.channel.clone(), &path).await;
+        assert_eq!(status.code(), Code::Unimplemented, "{path}: {status:?}");
+        assert!(status.message().starts_with("malformed gRPC path"), "{path}: {status:?}");
+    }
+    // A method the node lacks is the node's answer, passed on.
+    let status = call_path(setup.channel.clone(), "/greeter.v1.Greeter/Shout").await;
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+    assert!(!status.message().starts_with("malformed"), "{status:?}");
+
+    let mut greeter = GreeterClient::new(setup.channel.clone());
+    let endless = || GreetingsRequest { name: "x".into(), count: 0, interval_ms: 20 };
+    let mut first = greeter.greetings(endless()).await.unwrap().into_inner();
+    let mut second = greeter.greetings(endless()).await.unwrap().into_inner();
+    assert!(first.message().await.unwrap().is_some() && second.message().await.unwrap().is_some());
+    let status = greeter.say_hello(hello("third")).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(status.message(), "the proxy carries at most 2 streams at once");
+
+    // A stream that ends gives its slot back (the proxy learns of it a moment later).
+    drop(first);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match greeter.say_hello(hello("fourth")).await {
+            Ok(_) => break,
+            Err(status)
+                if status.code() == Code::ResourceExhausted && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(status) => panic!("the freed slot was never given back: {status:?}"),
+        }
+    }
+    drop(setup.proxy);
+}
+
+#[tokio::test]
+async fn a_node_that_dies_mid_stream_fails_the_stream_instead_of_hanging_it() {
+    let setup = setup(&[]).await;
+    let node = echo_node(&setup.registry, "echo-1").await;
+    let mut greeter = GreeterClient::new(setup.channel.clone());
+    let endless = GreetingsRequest { name: "x".into(), count: 0, interval_ms: 5 };
+    let mut stream = greeter.greetings(endless).await.unwrap().into_inner();
+    assert!(stream.message().await.unwrap().is_some());
+    node.crash().await;
+    let end = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the caller must see the node go, not wait for ever");
+    let status = end.expect_err("a dead node is an error, not a clean end of the stream");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(status.message(), "node echo-1 went away mid-stream");
+
+    // It is still listed until its TTL ends: the next call to it is refused, not hung.
+    let status = greeter.say_hello(hello("after")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().starts_with("node echo-1 of greeter.v1.Greeter unreachable"),
+        "{status:?}"
+    );
+}
+
+/// Python's grpcio, with stubs it generates now from `shared/proto/greeter.proto` and the
+/// example's `calc.proto`, calls both services through the proxy: unary, server- and
+/// bidi-streaming, and an unknown service refused.
+const PYTHON_CLIENT: &str = r#"
+import sys
+import grpc
+import calc_pb2, calc_pb2_grpc, greeter_pb2, greeter_pb2_grpc
+
+channel = grpc.insecure_channel(sys.argv[1])
+greeter = greeter_pb2_grpc.GreeterStub(channel)
+calc = calc_pb2_grpc.CalculatorStub(channel)
+reply = greeter.SayHello(greeter_pb2.HelloRequest(name="py"), timeout=10)
+print("SayHello:", reply.message, "from", reply.node)
+replies = greeter.Greetings(greeter_pb2.GreetingsRequest(name="py", count=3), timeout=10)
+print("Greetings:", [r.seq for r in replies])
+names = iter([greeter_pb2.HelloRequest(name=n) for n in ["x", "y"]])
+print("Chat:", [r.message for r in greeter.Chat(names, timeout=10)])
+print("Add:", calc.Add(calc_pb2.AddRequest(terms=[40, 2]), timeout=10).sum)
+print("Count:", [r.n for r in calc.Count(calc_pb2.CountRequest(up_to=3), timeout=10)])
+try:
+    channel.unary_unary("/billing.v1.Billing/Charge")(b"", timeout=10)
+except grpc.RpcError as e:
+    print("Billing:", e.code().name, e.details())
+"#;
+
+#[tokio::test]
+async fn python_grpcio_calls_both_services_through_the_proxy() {
+    let python = common::python();
+    let setup = setup(&[]).await;
+    let (greeter, _) = spawn_role(&setup.nats, &["greeter", "--name", "greeter-a"], &[]).await;
+    let (calc, _) = spawn_role(&setup.nats, &["calc", "--name", "calc-a"], &[]).await;
+
+    let stubs = tempfile::tempdir().unwrap();
+    let root = common::root();
+    let mut protoc = tokio::process::Command::new(&python);
+    protoc
+        .args(["-m", "grpc_tools.protoc"])
+        .arg(format!("-I{}", root.join("shared/proto").display()))
+        .arg(format!("-I{}", root.join("examples/proxy").display()))
+        .arg(format!("--python_out={}", stubs.path().display()))
+        .arg(format!("--grpc_python_out={}", stubs.path().display()))
+        .args(["greeter.proto", "calc.proto"]);
+    protoc.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let output = common::run_within(protoc, PATIENCE).await;
+    assert!(output.status.success(), "protoc: {}", common::text(&output.stderr));
+    std::fs::write(stubs.path().join("client.py"), PYTHON_CLIENT).unwrap();
+
+    let mut client = tokio::process::Command::new(&python);
+    client.arg(stubs.path().join("client.py")).arg(&setup.addr).env("PYTHONPATH", stubs.path());
+    client.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let output = common::run_within(client, PATIENCE).await;
+    let stdout = common::text(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", common::text(&output.stderr));
+    assert_eq!(
+        stdout,
+        "SayHello: hello py from greeter-a\n\
+         Greetings: [1, 2, 3]\n\
+         Chat: ['hello x', 'hello y']\n\
+         Add: 42\n\
+         Count: [1, 2, 3]\n\
+         Billing: UNAVAILABLE no node of service \"billing.v1.Billing\" in the registry\n"
+    );
+    // Every role stops the same way: its tally, exit 0. Five calls went through, one
+    // (the unknown service) was refused.
+    let (last, ok) = setup.proxy.stop().await;
+    assert_eq!(last, "proxy stopped: 5 calls forwarded, 1 refused, every call finished");
+    assert!(ok, "the proxy exits 0 when asked to stop");
+    for (role, name) in [(greeter, "greeter-a"), (calc, "calc-a")] {
+        assert_eq!(role.stop().await, (format!("{name} deregistered and stopped"), true));
+    }
+}
