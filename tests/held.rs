@@ -1,0 +1,175 @@
+//! The HTTP edge roles (`web serve`, `sidecar serve`) against clients that hold a
+//! connection open without finishing their request: half-sent headers are cut after the
+//! header timeout; a stop request ends the process within the drain deadline however much
+//! is still half-sent; a second stop request ends it at once with exit code 1.
+//!
+//! The bounds are microkit's `http::Limits` defaults, which both roles serve with.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::example;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::TcpStream;
+use tokio::process::{Child, ChildStdout};
+
+/// `Limits::default()`: the header timeout and the drain deadline.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+/// What a loaded 2-core machine may add to a bound before the test calls it broken.
+const SLACK: Duration = Duration::from_secs(3);
+
+/// An edge role, and a request to it that the test sends only half of.
+#[derive(Clone, Copy)]
+struct Edge {
+    example: &'static str,
+    args: &'static [&'static str],
+    /// A POST with a body, half-sent while the role is asked to stop.
+    post: &'static str,
+    /// Whether that POST's handler reads its body, so the half-sent request is in flight
+    /// and gets the whole drain before it is cut. The sidecar's does; nothing in web reads
+    /// a body (what holds web's drain is the half-sent headers).
+    holds_the_drain: bool,
+}
+
+const EDGES: [Edge; 2] = [
+    Edge {
+        example: "web",
+        args: &["serve", "--port", "0"],
+        post: "/hello/greet",
+        holds_the_drain: false,
+    },
+    Edge {
+        example: "sidecar",
+        args: &["serve", "--port", "0"],
+        post: "/greeter/SayHello",
+        holds_the_drain: true,
+    },
+];
+
+struct Running {
+    child: Child,
+    stdout: Lines<BufReader<ChildStdout>>,
+    addr: String,
+}
+
+/// Starts the role on the memory backend and reads the address from its first line
+/// (`... http://127.0.0.1:<port>/...` or `...:<port>; ...`).
+async fn start(edge: Edge) -> Running {
+    let mut command = example(edge.example);
+    command.args(edge.args).env("MICRO_BACKEND", "memory").stderr(Stdio::null());
+    let mut child = command.spawn().expect("spawning an example");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(microkit::PATIENCE, stdout.next_line())
+        .await
+        .expect("the role says where it listens")
+        .unwrap()
+        .expect("a first line");
+    let rest = first.split("http://").nth(1).unwrap_or_else(|| panic!("no URL in {first:?}"));
+    let addr = rest.split(['/', ';', ' ']).next().unwrap().to_owned();
+    Running { child, stdout, addr }
+}
+
+impl Running {
+    /// Headers without the blank line that ends them.
+    async fn half_sent_headers(&self) -> TcpStream {
+        let mut stream = TcpStream::connect(&self.addr).await.unwrap();
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nAccept: ").await.unwrap();
+        stream
+    }
+
+    /// Complete headers, and 10 of the 100 bytes of body they promise.
+    async fn half_sent_body(&self, path: &str) -> TcpStream {
+        let mut stream = TcpStream::connect(&self.addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: 100\r\n\r\n{{\"name\": \""
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("still running").to_string();
+        let status = std::process::Command::new("kill").args([&format!("-{name}"), &pid]).status();
+        assert!(status.unwrap().success(), "kill -{name} {pid}");
+    }
+
+    /// Waits for the exit, at most `limit`; returns its code and how long it took.
+    async fn exit_within(&mut self, limit: Duration) -> (Option<i32>, Duration) {
+        let started = Instant::now();
+        let status = tokio::time::timeout(limit, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("still running {limit:?} after the stop request"))
+            .unwrap();
+        (status.code(), started.elapsed())
+    }
+}
+
+/// Reads until the server closes the connection, at most `limit`; returns how long it took.
+async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Duration {
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    let read = tokio::time::timeout(limit, stream.read_to_end(&mut seen)).await;
+    assert!(read.is_ok(), "the connection was still open after {limit:?}");
+    started.elapsed()
+}
+
+/// Half-sent headers are cut once the header timeout has passed, not before.
+async fn headers_are_cut_after_the_header_timeout(edge: Edge) {
+    let mut running = start(edge).await;
+    let mut held = running.half_sent_headers().await;
+    let took = closed_within(&mut held, HEADER_TIMEOUT + SLACK).await;
+    eprintln!("measured: {} cut half-sent headers after {took:?}", edge.example);
+    assert!(took >= HEADER_TIMEOUT - Duration::from_secs(1), "cut early: {took:?}");
+    running.signal("TERM");
+    assert_eq!(running.exit_within(DRAIN_DEADLINE + SLACK).await.0, Some(0));
+}
+
+/// A stop request with half-sent requests open: exit 0, with the tally, within the drain
+/// deadline.
+async fn a_stop_is_not_held_by_half_sent_requests(edge: Edge) {
+    let mut running = start(edge).await;
+    let _headers = running.half_sent_headers().await;
+    let _body = running.half_sent_body(edge.post).await;
+    tokio::time::sleep(Duration::from_millis(200)).await; // both are in the server's hands
+    running.signal("TERM");
+    let (code, took) = running.exit_within(DRAIN_DEADLINE + SLACK).await;
+    eprintln!("measured: {} exited {code:?} {took:?} after SIGTERM", edge.example);
+    assert_eq!(code, Some(0));
+    if edge.holds_the_drain {
+        assert!(took >= DRAIN_DEADLINE - Duration::from_secs(1), "the request got no drain");
+    }
+    let mut rest = Vec::new();
+    while let Some(line) = running.stdout.next_line().await.unwrap() {
+        rest.push(line);
+    }
+    assert!(rest.iter().any(|l| l.contains("stopped")), "no tally: {rest:?}");
+}
+
+/// A second stop request while the first drains: exit 1 at once.
+async fn a_second_stop_request_exits_at_once(edge: Edge) {
+    let mut running = start(edge).await;
+    let _headers = running.half_sent_headers().await;
+    let _body = running.half_sent_body(edge.post).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    running.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await; // the drain has begun
+    running.signal("TERM");
+    let (code, took) = running.exit_within(SLACK).await;
+    eprintln!("measured: {} exited {code:?} {took:?} after the second SIGTERM", edge.example);
+    assert_eq!(code, Some(1));
+}
+
+#[tokio::test]
+async fn half_sent_requests_hold_neither_a_connection_nor_a_stop() {
+    let mut checks: Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = Vec::new();
+    for edge in EDGES {
+        checks.push(Box::pin(headers_are_cut_after_the_header_timeout(edge)));
+        checks.push(Box::pin(a_stop_is_not_held_by_half_sent_requests(edge)));
+        checks.push(Box::pin(a_second_stop_request_exits_at_once(edge)));
+    }
+    futures::future::join_all(checks).await;
+}
