@@ -173,3 +173,72 @@ async fn half_sent_requests_hold_neither_a_connection_nor_a_stop() {
     }
     futures::future::join_all(checks).await;
 }
+
+/// The web service's first-message timeout (`examples/web/service.rs`): a websocket that
+/// never sends its request is closed after it.
+const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[cfg(target_os = "linux")]
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |dir| dir.count())
+}
+
+#[cfg(target_os = "linux")]
+fn resident_mb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("a VmRSS line");
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
+}
+
+/// 1,000 websockets opened through `web serve`'s gateway that never say a word: each costs
+/// the process three descriptors (client to gateway, gateway to node, the node's end), and
+/// without a bound they were held until someone killed the process.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn web_serve_closes_a_thousand_idle_websockets_within_its_first_message_timeout() {
+    use futures::StreamExt;
+    const SOCKETS: usize = 1000;
+    /// Handshakes in flight at once: enough to open them all in well under the timeout.
+    const AT_ONCE: usize = 50;
+
+    let mut running = start(EDGES[0]).await;
+    let pid = running.child.id().unwrap();
+    let (fds_before, mb_before) = (open_fds(pid), resident_mb(pid));
+    let url = format!("ws://{}/hello/stream", running.addr);
+    let opened = Instant::now();
+    let sockets: Vec<_> = futures::stream::iter(0..SOCKETS)
+        .map(|_| {
+            let url = url.clone();
+            async move { tokio_tungstenite::connect_async(url).await.expect("a handshake").0 }
+        })
+        .buffer_unordered(AT_ONCE)
+        .collect()
+        .await;
+    let all_open = opened.elapsed();
+    let (fds_held, mb_held) = (open_fds(pid), resident_mb(pid));
+    assert!(fds_held >= fds_before + 2 * SOCKETS, "the sockets are open: {fds_held} fds");
+
+    // Each is closed by the server, never by this side.
+    let closes = sockets.into_iter().map(|mut socket| async move {
+        while let Some(Ok(_)) = socket.next().await {} // the close frame, then the end
+    });
+    let waited =
+        tokio::time::timeout(FIRST_MESSAGE_TIMEOUT + SLACK, futures::future::join_all(closes));
+    assert!(waited.await.is_ok(), "sockets still open {:?} after opening", opened.elapsed());
+    let all_closed = opened.elapsed();
+    // The process lets go of its descriptors as the sockets close; read until it has.
+    let mut fds_after = open_fds(pid);
+    while fds_after > fds_before + 10 && opened.elapsed() < all_closed + SLACK {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        fds_after = open_fds(pid);
+    }
+    eprintln!(
+        "measured: {SOCKETS} idle websockets opened in {all_open:?}, all closed {all_closed:?} \
+         after the first opened; web serve {fds_before} fds / {mb_before} MB before, \
+         {fds_held} / {mb_held} MB held, {fds_after} fds / {} MB after",
+        resident_mb(pid)
+    );
+    assert!(fds_after <= fds_before + 10, "web serve still holds {fds_after} fds");
+    running.signal("TERM");
+    assert_eq!(running.exit_within(DRAIN_DEADLINE + SLACK).await.0, Some(0));
+}
