@@ -308,6 +308,9 @@ async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening on {addr}"))?;
+    let addr = listener.local_addr()?; // port 0 asked for any free port: say which
+    // Armed before the ready line: a signal that follows it is a stop request, not a kill.
+    let stop_requested = microkit::signal::stop_requested();
     // On stderr: stdout holds only results, never addresses.
     eprintln!("serving the streaming Greeter on {addr}; ctrl-c or SIGTERM to stop");
     let stop = CancellationToken::new();
@@ -318,7 +321,7 @@ async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
         ),
     );
 
-    let signal = microkit::signal::stop_requested().await?;
+    let signal = stop_requested.await?;
     microkit::signal::exit_on_next();
     eprintln!("{signal}: letting open streams finish, for at most {DRAIN:?}");
     stop.cancel();

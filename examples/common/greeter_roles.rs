@@ -35,8 +35,10 @@ pub async fn serve(registry: &Arc<dyn Registry>, name: &str, ttl: Duration) -> a
     let received = Arc::new(AtomicU64::new(0));
     let server = counting_greeter(name, received.clone()).await?;
     let node = Registered::new(registry, server, SERVICE, name, ttl).await?;
+    // Armed before the ready line: a signal that follows it is a stop request, not a kill.
+    let stop = microkit::signal::stop_requested();
     println!("{name} serving {SERVICE} on {}, registered with a TTL of {ttl:?}", node.addr());
-    let signal = microkit::signal::stop_requested().await?;
+    let signal = stop.await?;
     microkit::signal::exit_on_next();
     tracing::info!("{signal}: deregistering, then draining");
     node.stop().await?;

@@ -227,8 +227,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     match args.role {
         None => demo(&server, backend.broker().await?).await?,
         Some(Role::Serve { .. }) => {
+            // Armed before the ready line: a signal that follows it is a stop request.
+            let stop = microkit::signal::stop_requested();
             println!("sidecar listening on {}; ctrl-c stops", server.url());
-            let signal = microkit::signal::stop_requested().await?;
+            let signal = stop.await?;
             microkit::signal::exit_on_next();
             tracing::info!("{signal}: stopping");
         }

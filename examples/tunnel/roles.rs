@@ -45,8 +45,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         None => demo(&args.names).await.map(drop),
         Some(Role::NodeB { listen }) => {
             let node_b = NodeB::start("node-b", listen).await?;
+            // Armed before the ready line: a signal that follows it is a stop request.
+            let stop = microkit::signal::stop_requested();
             println!("node-b listens for links on {}; ctrl-c stops it", node_b.addr);
-            let signal = microkit::signal::stop_requested().await?;
+            let signal = stop.await?;
             microkit::signal::exit_on_next();
             tracing::info!(signal, "node-b stopping");
             let NodeBTally { links, sessions, drained } = node_b.stop().await;

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -14,8 +15,10 @@ use axum::extract::{Path, State};
 use axum::http::{Request, Uri};
 use axum::response::{Redirect, Response};
 use axum::routing::{any, get};
+use hyper_util::rt::TokioIo;
 use microkit::http::{ApiError, Forwarder};
 use microkit::registry::{Node, Registry};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::policy::AllowList;
 
@@ -27,6 +30,31 @@ pub const WEB_NAMESPACE: &str = "web";
 /// The metadata key that holds a web node's service name.
 pub const NAME_KEY: &str = "name";
 
+/// How long a websocket through the gateway may wait for the client's first byte. The
+/// gateway does not know the service's protocol, so it is more patient than the service
+/// behind it (5 s), whose own refusal then reaches the client first; past 10 s a silent
+/// client only holds two connections of the gateway's (its own and the one to the node).
+pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a websocket through the gateway may go with no byte either way. Longer than the
+/// service's own 30 s for the same reason; a page that wants a quiet socket open for longer
+/// sends pings, which are traffic. The gateway cannot leave this bound to the node: a node
+/// may have none, and a client that never closes its side would keep the gateway's half.
+pub const SOCKET_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The bounds one spliced websocket is kept within; [`Default`] is the two constants above.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpliceTimeouts {
+    pub first_byte: Duration,
+    pub idle: Duration,
+}
+
+impl Default for SpliceTimeouts {
+    fn default() -> Self {
+        SpliceTimeouts { first_byte: FIRST_BYTE_TIMEOUT, idle: SOCKET_IDLE_TIMEOUT }
+    }
+}
+
 #[derive(Clone)]
 pub struct Gateway {
     pub registry: Arc<dyn Registry>,
@@ -36,12 +64,15 @@ pub struct Gateway {
     /// The gateway's own redirect (`/<service>` to `/<service>/`) copies the request's
     /// path into `Location`, so it passes the redirect example's checks (paths only).
     pub redirects: Arc<AllowList>,
+    /// The bounds on a websocket spliced through to a node.
+    pub sockets: SpliceTimeouts,
 }
 
 impl Gateway {
     pub fn new(registry: Arc<dyn Registry>) -> Self {
         let redirects = Arc::new(AllowList::new(&[]));
-        Gateway { registry, forwarder: Forwarder::new(), next: Arc::default(), redirects }
+        let (forwarder, sockets) = (Forwarder::new(), SpliceTimeouts::default());
+        Gateway { registry, forwarder, next: Arc::default(), redirects, sockets }
     }
 
     /// Discovery: every registered web service with its nodes, by name, as the registry
@@ -74,15 +105,127 @@ impl Gateway {
         let path = path_and_query[1..].find('/').map_or("/", |slash| &path_and_query[slash + 1..]);
         let path = path.to_owned();
         tracing::debug!(%service, node = %node.id, %path, "forwarding");
+        if request.headers().contains_key(http::header::UPGRADE) {
+            return self.forward_upgrade(&node.address, &path, request).await;
+        }
         self.forwarder
             .forward(&node.address, &path, request)
             .await
             .map_err(|e| ApiError::bad_gateway(format!("{service}: {}", microkit::error_chain(&e))))
     }
 
+    /// A websocket handshake goes to the node as it came (its `Connection: upgrade` and
+    /// `Upgrade` are the one hop-by-hop exchange a proxy must repeat); when the node agrees
+    /// (101), the two upgraded connections are spliced within [`SpliceTimeouts`].
+    async fn forward_upgrade(
+        &self,
+        address: &str,
+        path: &str,
+        mut request: Request<Body>,
+    ) -> Result<Response, ApiError> {
+        let client_side = hyper::upgrade::on(&mut request);
+        let (mut parts, body) = request.into_parts();
+        parts.uri = format!("http://{address}{path}")
+            .parse()
+            .map_err(|e| ApiError::bad_gateway(format!("bad node address {address:?}: {e}")))?;
+        // The client names the node itself; credentials for this hop stay here.
+        parts.headers.remove(http::header::HOST);
+        parts.headers.remove(http::header::PROXY_AUTHORIZATION);
+        let mut response = self
+            .forwarder
+            .send(Request::from_parts(parts, body))
+            .await
+            .map_err(|e| ApiError::bad_gateway(e.to_string()))?;
+        if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            let node_side = hyper::upgrade::on(&mut response);
+            let timeouts = self.sockets;
+            tokio::spawn(async move {
+                match tokio::try_join!(client_side, node_side) {
+                    Ok((client, node)) => {
+                        let (client, node) = (TokioIo::new(client), TokioIo::new(node));
+                        let ended = splice(client, node, timeouts).await;
+                        tracing::debug!("websocket through the gateway ended: {ended:?}");
+                    }
+                    Err(e) => tracing::warn!("websocket upgrade through the gateway failed: {e}"),
+                }
+            });
+        }
+        Ok(response)
+    }
+
     /// Requests passed on to a node, over the gateway's life.
     pub fn forwarded(&self) -> usize {
         self.next.load(Ordering::Relaxed)
+    }
+}
+
+/// How a spliced connection ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    ClientClosed,
+    NodeClosed,
+    /// The client said nothing within the first-byte timeout.
+    NoFirstByte,
+    /// No byte moved either way (or one side stopped taking them) for the idle timeout.
+    Idle,
+}
+
+/// Copies bytes both ways until either side closes or a bound runs out, then drops both:
+/// a websocket has no use for a half-closed connection, and keeping the client's half
+/// open after the node has gone is how a client that never closes would hold the gateway.
+pub async fn splice(
+    client: impl AsyncRead + AsyncWrite + Unpin,
+    node: impl AsyncRead + AsyncWrite + Unpin,
+    timeouts: SpliceTimeouts,
+) -> Ended {
+    let (mut client_in, mut client_out) = tokio::io::split(client);
+    let (mut node_in, mut node_out) = tokio::io::split(node);
+    let (mut up, mut down) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
+    let mut deadline = tokio::time::Instant::now() + timeouts.first_byte;
+    let mut heard_client = false;
+    loop {
+        let moved = tokio::select! {
+            read = client_in.read(&mut up) => match read {
+                Ok(0) | Err(_) => return Ended::ClientClosed,
+                Ok(n) => {
+                    heard_client = true;
+                    copy(&mut node_out, &up[..n], timeouts.idle, Ended::NodeClosed).await
+                }
+            },
+            read = node_in.read(&mut down) => match read {
+                Ok(0) | Err(_) => return Ended::NodeClosed,
+                Ok(n) => copy(&mut client_out, &down[..n], timeouts.idle, Ended::ClientClosed).await,
+            },
+            () = tokio::time::sleep_until(deadline) => {
+                return if heard_client { Ended::Idle } else { Ended::NoFirstByte };
+            }
+        };
+        if let Some(ended) = moved {
+            return ended;
+        }
+        // Bytes from the node alone do not stand in for the client's first word.
+        if heard_client {
+            deadline = tokio::time::Instant::now() + timeouts.idle;
+        }
+    }
+}
+
+/// Writes `bytes` to `to`; how the splice ends if that fails: `closed` when the write
+/// fails, `Idle` when `to` takes nothing for `idle` (a peer that stopped reading).
+async fn copy(
+    to: &mut (impl AsyncWrite + Unpin),
+    bytes: &[u8],
+    idle: Duration,
+    closed: Ended,
+) -> Option<Ended> {
+    let write = async {
+        to.write_all(bytes).await?;
+        to.flush().await
+    };
+    match tokio::time::timeout(idle, write).await {
+        Ok(Ok(())) => None,
+        Ok(Err(_)) => Some(closed),
+        Err(_) => Some(Ended::Idle),
     }
 }
 
@@ -260,5 +403,60 @@ mod tests {
         ] {
             assert_eq!(call(gateway.clone(), path).await, (StatusCode::OK, seen.into()), "{path}");
         }
+    }
+
+    const SHORT: SpliceTimeouts =
+        SpliceTimeouts { first_byte: Duration::from_millis(200), idle: Duration::from_millis(300) };
+
+    #[tokio::test]
+    async fn a_spliced_client_that_says_nothing_is_cut_after_the_first_byte_timeout() {
+        let (client, _client_far) = tokio::io::duplex(64);
+        let (node, mut node_far) = tokio::io::duplex(64);
+        let started = std::time::Instant::now();
+        // The node speaking does not count: the client's first byte is what is awaited.
+        node_far.write_all(b"hello").await.unwrap();
+        assert_eq!(splice(client, node, SHORT).await, Ended::NoFirstByte);
+        assert!(started.elapsed() >= SHORT.first_byte);
+        assert!(started.elapsed() < SHORT.idle, "the first-byte bound, not the idle one");
+    }
+
+    #[tokio::test]
+    async fn a_spliced_connection_carries_bytes_both_ways_then_is_cut_when_idle() {
+        let (client, mut client_far) = tokio::io::duplex(64);
+        let (node, mut node_far) = tokio::io::duplex(64);
+        let spliced = tokio::spawn(splice(client, node, SHORT));
+        let mut buffer = [0u8; 4];
+        // Traffic for longer than either bound keeps it open.
+        for turn in 0..4 {
+            if turn > 0 {
+                tokio::time::sleep(SHORT.idle / 2).await;
+            }
+            client_far.write_all(b"ping").await.unwrap();
+            node_far.read_exact(&mut buffer).await.unwrap();
+            assert_eq!(&buffer, b"ping");
+            node_far.write_all(b"pong").await.unwrap();
+            client_far.read_exact(&mut buffer).await.unwrap();
+            assert_eq!(&buffer, b"pong");
+        }
+        let quiet = std::time::Instant::now();
+        assert_eq!(spliced.await.unwrap(), Ended::Idle);
+        // The gateway's clock started when it passed the pong on, a moment before this one.
+        let waited = quiet.elapsed() + Duration::from_millis(50);
+        assert!(waited >= SHORT.idle, "cut only once nothing moved for the idle timeout");
+        // Both far ends see the cut.
+        assert_eq!(client_far.read(&mut buffer).await.unwrap(), 0);
+        assert_eq!(node_far.read(&mut buffer).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn when_the_node_closes_the_client_is_let_go_too() {
+        let (client, mut client_far) = tokio::io::duplex(64);
+        let (node, node_far) = tokio::io::duplex(64);
+        let spliced = tokio::spawn(splice(client, node, SpliceTimeouts::default()));
+        client_far.write_all(b"hi").await.unwrap();
+        drop(node_far);
+        assert_eq!(spliced.await.unwrap(), Ended::NodeClosed);
+        let mut buffer = [0u8; 4];
+        assert_eq!(client_far.read(&mut buffer).await.unwrap(), 0, "the client's half is closed");
     }
 }

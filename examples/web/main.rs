@@ -265,9 +265,12 @@ async fn main() -> std::process::ExitCode {
 }
 
 /// Every long-running role waits the same way: the first stop request starts the graceful
-/// stop, a second one exits at once.
-async fn until_stopped() -> anyhow::Result<()> {
-    let signal = microkit::signal::stop_requested().await?;
+/// stop, a second one exits at once. `stop` is armed before the role says it is ready, so a
+/// signal that follows that line is always a stop request, never a kill.
+async fn until_stopped(
+    stop: impl Future<Output = std::io::Result<&'static str>>,
+) -> anyhow::Result<()> {
+    let signal = stop.await?;
     microkit::signal::exit_on_next();
     tracing::info!(signal, "stopping");
     Ok(())
@@ -285,8 +288,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         Some(Role::Serve { port }) => {
             let edge = Edge::start(&registry, port).await?;
+            let stop = microkit::signal::stop_requested();
             println!("open {}/hello/ in a browser; ctrl-c stops", edge.gateway.url());
-            until_stopped().await?;
+            until_stopped(stop).await?;
             let (forwarded, served) = edge.stop().await?;
             println!(
                 "stopped: the gateway forwarded {forwarded} request(s), hello-1 served {served}"
@@ -297,8 +301,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             backend.require_shared_nats("the service and gateway roles")?;
             let greeter = start_greeter(&registry, &format!("greeter-for-{id}")).await?;
             let (web, service) = start_web(&registry, &id).await?;
+            let stop = microkit::signal::stop_requested();
             println!("{id} serving web service hello on {}; ctrl-c stops", web.server().url());
-            until_stopped().await?;
+            until_stopped(stop).await?;
             web.stop().await?;
             greeter.stop().await?;
             let served = service.served.load(Ordering::Relaxed);
@@ -308,8 +313,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(Role::Gateway { port }) => {
             backend.require_shared_nats("the service and gateway roles")?;
             let (server, gateway) = start_gateway(&registry, port).await?;
+            let stop = microkit::signal::stop_requested();
             println!("gateway on {}; ctrl-c stops", server.url());
-            until_stopped().await?;
+            until_stopped(stop).await?;
             server.shutdown().await?;
             println!("gateway stopped: {} request(s) forwarded", gateway.forwarded());
             Ok(())

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -22,6 +23,30 @@ pub const MAX_COUNT: u32 = 100;
 /// The registry name of the gRPC service the websocket bridges to.
 pub const GREETER: &str = "greeter";
 
+/// How long a new websocket may stay silent before the page's request arrives. The page
+/// sends it the moment the socket opens, so a real client needs milliseconds; 5 s covers a
+/// slow link, and a client silent for longer only holds a connection (1,000 such sockets
+/// held 3,000 file descriptors of a gateway and its service until someone killed them).
+pub const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a stream may go with no message moving: no reply from the Greeter, or the page
+/// taking none. Replies follow each other at once, so 30 s of nothing is a stalled Greeter
+/// or a page that stopped reading, and the socket is closed rather than held for ever.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The bounds one websocket is kept within; [`Default`] is the two constants above.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketTimeouts {
+    pub first_message: Duration,
+    pub idle: Duration,
+}
+
+impl Default for SocketTimeouts {
+    fn default() -> Self {
+        SocketTimeouts { first_message: FIRST_MESSAGE_TIMEOUT, idle: IDLE_TIMEOUT }
+    }
+}
+
 #[derive(Clone)]
 pub struct WebService {
     /// This node's id, so answers say who served them.
@@ -30,11 +55,14 @@ pub struct WebService {
     pub registry: Arc<dyn Registry>,
     /// Requests answered, over the node's life: its tally when it stops.
     pub served: Arc<AtomicUsize>,
+    /// How long a websocket may wait for its request, and then go without a message.
+    pub timeouts: SocketTimeouts,
 }
 
 impl WebService {
     pub fn new(node_id: &str, registry: Arc<dyn Registry>) -> Self {
-        WebService { node_id: node_id.to_owned(), registry, served: Arc::default() }
+        let (node_id, served, timeouts) = (node_id.to_owned(), Arc::default(), Default::default());
+        WebService { node_id, registry, served, timeouts }
     }
 }
 
@@ -90,42 +118,61 @@ async fn bridge(service: WebService, mut socket: WebSocket) {
         }
     };
     let close = CloseFrame { code, reason: reason.into() };
-    let _ = socket.send(Message::Close(Some(close))).await;
+    // Bounded too: a client that reads nothing must not hold the socket by refusing the close.
+    let _ =
+        tokio::time::timeout(service.timeouts.idle, socket.send(Message::Close(Some(close)))).await;
 }
 
 type Failure = (u16, String);
 
 async fn relay(service: &WebService, socket: &mut WebSocket) -> Result<u32, Failure> {
-    let request = read_request(socket).await?;
+    let SocketTimeouts { first_message, idle } = service.timeouts;
+    let request =
+        tokio::time::timeout(first_message, read_request(socket)).await.map_err(|_| {
+            (
+                close_code::POLICY,
+                format!("no request within {}s of opening", first_message.as_secs_f32()),
+            )
+        })??;
     let nodes =
         service.registry.nodes(GREETER).await.map_err(|e| (close_code::ERROR, e.to_string()))?;
     let node = nodes
         .first()
         .ok_or_else(|| (close_code::AGAIN, format!("no node for service {GREETER}")))?;
-    let mut greeter =
-        GreeterClient::connect(format!("http://{}", node.address)).await.map_err(|e| {
-            (close_code::AGAIN, format!("{GREETER} at {} unreachable: {e}", node.address))
-        })?;
-
+    let idle_for = || format!("{}s", idle.as_secs_f32());
+    let silent = || (close_code::AGAIN, format!("{GREETER} sent nothing for {}", idle_for()));
     let ask = GreetingsRequest { name: request.name, count: request.count, interval_ms: 0 };
-    let mut replies = greeter
-        .greetings(ask)
-        .await
-        .map_err(|status| (close_code::ERROR, format!("{GREETER}: {}", status.message())))?
-        .into_inner();
+    let call = async {
+        let address = &node.address;
+        let mut greeter = GreeterClient::connect(format!("http://{address}"))
+            .await
+            .map_err(|e| (close_code::AGAIN, format!("{GREETER} at {address} unreachable: {e}")))?;
+        greeter
+            .greetings(ask)
+            .await
+            .map_err(|status| (close_code::ERROR, format!("{GREETER}: {}", status.message())))
+    };
+    let mut replies = tokio::time::timeout(idle, call).await.map_err(|_| silent())??.into_inner();
     let mut sent = 0;
     // Each reply goes out as soon as it arrives: the page shows a stream, not a batch.
-    while let Some(reply) = replies
-        .message()
-        .await
-        .map_err(|status| (close_code::ERROR, format!("{GREETER}: {}", status.message())))?
-    {
+    loop {
+        let reply = tokio::time::timeout(idle, replies.message())
+            .await
+            .map_err(|_| silent())?
+            .map_err(|status| (close_code::ERROR, format!("{GREETER}: {}", status.message())))?;
+        let Some(reply) = reply else { break };
         let json = serde_json::to_string(&reply).map_err(|e| (close_code::ERROR, e.to_string()))?;
-        if socket.send(Message::Text(json.into())).await.is_err() {
+        match tokio::time::timeout(idle, socket.send(Message::Text(json.into()))).await {
+            Ok(Ok(())) => sent += 1,
             // The page went away; dropping `replies` cancels the gRPC call too.
-            return Err((close_code::AWAY, format!("client left after {sent} messages")));
+            Ok(Err(_)) => {
+                return Err((close_code::AWAY, format!("client left after {sent} messages")));
+            }
+            Err(_) => {
+                let reason = format!("client took no message for {}", idle_for());
+                return Err((close_code::POLICY, reason));
+            }
         }
-        sent += 1;
     }
     Ok(sent)
 }
@@ -200,10 +247,20 @@ pub mod tests {
     /// Sends `request` over the stream websocket of a fresh service; returns the texts and
     /// the close frame's code and reason.
     async fn stream_once(registry: Arc<dyn Registry>, request: &str) -> (Vec<String>, u16, String) {
-        let server = HttpServer::start(router(WebService::new("hello-1", registry))).await.unwrap();
+        stream_within(WebService::new("hello-1", registry), Some(request)).await
+    }
+
+    /// The same with `service` as given, and the request sent only if there is one.
+    async fn stream_within(
+        service: WebService,
+        request: Option<&str>,
+    ) -> (Vec<String>, u16, String) {
+        let server = HttpServer::start(router(service)).await.unwrap();
         let url = format!("ws://{}/stream", server.addr());
         let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        socket.send(tungstenite::Message::text(request)).await.unwrap();
+        if let Some(request) = request {
+            socket.send(tungstenite::Message::text(request)).await.unwrap();
+        }
         let mut texts = Vec::new();
         let result = tokio::time::timeout(PATIENCE, async {
             while let Some(message) = socket.next().await {
@@ -251,5 +308,50 @@ pub mod tests {
         // No Greeter registered: the page is told which service is missing.
         let (_, code, reason) = stream_once(registry(), r#"{"name":"a","count":2}"#).await;
         assert_eq!((code, reason.as_str()), (1013, "no node for service greeter"));
+    }
+
+    #[tokio::test]
+    async fn a_socket_that_never_asks_is_closed_after_the_first_message_timeout() {
+        let mut service = WebService::new("hello-1", registry());
+        let first_message = Duration::from_millis(300);
+        service.timeouts = SocketTimeouts { first_message, idle: Duration::from_secs(60) };
+        let started = std::time::Instant::now();
+        let (texts, code, reason) = stream_within(service, None).await;
+        assert!(started.elapsed() >= first_message, "closed before its time");
+        assert!(texts.is_empty());
+        assert_eq!((code, reason.as_str()), (1008, "no request within 0.3s of opening"));
+    }
+
+    #[tokio::test]
+    async fn a_greeter_that_goes_quiet_mid_stream_closes_the_socket_after_the_idle_timeout() {
+        // A Greeter that accepts connections and never answers: the stream stalls at once.
+        let registry = registry();
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let node = Node::new(GREETER, "greeter-7", silent.local_addr().unwrap());
+        registry.register(&node, Duration::from_secs(60)).await.unwrap();
+        let _held = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = silent.accept().await {
+                held.push(stream);
+            }
+        });
+        let mut service = WebService::new("hello-1", registry.clone());
+        let idle = Duration::from_millis(300);
+        service.timeouts = SocketTimeouts { first_message: Duration::from_secs(60), idle };
+        let server = HttpServer::start(router(service)).await.unwrap();
+        let url = format!("ws://{}/stream", server.addr());
+        let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        socket.send(tungstenite::Message::text(r#"{"name":"a","count":2}"#)).await.unwrap();
+        let closed = tokio::time::timeout(PATIENCE, async {
+            while let Some(message) = socket.next().await {
+                if let tungstenite::Message::Close(Some(frame)) = message.unwrap() {
+                    return (u16::from(frame.code), frame.reason.to_string());
+                }
+            }
+            panic!("no close frame")
+        })
+        .await
+        .expect("the stalled stream must be closed");
+        assert_eq!(closed, (1013, "greeter sent nothing for 0.3s".to_owned()));
     }
 }
