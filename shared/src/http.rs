@@ -262,17 +262,15 @@ impl Forwarder {
 
     /// Sends `request` to `address` with its path replaced by `path_and_query`.
     ///
-    /// A websocket handshake (`Upgrade: websocket`) is passed on too: when the node agrees
-    /// (101), the two upgraded connections are spliced and bytes flow both ways until
-    /// either side closes. Without this a gateway silently breaks every websocket page.
+    /// Plain requests only: `Upgrade` is a hop-by-hop header and is dropped, so a websocket
+    /// handshake reaches the node as a plain GET. A gateway that carries websockets splices
+    /// them itself, within timeouts of its own (the web example's gateway shows how).
     pub async fn forward(
         &self,
         address: &str,
         path_and_query: &str,
         mut request: Request<Body>,
     ) -> Result<Response<Body>, ForwardError> {
-        let upgrade = request.headers().get(header::UPGRADE).cloned();
-        let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         let uri: Uri = format!("http://{address}{path_and_query}").parse().map_err(
             |source: http::uri::InvalidUri| ForwardError::BadAddress {
                 address: address.to_owned(),
@@ -284,24 +282,11 @@ impl Forwarder {
         for name in HOP_BY_HOP.iter().chain([&header::HOST]) {
             headers.remove(name);
         }
-        if let Some(protocol) = upgrade {
-            // The one hop-by-hop exchange a proxy must repeat: asking for the upgrade.
-            headers.insert(header::CONNECTION, http::HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, protocol);
-        }
-        let mut response = self
+        let response = self
             .client
             .request(request)
             .await
             .map_err(|source| ForwardError::Unreachable { address: address.to_owned(), source })?;
-        if response.status() == http::StatusCode::SWITCHING_PROTOCOLS
-            && let Some(client_side) = client_side
-        {
-            let node_side = hyper::upgrade::on(&mut response);
-            tokio::spawn(splice(client_side, node_side));
-            // 101 keeps its Connection and Upgrade headers: they are the answer.
-            return Ok(response.map(Body::new));
-        }
         let (mut parts, body) = response.into_parts();
         for name in &HOP_BY_HOP {
             parts.headers.remove(name);
@@ -318,18 +303,6 @@ impl Forwarder {
             .await
             .map_err(|source| ForwardError::Unreachable { address, source })?;
         Ok(response.map(Body::new))
-    }
-}
-
-/// Copies bytes both ways between two upgraded connections until one side closes.
-async fn splice(client: hyper::upgrade::OnUpgrade, node: hyper::upgrade::OnUpgrade) {
-    let (client, node) = match tokio::try_join!(client, node) {
-        Ok(both) => both,
-        Err(e) => return tracing::warn!("websocket upgrade through the gateway failed: {e}"),
-    };
-    let (mut client, mut node) = (TokioIo::new(client), TokioIo::new(node));
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut node).await {
-        tracing::debug!("spliced connection ended: {e}");
     }
 }
 
