@@ -42,6 +42,7 @@ pub const TOPICS: &[Topic] = &[
     topic("shutdown", true),
     topic("sidecar", true),
     topic("stream", false),
+    topic("trace", true),
     topic("tunnel", false),
     topic("waitgroup", false),
     topic("web", true),
