@@ -115,3 +115,29 @@ pub fn parse(scrape: &str) -> BTreeMap<(String, String), Counts> {
     }
     found
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scrape_is_read_per_service_and_method() {
+        let scrape = "# TYPE requests_total counter\n\
+            requests_total{service=\"greeter\",method=\"greeter.v1.Greeter/SayHello\"} 3\n\
+            request_errors_total{service=\"greeter\",method=\"greeter.v1.Greeter/SayHello\"} 1\n\
+            request_duration_seconds_bucket{service=\"greeter\",method=\"greeter.v1.Greeter/SayHello\",le=\"0.001\"} 2\n\
+            request_duration_seconds_count{service=\"greeter\",method=\"greeter.v1.Greeter/SayHello\"} 3\n\
+            requests_total{service=\"gateway\",method=\"GET /hello\"} 4\n";
+        let parsed = parse(scrape);
+        let key = |s: &str, m: &str| (s.to_owned(), m.to_owned());
+        assert_eq!(
+            parsed[&key("greeter", "greeter.v1.Greeter/SayHello")],
+            Counts { requests: 3, errors: 1, timed: 3 }
+        );
+        assert_eq!(
+            parsed[&key("gateway", "GET /hello")],
+            Counts { requests: 4, errors: 0, timed: 0 }
+        );
+        assert_eq!(parsed.len(), 2);
+    }
+}

@@ -187,3 +187,60 @@ impl Tree {
         1 + self.children.iter().map(Tree::len).sum::<usize>()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::{Span as _, SpanKind, TraceContextExt, Tracer};
+    use opentelemetry::{Context, KeyValue};
+
+    use super::*;
+
+    /// Spans made the way the layers make them: a parent's context handed to its child.
+    #[tokio::test]
+    async fn spans_become_a_tree_by_their_parents_and_a_missing_parent_makes_a_root() {
+        let telemetry = Telemetry::new(true, 1.0);
+        let (gateway, greeter) =
+            (telemetry.tracer("gateway").unwrap(), telemetry.tracer("greeter").unwrap());
+        let span = |tracer: &SdkTracer, name: &'static str, kind, parent: &Context| {
+            parent.with_span(
+                tracer.span_builder(name).with_kind(kind).start_with_context(tracer, parent),
+            )
+        };
+        let root = span(&gateway, "GET /hello", SpanKind::Server, &Context::new());
+        let call = span(&gateway, "call", SpanKind::Client, &root);
+        let served = span(&greeter, "call", SpanKind::Server, &call);
+        let orphan = span(&greeter, "call", SpanKind::Server, &Context::new()); // no context came
+        for cx in [&served, &orphan, &call, &root] {
+            cx.span().set_attribute(KeyValue::new("k", 1));
+            cx.span().end();
+        }
+        let spans = telemetry.collected().unwrap().take(4, Duration::from_secs(1)).await.unwrap();
+        let trees = trees(&spans);
+        assert_eq!(trees.len(), 2, "the orphan is a root of its own");
+        assert_ne!(trees[0].trace_id, trees[1].trace_id);
+        assert_eq!(
+            trees[0].lines(),
+            ["gateway: server GET /hello", "└─ gateway: client call", "   └─ greeter: server call",]
+        );
+        assert_eq!(trees[1].lines(), ["greeter: server call"]);
+        assert_eq!(trees[0].len(), 3);
+    }
+
+    #[test]
+    fn head_sampling_follows_the_callers_decision() {
+        let provider = SdkTracerProvider::builder().with_sampler(sampler(0.0)).build();
+        let tracer = provider.tracer("test");
+        let new_trace = tracer.start("new");
+        assert!(!new_trace.span_context().is_sampled(), "ratio 0 keeps no new trace");
+        let sampled_caller = opentelemetry::trace::SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            opentelemetry::trace::TraceFlags::SAMPLED,
+            true,
+            Default::default(),
+        );
+        let parent = Context::new().with_remote_span_context(sampled_caller);
+        let continued = tracer.start_with_context("continued", &parent);
+        assert!(continued.span_context().is_sampled(), "a sampled caller's trace is kept");
+    }
+}
