@@ -98,7 +98,9 @@ async fn story(
 fn print_traces(what: &str, trees: &[Tree]) {
     let ids: std::collections::HashSet<_> = trees.iter().map(|t| t.trace_id).collect();
     let spans: usize = trees.iter().map(Tree::len).sum();
-    println!("{what}: {} trace(s), {spans} spans", ids.len());
+    let traces =
+        if ids.len() == 1 { "1 trace".to_owned() } else { format!("{} traces", ids.len()) };
+    println!("{what}: {traces}, {spans} spans");
     for tree in trees {
         for line in tree.lines() {
             println!("  {line}");
