@@ -18,7 +18,7 @@ use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{FutureExt, SpanKind, Status, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracer;
+use opentelemetry_sdk::trace::{Sampler, SdkTracer};
 
 /// A server hop: continue the caller's trace (a new one when the request carries none) in
 /// a `server` span, and run the handler inside it so that its own calls become children.
@@ -129,6 +129,13 @@ impl TracedBroker {
             async move { finish(&cx, handled.await.err()) }
         }))
     }
+}
+
+/// Head sampling, decided once where a trace starts and carried in `traceparent`'s flags:
+/// `ratio` of new traces are kept, and a continued trace follows its caller's decision
+/// (`ParentBased`), so no service keeps a fragment of a trace the others dropped.
+pub fn sampler(ratio: f64) -> Sampler {
+    Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio)))
 }
 
 // ---- What the three share ---------------------------------------------------------------

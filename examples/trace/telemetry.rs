@@ -8,14 +8,10 @@ use std::time::Duration;
 use opentelemetry::trace::{SpanId, SpanKind, TraceId, TracerProvider as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, SpanData, SpanExporter};
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, SpanData, SpanExporter};
 use tokio::sync::watch;
 
-/// Head sampling, decided once where a trace starts and followed by every hop after it
-/// (`ParentBased`): `ratio` of new traces are kept, whole. The story keeps all (1.0).
-pub fn sampler(ratio: f64) -> Sampler {
-    Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio)))
-}
+use crate::propagation::sampler;
 
 pub struct Telemetry {
     /// The spans this process finished, when it keeps them for a tree.

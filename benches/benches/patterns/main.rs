@@ -8,6 +8,7 @@ mod broker;
 mod grpc;
 mod sharding;
 mod tls;
+mod trace;
 mod tunnel;
 
 // The tunnel example's own multiplexer and wire format, compiled here unchanged so the
@@ -21,6 +22,13 @@ mod link;
 #[allow(dead_code)]
 #[path = "../../../examples/tunnel/session.rs"]
 mod session;
+// The trace example's layers and its sampler, likewise (its unit tests are not run here).
+#[allow(dead_code, unused_imports)]
+#[path = "../../../examples/trace/metrics.rs"]
+mod metrics;
+#[allow(dead_code)]
+#[path = "../../../examples/trace/propagation.rs"]
+mod propagation;
 // The sharding example's node choosers, likewise.
 #[path = "../../../examples/sharding/hashing.rs"]
 mod hashing;
@@ -54,6 +62,9 @@ fn main() {
         }
         if wanted("tls") {
             rows.extend(tls::rows(effort).await);
+        }
+        if wanted("trace") {
+            rows.extend(trace::rows(effort).await);
         }
         if wanted("sharding") {
             rows.extend(sharding::rows(effort).await);
