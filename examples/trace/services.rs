@@ -4,7 +4,6 @@
 //! the layers of `propagation.rs` and `metrics.rs` on each, nothing traced by hand.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::{Query, State};
@@ -23,7 +22,7 @@ use microkit::server::RunningServer;
 use opentelemetry_sdk::trace::SdkTracer;
 use tonic::transport::{Channel, Server};
 use tonic::{Code, Request, Response, Status, Streaming};
-use tower::ServiceBuilder;
+use tower::{Layer as _, ServiceBuilder};
 
 use crate::metrics::RedLayer;
 use crate::propagation::{ClientLayer, ServerLayer, TracedBroker};
@@ -133,8 +132,6 @@ impl Greeter for MiddleGreeter {
     }
 }
 
-use tower::Layer as _;
-
 /// A channel to the first node the registry lists for the service.
 fn first_node(nodes: &LiveNodes, channels: &Channels) -> Result<Channel, Status> {
     let node = nodes.current().into_iter().next().ok_or_else(|| {
@@ -143,26 +140,17 @@ fn first_node(nodes: &LiveNodes, channels: &Channels) -> Result<Channel, Status>
     channels.to(&node)
 }
 
-/// The subscriber: counts the greetings it audits.
-pub async fn audit(
-    broker: Arc<dyn Broker>,
-    tracer: &SdkTracer,
-) -> anyhow::Result<(Handler, Arc<AtomicU64>)> {
-    let audited = Arc::new(AtomicU64::new(0));
-    let count = audited.clone();
+/// The subscriber: logs each greeting it audits.
+pub async fn audit(broker: Arc<dyn Broker>, tracer: &SdkTracer) -> anyhow::Result<Handler> {
     let traced = TracedBroker { broker, tracer: tracer.clone() };
     let handler = traced
-        .handle(TOPIC, Some("audit"), move |message| {
-            let count = count.clone();
-            async move {
-                let name = std::str::from_utf8(&message.payload).map_err(|e| e.to_string())?;
-                tracing::info!(name, "audited");
-                count.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
+        .handle(TOPIC, Some("audit"), |message| async move {
+            let name = std::str::from_utf8(&message.payload).map_err(|e| e.to_string())?;
+            tracing::info!(name, "audited");
+            Ok(())
         })
         .await?;
-    Ok((handler, audited))
+    Ok(handler)
 }
 
 /// The edge: `GET /hello?name=..` becomes a gRPC call to the greeter; `/metrics` is here
