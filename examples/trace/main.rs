@@ -164,13 +164,14 @@ async fn role(
     let registry = backend.registry();
     let stop = microkit::signal::stop_requested();
     let metrics = match role {
-        Role::Gateway { .. } => None,
+        // The gateway serves /metrics itself; audit serves no requests, so has none to count.
+        Role::Gateway { .. } | Role::Audit => None,
         // The gRPC services have no HTTP port of their own: /metrics gets one.
         _ => Some(microkit::http::HttpServer::start(metrics::route()).await?),
     };
-    if let Some(metrics) = &metrics {
-        tracing::info!("metrics on http://{}/metrics", metrics.addr());
-    }
+    // Said in the role's ready line, which comes once the role is in place.
+    let scrape = metrics.as_ref().map(|m| format!(", metrics on http://{}/metrics", m.addr()));
+    let scrape = scrape.unwrap_or_default();
     let tally = match role {
         Role::Gateway { port } => {
             let tracer = telemetry.tracer("gateway")?;
@@ -188,14 +189,14 @@ async fn role(
                 TTL,
             )
             .await?;
-            println!("greeter serving on {}", node.addr());
+            println!("greeter serving on {}{scrape}", node.addr());
             wait(stop).await?;
             node.stop().await?;
             "greeter stopped".to_owned()
         }
         Role::Directory => {
             let node = services::directory(&registry, &telemetry.tracer("directory")?, TTL).await?;
-            println!("directory serving on {}", node.addr());
+            println!("directory serving on {}{scrape}", node.addr());
             wait(stop).await?;
             node.stop().await?;
             "directory stopped".to_owned()
