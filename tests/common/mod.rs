@@ -46,6 +46,7 @@ pub const TOPICS: &[Topic] = &[
     topic("shutdown", true),
     topic("sidecar", true),
     topic("stream", false),
+    topic("trace", true),
     topic("transport", true),
     topic("tunnel", false),
     topic("waitgroup", false),

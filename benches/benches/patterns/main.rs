@@ -11,6 +11,7 @@ mod retry;
 mod sharding;
 mod tls;
 mod transport;
+mod trace;
 mod tunnel;
 
 // The tunnel example's own multiplexer and wire format, compiled here unchanged so the
@@ -28,6 +29,13 @@ mod session;
 #[allow(dead_code)]
 #[path = "../../../examples/proxy/proxy.rs"]
 mod proxy_code;
+// The trace example's layers and its sampler, likewise (its unit tests are not run here).
+#[allow(dead_code, unused_imports)]
+#[path = "../../../examples/trace/metrics.rs"]
+mod metrics;
+#[allow(dead_code)]
+#[path = "../../../examples/trace/propagation.rs"]
+mod propagation;
 // The sharding example's node choosers, likewise.
 #[path = "../../../examples/sharding/hashing.rs"]
 mod hashing;
@@ -73,6 +81,9 @@ fn main() {
         }
         if wanted("tls") {
             rows.extend(tls::rows(effort).await);
+        }
+        if wanted("trace") {
+            rows.extend(trace::rows(effort).await);
         }
         if wanted("sharding") {
             rows.extend(sharding::rows(effort).await);
