@@ -10,6 +10,10 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
+/// Test hosts as network namespaces, for the partition tests (Linux, root).
+#[cfg(target_os = "linux")]
+pub mod hosts;
+
 /// The workspace root.
 pub fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
