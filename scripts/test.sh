@@ -45,6 +45,36 @@ if ! command -v python3 >/dev/null 2>&1; then
   fi
 fi
 
+# iproute2's `ip` for the partition tests (tests/partition.rs), which build their test hosts
+# as network namespaces and need root: they fail, never skip, without either. setpriv
+# (util-linux) ties each process they start in a host to the test's life.
+for tool in ip:iproute2 setpriv:util-linux; do
+  if ! command -v "${tool%%:*}" >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      echo "== installing ${tool#*:} (Debian package)"
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${tool#*:}" >/dev/null
+    else
+      echo "scripts/test.sh needs ${tool%%:*} for the partition tests: install ${tool#*:} (Debian: sudo apt-get install ${tool#*:})" >&2
+      exit 1
+    fi
+  fi
+done
+
+# The partition tests' namespaces are named mkpart-<pid>-...; those of a run whose process is
+# gone (killed before it could clean up) are removed here.
+partition_namespaces() {
+  ip netns list 2>/dev/null | awk '{print $1}' | grep '^mkpart-' || true
+}
+for ns in $(partition_namespaces); do
+  pid=${ns#mkpart-}
+  pid=${pid%%-*}
+  if ! kill -0 "$pid" 2>/dev/null; then
+    echo "== removing the stale test host $ns"
+    ip netns del "$ns" || true
+  fi
+done
+
 # Every process this run starts inherits this mark, so the end of the run can tell its own
 # leftovers from anything else on the machine (see the check at the bottom).
 export MICRO_TEST_RUN="test-$$-$(date +%s)"
@@ -87,5 +117,14 @@ if [ -n "$left" ]; then
   status=1
 else
   echo "== no process of this run is left running"
+fi
+# Nor any test host of the partition tests: every namespace they made is gone.
+left=$(partition_namespaces)
+if [ -n "$left" ]; then
+  echo "== test hosts (network namespaces) are left behind:" >&2
+  echo "$left" >&2
+  status=1
+else
+  echo "== no test host (network namespace) is left behind"
 fi
 exit "$status"
