@@ -194,16 +194,16 @@ impl Hosts {
         let pid = child.id().expect("a running child has a pid");
         self.pids.lock().unwrap().push(pid);
         let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-        let proc = Proc {
+        let mut proc = Proc {
             label: format!("h{i} {label}"),
             pid,
             lines: Arc::default(),
             seen: Arc::new(watch::channel(0).0),
             started: self.started,
             child,
+            readers: Vec::new(),
         };
-        proc.read(out, Stream::Out);
-        proc.read(err, Stream::Err);
+        proc.readers = vec![proc.read(out, Stream::Out), proc.read(err, Stream::Err)];
         proc
     }
 }
@@ -242,10 +242,16 @@ pub struct Proc {
     seen: Arc<watch::Sender<usize>>,
     started: Instant,
     child: Child,
+    /// The tasks reading its output: they end when it has exited and they have read all.
+    readers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Proc {
-    fn read(&self, pipe: impl tokio::io::AsyncRead + Unpin + Send + 'static, stream: Stream) {
+    fn read(
+        &self,
+        pipe: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+        stream: Stream,
+    ) -> tokio::task::JoinHandle<()> {
         let (lines, seen, started) = (self.lines.clone(), self.seen.clone(), self.started);
         let label = self.label.clone();
         tokio::spawn(async move {
@@ -259,7 +265,7 @@ impl Proc {
                 all.push((at, stream, line));
                 seen.send_replace(all.len());
             }
-        });
+        })
     }
 
     /// Every stdout line so far.
@@ -323,8 +329,10 @@ impl Proc {
         let status = tokio::time::timeout(limit, self.child.wait()).await;
         let status =
             status.unwrap_or_else(|_| panic!("{} did not stop within {limit:?}", self.label));
-        // Its last lines are read after the exit; give the readers a moment to catch up.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Its last lines (the tally) may still be in the pipes: read them to the end.
+        for reader in self.readers.drain(..) {
+            let _ = tokio::time::timeout(limit, reader).await;
+        }
         status.expect("waiting for a process")
     }
 }
