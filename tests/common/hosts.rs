@@ -258,7 +258,10 @@ impl Proc {
             let mut reader = BufReader::new(pipe).lines();
             while let Ok(Some(line)) = reader.next_line().await {
                 let at = started.elapsed().as_secs_f64();
-                if stream == Stream::Out {
+                let line = plain_text(&line);
+                // stdout, and the warnings of the examples' logs (a failed heartbeat): what
+                // a reader of the timeline wants to see as it happens.
+                if stream == Stream::Out || line.contains(" WARN ") || line.contains(" ERROR ") {
                     eprintln!("{at:7.2}s  [{label}] {line}");
                 }
                 let mut all = lines.lock().unwrap();
@@ -360,4 +363,23 @@ where
         let _ = done.send(runtime.block_on(work()));
     });
     async move { result.await.expect("the work inside a host panicked") }
+}
+
+/// `line` without terminal colour codes (tracing colours its logs even into a pipe).
+pub fn plain_text(line: &str) -> String {
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // An escape sequence: ESC [ parameters, ending with a letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
 }
