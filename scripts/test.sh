@@ -46,8 +46,8 @@ if ! command -v python3 >/dev/null 2>&1; then
 fi
 
 # A Python virtual environment for the interop tests (clients nobody here wrote: nats-py,
-# grpcio and its tools, in scripts/requirements.txt), in target/py. It installs scripts/requirements.txt again only when that
-# file changed since the last install.
+# grpcio and its tools, in scripts/requirements.txt), in target/py. It installs
+# scripts/requirements.txt again only when that file changed since the last install.
 if [ ! -x target/py/bin/python ]; then
   if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -68,6 +68,36 @@ if ! cmp -s scripts/requirements.txt target/py/installed-requirements.txt; then
   target/py/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
   cp scripts/requirements.txt target/py/installed-requirements.txt
 fi
+
+# iproute2's `ip` for the partition tests (tests/partition.rs), which build their test hosts
+# as network namespaces and need root: they fail, never skip, without either. setpriv
+# (util-linux) ties each process they start in a host to the test's life.
+for tool in ip:iproute2 setpriv:util-linux; do
+  if ! command -v "${tool%%:*}" >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      echo "== installing ${tool#*:} (Debian package)"
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${tool#*:}" >/dev/null
+    else
+      echo "scripts/test.sh needs ${tool%%:*} for the partition tests: install ${tool#*:} (Debian: sudo apt-get install ${tool#*:})" >&2
+      exit 1
+    fi
+  fi
+done
+
+# The partition tests' namespaces are named mkpart-<pid>-...; those of a run whose process is
+# gone (killed before it could clean up) are removed here.
+partition_namespaces() {
+  ip netns list 2>/dev/null | awk '{print $1}' | grep '^mkpart-' || true
+}
+for ns in $(partition_namespaces); do
+  pid=${ns#mkpart-}
+  pid=${pid%%-*}
+  if ! kill -0 "$pid" 2>/dev/null; then
+    echo "== removing the stale test host $ns"
+    ip netns del "$ns" || true
+  fi
+done
 
 # Every process this run starts inherits this mark, so the end of the run can tell its own
 # leftovers from anything else on the machine (see the check at the bottom).
@@ -111,5 +141,14 @@ if [ -n "$left" ]; then
   status=1
 else
   echo "== no process of this run is left running"
+fi
+# Nor any test host of the partition tests: every namespace they made is gone.
+left=$(partition_namespaces)
+if [ -n "$left" ]; then
+  echo "== test hosts (network namespaces) are left behind:" >&2
+  echo "$left" >&2
+  status=1
+else
+  echo "== no test host (network namespace) is left behind"
 fi
 exit "$status"

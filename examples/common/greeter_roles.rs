@@ -3,6 +3,7 @@
 //! until its count is reached or it is asked to stop. How a client *picks* its node is each
 //! example's lesson and stays in that example; everything here is the same for both.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -29,11 +30,17 @@ pub async fn start_node(
     Ok(Registered::new(registry, server, SERVICE, name, ttl).await?)
 }
 
-/// The `server` role: serve and stay registered until a stop request, then leave the
-/// registry before draining (no client is sent to a closing node) and print the tally.
-pub async fn serve(registry: &Arc<dyn Registry>, name: &str, ttl: Duration) -> anyhow::Result<()> {
+/// The `server` role: serve on a free port of `listen` and stay registered until a stop
+/// request, then leave the registry before draining (no client is sent to a closing node)
+/// and print the tally.
+pub async fn serve(
+    registry: &Arc<dyn Registry>,
+    name: &str,
+    listen: IpAddr,
+    ttl: Duration,
+) -> anyhow::Result<()> {
     let received = Arc::new(AtomicU64::new(0));
-    let server = counting_greeter(name, received.clone()).await?;
+    let server = counting_greeter(name, listen, received.clone()).await?;
     let node = Registered::new(registry, server, SERVICE, name, ttl).await?;
     // Armed before the ready line: a signal that follows it is a stop request, not a kill.
     let stop = microkit::signal::stop_requested();
@@ -48,9 +55,13 @@ pub async fn serve(registry: &Arc<dyn Registry>, name: &str, ttl: Duration) -> a
 }
 
 /// A Greeter whose every incoming call adds one to `received`: the server role's tally.
-async fn counting_greeter(name: &str, received: Arc<AtomicU64>) -> std::io::Result<RunningServer> {
+async fn counting_greeter(
+    name: &str,
+    listen: IpAddr,
+    received: Arc<AtomicU64>,
+) -> std::io::Result<RunningServer> {
     let greeter = HelloGreeter::new(name).into_service();
-    RunningServer::start_with(move |incoming, stop| {
+    RunningServer::start_on(listen, move |incoming, stop| {
         let count = tower::util::MapRequestLayer::new(move |request: http::Request<Body>| {
             received.fetch_add(1, Ordering::Relaxed);
             request
@@ -140,7 +151,8 @@ mod tests {
     #[tokio::test]
     async fn the_server_counts_the_calls_it_receives() {
         let received = Arc::new(AtomicU64::new(0));
-        let server = counting_greeter("n1", received.clone()).await.unwrap();
+        let loopback = IpAddr::from([127, 0, 0, 1]);
+        let server = counting_greeter("n1", loopback, received.clone()).await.unwrap();
         let mut client = GreeterClient::connect(server.url()).await.unwrap();
         for _ in 0..3 {
             client.say_hello(HelloRequest { name: "x".into() }).await.unwrap();

@@ -233,6 +233,10 @@ enum Role {
         /// The node's id in the registry, e.g. greeter-a.
         #[arg(long)]
         name: String,
+        /// The address to serve on, at a free port: another host's clients need one of
+        /// this host's addresses, not loopback.
+        #[arg(long, default_value = "127.0.0.1")]
+        listen: std::net::IpAddr,
     },
     /// Call the service as one user, or without the header (needs NATS_URL).
     Client {
@@ -278,7 +282,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(role) => {
             backend.require_shared_nats("the server and client roles")?;
             match role {
-                Role::Server { name } => roles::serve(&registry, &name, TTL).await,
+                Role::Server { name, listen } => roles::serve(&registry, &name, listen, TTL).await,
                 Role::Client { user, calls, interval_ms } => {
                     let interval = Duration::from_millis(interval_ms);
                     client(&registry, user.as_deref(), calls, interval).await

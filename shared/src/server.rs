@@ -10,7 +10,7 @@
 //! dropping that runtime drops every connection task with it.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use tokio::sync::oneshot;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -43,7 +43,17 @@ impl RunningServer {
         F: FnOnce(TcpIncoming, WaitForCancellationFutureOwned) -> Fut + Send + 'static,
         Fut: Future<Output = Result<(), tonic::transport::Error>>,
     {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        Self::start_on(IpAddr::V4(Ipv4Addr::LOCALHOST), serve).await
+    }
+
+    /// [`RunningServer::start_with`] on a free port of `ip` instead of loopback: for a node
+    /// that other hosts must reach (the partition tests run nodes on separate hosts).
+    pub async fn start_on<F, Fut>(ip: IpAddr, serve: F) -> std::io::Result<Self>
+    where
+        F: FnOnce(TcpIncoming, WaitForCancellationFutureOwned) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), tonic::transport::Error>>,
+    {
+        let listener = std::net::TcpListener::bind(SocketAddr::new(ip, 0))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -12,6 +12,10 @@ use tokio::process::Command;
 
 pub mod golden;
 
+/// Test hosts as network namespaces, for the partition tests (Linux, root).
+#[cfg(target_os = "linux")]
+pub mod hosts;
+
 /// The workspace root.
 pub fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
