@@ -10,8 +10,8 @@ mod proxy;
 mod retry;
 mod sharding;
 mod tls;
-mod transport;
 mod trace;
+mod transport;
 mod tunnel;
 
 // The tunnel example's own multiplexer and wire format, compiled here unchanged so the
