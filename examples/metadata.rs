@@ -299,10 +299,8 @@ fn printable_ascii(text: &str) -> Result<String, String> {
     ascii(text).map(|_| text.to_owned()).map_err(|status| status.message().to_owned())
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    microkit::init_tracing();
-    microkit::report(run(Args::parse()).await)
+fn main() -> std::process::ExitCode {
+    microkit::main(run)
 }
 
 #[cfg(test)]

@@ -223,10 +223,8 @@ struct Args {
     guests: Vec<String>,
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    microkit::init_tracing();
-    microkit::report(run(Args::parse()).await)
+fn main() -> std::process::ExitCode {
+    microkit::main(run)
 }
 
 #[cfg(test)]

@@ -29,9 +29,9 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use bytes::Bytes;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Subcommand, ValueEnum};
 use microkit::PATIENCE;
-use microkit::backend::{Backend, BackendArgs};
+use microkit::backend::Backend;
 use microkit::broker::{Broker, Handler, Headers};
 use microkit::proto::events::{OrderPlaced, UserSignedUp};
 use tokio::sync::watch;
@@ -305,16 +305,8 @@ async fn tell(backend: &Backend) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[derive(Parser, Debug)]
-#[command(about = "Typed events: a topic per event type, broadcast and queue-group subscribers")]
-struct Args {
-    #[command(flatten)]
-    backend: BackendArgs,
-
-    /// Run one role against a shared NATS server; without a role, everything runs here.
-    #[command(subcommand)]
-    role: Option<Role>,
-}
+/// `--backend`, and the role to run (none: the whole story, in this one process).
+type Args = microkit::backend::Cli<Role>;
 
 #[derive(Subcommand, Debug)]
 enum Role {
@@ -336,10 +328,13 @@ enum Role {
     },
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    microkit::init_tracing();
-    microkit::report(run(Args::parse()).await)
+impl microkit::backend::Roles for Role {
+    const ABOUT: &'static str =
+        "Typed events: a topic per event type, broadcast and queue-group subscribers";
+}
+
+fn main() -> std::process::ExitCode {
+    microkit::main(run)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -396,7 +391,8 @@ async fn until_stopped(running: Running, max_events: Option<u64>) -> anyhow::Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use microkit::backend::BackendChoice;
+    use clap::Parser;
+    use microkit::backend::{BackendArgs, BackendChoice};
     use microkit::nats::{INSTALL_HINT, NatsServer};
     use prost::Message as _;
 

@@ -206,15 +206,7 @@ struct Args {
 #[derive(Subcommand, Debug)]
 enum Role {
     /// Serve the greeter and stay registered until stopped (needs NATS_URL).
-    Server {
-        /// The node's id in the registry, e.g. greeter-a.
-        #[arg(long)]
-        name: String,
-        /// The address to serve on, at a free port: another host's clients need one of
-        /// this host's addresses, not loopback.
-        #[arg(long, default_value = "127.0.0.1")]
-        listen: std::net::IpAddr,
-    },
+    Server(roles::ServerArgs),
     /// Call the service, one node after the other (needs NATS_URL).
     Client {
         /// How many calls to make; 0 means until stopped.
@@ -252,7 +244,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(role) => {
             backend.require_shared_nats("the server and client roles")?;
             match role {
-                Role::Server { name, listen } => roles::serve(&registry, &name, listen, ttl).await,
+                Role::Server(server) => {
+                    roles::serve(&registry, &server.name, server.listen, ttl).await
+                }
                 Role::Client { calls, interval_ms } => {
                     client(&registry, calls, Duration::from_millis(interval_ms)).await
                 }
@@ -261,10 +255,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    microkit::init_tracing();
-    microkit::report(run(Args::parse()).await)
+fn main() -> std::process::ExitCode {
+    microkit::main(run)
 }
 
 #[cfg(test)]
@@ -280,14 +272,8 @@ mod tests {
     async fn cluster(
         names: &[&str],
     ) -> (Arc<dyn Registry>, Vec<Registered<RunningServer>>, RoundRobin) {
-        let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
-        let mut nodes = Vec::new();
-        for name in names {
-            nodes.push(start_node(&registry, name, TTL).await.unwrap());
-        }
-        let client = RoundRobin::new(LiveNodes::watch(&registry, SERVICE).await.unwrap());
-        client.nodes.wait_for_ids(names, PATIENCE).await.unwrap();
-        (registry, nodes, client)
+        let (registry, nodes, live) = roles::memory_cluster(names, TTL).await;
+        (registry, nodes, RoundRobin::new(live))
     }
 
     async fn answers(client: &RoundRobin, count: usize) -> Vec<String> {

@@ -340,10 +340,8 @@ fn visible_token(token: &str) -> Result<String, String> {
     bearer(token).map(|_| token.to_owned()).map_err(|status| status.message().to_owned())
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    microkit::init_tracing();
-    microkit::report(run(Args::parse()).await)
+fn main() -> std::process::ExitCode {
+    microkit::main(run)
 }
 
 #[cfg(test)]

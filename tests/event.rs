@@ -6,7 +6,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::example;
+use common::{example, next_line};
 use microkit::nats::{INSTALL_HINT, NatsServer};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout};
@@ -19,11 +19,6 @@ fn spawn(server: &NatsServer, args: &[&str]) -> (Child, Lines<BufReader<ChildStd
     let mut child = command.spawn().unwrap();
     let lines = BufReader::new(child.stdout.take().unwrap()).lines();
     (child, lines)
-}
-
-async fn next_line(lines: &mut Lines<BufReader<ChildStdout>>) -> String {
-    let line = tokio::time::timeout(LIMIT, lines.next_line()).await.expect("a line in time");
-    line.unwrap().expect("the process is still running")
 }
 
 /// A plain HTTP/1.1 POST, written by hand: the test needs no HTTP client.

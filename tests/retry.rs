@@ -7,7 +7,7 @@ mod common;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use common::{example, run_within, text};
+use common::{example, next_line, run_within, text};
 use microkit::nats::NatsServer;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout};
@@ -59,14 +59,6 @@ impl Hop {
         let exit = tokio::time::timeout(LIMIT, self.child.wait()).await.expect("no exit").unwrap();
         (exit, rest)
     }
-}
-
-async fn next_line(stdout: &mut Lines<BufReader<ChildStdout>>) -> String {
-    tokio::time::timeout(LIMIT, stdout.next_line())
-        .await
-        .expect("no line in time")
-        .unwrap()
-        .expect("stdout closed early")
 }
 
 /// c, b, a, started last to first (each finds the next one in the registry when called).

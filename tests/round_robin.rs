@@ -7,48 +7,16 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::example;
+use common::{Process, example};
 use microkit::nats::{INSTALL_HINT, NatsServer};
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::{Child, Command};
 
 const TTL_MS: u64 = 1500;
 /// Only turns a hang into a failure.
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// A running example and its stdout, line by line.
-struct Process {
-    child: Child,
-    stdout: Lines<BufReader<ChildStdout>>,
-}
-
+/// What only this test reads from a role.
 impl Process {
-    fn spawn(mut command: Command) -> Self {
-        let mut child = command.spawn().expect("spawning the example");
-        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        Process { child, stdout }
-    }
-
-    async fn line(&mut self) -> String {
-        match tokio::time::timeout(PATIENCE, self.stdout.next_line()).await {
-            Ok(Ok(Some(line))) => line,
-            Ok(_) => panic!("the process ended its output"),
-            Err(_) => panic!("no output line within {PATIENCE:?}"),
-        }
-    }
-
-    /// Reads lines until one equals `wanted`, returning the lines before it.
-    async fn until(&mut self, wanted: &str) -> Vec<String> {
-        let mut before = Vec::new();
-        loop {
-            let line = self.line().await;
-            if line == wanted {
-                return before;
-            }
-            before.push(line);
-        }
-    }
-
     /// Reads lines until one ends with `suffix`, and returns it.
     async fn until_ending(&mut self, suffix: &str) -> String {
         loop {

@@ -7,9 +7,8 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{example, run_within, text};
+use common::{Process, example, run_within, text};
 use microkit::nats::{INSTALL_HINT, NatsServer};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -34,11 +33,10 @@ async fn one_user_one_node_across_client_processes() {
     for name in ["greeter-a", "greeter-b", "greeter-c"] {
         let mut command = example("sharding");
         command.env("NATS_URL", nats.url()).args(["server", "--name", name]);
-        let mut child = command.spawn().unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let ready = tokio::time::timeout(PATIENCE, lines.next_line()).await.unwrap().unwrap();
-        assert!(ready.is_some_and(|l| l.starts_with(&format!("{name} serving"))));
-        servers.push(child); // killed on drop
+        let mut server = Process::spawn(command);
+        let ready = server.line().await;
+        assert!(ready.starts_with(&format!("{name} serving")), "{ready}");
+        servers.push(server); // killed on drop
     }
 
     let first = client_nodes(&nats, &["--user", "ada", "--calls", "20"]).await;

@@ -7,7 +7,7 @@ mod common;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use common::{example, text};
+use common::{example, next_line, text};
 use microkit::backend::{BackendArgs, BackendChoice};
 use microkit::nats::NatsServer;
 use microkit::proto::greeter::GreetingsRequest;
@@ -96,14 +96,6 @@ impl Serving {
         self.child.stderr.take().unwrap().read_to_end(&mut stderr).await.unwrap();
         (status, rest, text(&stderr))
     }
-}
-
-async fn next_line(stdout: &mut Lines<BufReader<ChildStdout>>) -> String {
-    tokio::time::timeout(LIMIT, stdout.next_line())
-        .await
-        .expect("no line in time")
-        .unwrap()
-        .expect("stdout closed early")
 }
 
 /// The ids of the `greeter` nodes, as another process sees them in the NATS registry.

@@ -6,51 +6,17 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::ExitStatus;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{example, python, root, run_within, text};
+use common::{Process, example, python, root, run_within, text};
 use microkit::nats::{INSTALL_HINT, NatsServer};
 use microkit::proto::greeter::{HelloReply, HelloRequest};
 use prost::Message;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::Command;
 
 /// Only turns a hang into a failure.
 const PATIENCE: Duration = Duration::from_secs(30);
-
-/// A running program and its stdout, line by line.
-struct Process {
-    child: Child,
-    stdout: Lines<BufReader<ChildStdout>>,
-}
-
-impl Process {
-    fn spawn(mut command: Command) -> Self {
-        let mut child = command.spawn().expect("spawning a process");
-        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        Process { child, stdout }
-    }
-
-    async fn line(&mut self) -> String {
-        match tokio::time::timeout(PATIENCE, self.stdout.next_line()).await {
-            Ok(Ok(Some(line))) => line,
-            Ok(_) => panic!("the process ended its output"),
-            Err(_) => panic!("no output line within {PATIENCE:?}"),
-        }
-    }
-
-    /// SIGTERM, then its last line and how it ended.
-    async fn stop(mut self) -> (String, ExitStatus) {
-        let pid = self.child.id().expect("still running").to_string();
-        let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(status.success(), "kill -TERM {pid}");
-        let last = self.line().await;
-        let status = tokio::time::timeout(PATIENCE, self.child.wait()).await.unwrap().unwrap();
-        (last, status)
-    }
-}
 
 async fn nats() -> NatsServer {
     NatsServer::start()

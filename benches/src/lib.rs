@@ -6,6 +6,9 @@
 
 use std::time::{Duration, Instant};
 
+use microkit::proto::greeter::HelloRequest;
+use microkit::proto::greeter::greeter_client::GreeterClient;
+
 /// How much work each measurement does: `--quick` for CI-sized runs.
 #[derive(Clone, Copy, Debug)]
 pub struct Effort {
@@ -156,4 +159,35 @@ pub fn print_table(rows: &[Row]) {
             row.pattern, row.raw, row.measured, row.ratio, target, verdict
         );
     }
+}
+
+/// [`latency_pair`] for the pair most rows measure: one `SayHello` on a plain channel, one
+/// through the pattern's client, each checked to succeed.
+pub async fn say_hello_pair<P>(
+    effort: Effort,
+    raw: &mut GreeterClient<tonic::transport::Channel>,
+    pattern: &mut GreeterClient<P>,
+) -> (Duration, Duration)
+where
+    P: tonic::client::GrpcService<
+            tonic::body::Body,
+            Error: Into<tonic::codegen::StdError>,
+            ResponseBody: http_body::Body<
+                Data = bytes::Bytes,
+                Error: Into<tonic::codegen::StdError> + Send,
+            > + Send
+                              + 'static,
+        >,
+{
+    let hello = || HelloRequest { name: "bench".into() };
+    latency_pair(
+        effort,
+        async || {
+            raw.say_hello(hello()).await.expect("a raw call");
+        },
+        async || {
+            pattern.say_hello(hello()).await.expect("a call through the pattern");
+        },
+    )
+    .await
 }

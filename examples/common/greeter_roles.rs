@@ -30,6 +30,18 @@ pub async fn start_node(
     Ok(Registered::new(registry, server, SERVICE, name, ttl).await?)
 }
 
+/// The `server` role's flags, the same in both examples.
+#[derive(clap::Args, Debug)]
+pub struct ServerArgs {
+    /// The node's id in the registry, e.g. greeter-a.
+    #[arg(long)]
+    pub name: String,
+    /// The address to serve on, at a free port: another host's clients need one of this
+    /// host's addresses, not loopback.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub listen: IpAddr,
+}
+
 /// The `server` role: serve on a free port of `listen` and stay registered until a stop
 /// request, then leave the registry before draining (no client is sent to a closing node)
 /// and print the tally.
@@ -139,6 +151,23 @@ pub async fn call_until_stopped(
 fn stopping(signal: &'static str) {
     microkit::signal::exit_on_next();
     tracing::info!("{signal}: stopping");
+}
+
+/// For the examples' tests: a memory registry with a greeter node registered per name, and
+/// a live view of them that already sees them all.
+#[cfg(test)]
+pub async fn memory_cluster(
+    names: &[&str],
+    ttl: Duration,
+) -> (Arc<dyn Registry>, Vec<Registered<RunningServer>>, LiveNodes) {
+    let registry: Arc<dyn Registry> = Arc::new(microkit::registry::MemoryRegistry::new());
+    let mut nodes = Vec::new();
+    for name in names {
+        nodes.push(start_node(&registry, name, ttl).await.unwrap());
+    }
+    let live = LiveNodes::watch(&registry, SERVICE).await.unwrap();
+    live.wait_for_ids(names, microkit::PATIENCE).await.unwrap();
+    (registry, nodes, live)
 }
 
 #[cfg(test)]

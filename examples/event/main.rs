@@ -32,10 +32,10 @@ use std::sync::{Arc, Mutex};
 use axum::Router;
 use axum::body::Body;
 use axum::http::StatusCode;
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 use cloudevents::{AttributesReader, Event};
 use microkit::PATIENCE;
-use microkit::backend::{Backend, BackendArgs};
+use microkit::backend::Backend;
 use microkit::broker::Handler;
 use tower::ServiceExt;
 
@@ -213,16 +213,8 @@ async fn run_all_here(backend: &Backend) -> anyhow::Result<Told> {
     Ok(told)
 }
 
-#[derive(Parser, Debug)]
-#[command(about = "HTTP to CloudEvents; at-most-once vs a durable (at-least-once) consumer")]
-struct Args {
-    #[command(flatten)]
-    backend: BackendArgs,
-
-    /// Run one role against a shared NATS server; without a role, everything runs here.
-    #[command(subcommand)]
-    role: Option<Role>,
-}
+/// `--backend`, and the role to run (none: the whole story, in this one process).
+type Args = microkit::backend::Cli<Role>;
 
 #[derive(Subcommand, Debug)]
 enum Role {
@@ -237,10 +229,13 @@ enum Role {
     Audit,
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    microkit::init_tracing();
-    microkit::report(run(Args::parse()).await)
+impl microkit::backend::Roles for Role {
+    const ABOUT: &'static str =
+        "HTTP to CloudEvents; at-most-once vs a durable (at-least-once) consumer";
+}
+
+fn main() -> std::process::ExitCode {
+    microkit::main(run)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

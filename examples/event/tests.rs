@@ -1,8 +1,9 @@
 use std::time::Duration;
 
 use super::*;
+use clap::Parser;
 use futures::StreamExt;
-use microkit::backend::BackendChoice;
+use microkit::backend::{BackendArgs, BackendChoice};
 use microkit::nats::{INSTALL_HINT, NatsServer};
 use microkit::proto::events::UserLoggedIn;
 

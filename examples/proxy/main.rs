@@ -33,7 +33,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use clap::Parser;
 use futures::TryStreamExt;
 use http::uri::PathAndQuery;
 use microkit::PATIENCE;
@@ -181,8 +180,6 @@ async fn call_path(channel: Channel, path: &'static str) -> tonic::Status {
     }
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    microkit::init_tracing();
-    microkit::report(roles::run(roles::Args::parse()).await)
+fn main() -> std::process::ExitCode {
+    microkit::main(roles::run)
 }

@@ -202,10 +202,8 @@ struct Args {
     next: Option<String>,
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    microkit::init_tracing();
-    microkit::report(run(Args::parse()).await)
+fn main() -> std::process::ExitCode {
+    microkit::main(run)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

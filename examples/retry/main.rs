@@ -248,10 +248,8 @@ impl Next {
 
 mod story;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    microkit::init_tracing();
-    microkit::report(roles::run(clap::Parser::parse()).await)
+fn main() -> std::process::ExitCode {
+    microkit::main(roles::run)
 }
 
 #[cfg(test)]

@@ -4,27 +4,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args as ClapArgs, Parser, Subcommand};
-use microkit::backend::BackendArgs;
+use clap::{Args as ClapArgs, Subcommand};
 use microkit::registry::Registry;
 use tokio::sync::watch;
 
 use crate::story::{self, HOPS, WORK};
 use crate::{Next, Tally};
 
-#[derive(Parser, Debug)]
-#[command(
-    about = "Deadlines that travel, cancellation that reaches every hop, retries on a budget"
-)]
-pub struct Args {
-    #[command(flatten)]
-    backend: BackendArgs,
-    #[command(subcommand)]
-    role: Option<Role>,
-}
+/// `--backend`, and the role to run (none: the whole story, in this one process).
+pub type Args = microkit::backend::Cli<Role>;
 
 #[derive(Subcommand, Debug)]
-enum Role {
+pub(crate) enum Role {
     /// Serve hop a (service retry-a), which calls b, until stopped.
     A(HopArgs),
     /// Serve hop b (service retry-b), which calls c, until stopped.
@@ -41,8 +32,13 @@ enum Role {
     },
 }
 
+impl microkit::backend::Roles for Role {
+    const ABOUT: &'static str =
+        "Deadlines that travel, cancellation that reaches every hop, retries on a budget";
+}
+
 #[derive(ClapArgs, Debug)]
-struct HopArgs {
+pub(crate) struct HopArgs {
     /// How long this hop works on each call before it answers or calls the next hop
     /// [default: 10 for a and b, 120 for c].
     #[arg(long, value_name = "MS")]

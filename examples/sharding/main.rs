@@ -30,9 +30,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::bail;
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 use microkit::PATIENCE;
-use microkit::backend::BackendArgs;
 use microkit::discovery::{Channels, LiveNodes};
 use microkit::proto::greeter::HelloRequest;
 use microkit::proto::greeter::greeter_client::GreeterClient;
@@ -217,27 +216,13 @@ async fn same_node_every_time(
 
 // ---- The command line and the roles ------------------------------------------------------
 
-#[derive(Parser, Debug)]
-#[command(about = "Request affinity: x-from-user picks the node by rendezvous hashing")]
-struct Args {
-    #[command(flatten)]
-    backend: BackendArgs,
-    #[command(subcommand)]
-    role: Option<Role>,
-}
+/// `--backend`, and the role to run (none: the whole story, in this one process).
+type Args = microkit::backend::Cli<Role>;
 
 #[derive(Subcommand, Debug)]
 enum Role {
     /// Serve the greeter and stay registered until stopped (needs NATS_URL).
-    Server {
-        /// The node's id in the registry, e.g. greeter-a.
-        #[arg(long)]
-        name: String,
-        /// The address to serve on, at a free port: another host's clients need one of
-        /// this host's addresses, not loopback.
-        #[arg(long, default_value = "127.0.0.1")]
-        listen: std::net::IpAddr,
-    },
+    Server(roles::ServerArgs),
     /// Call the service as one user, or without the header (needs NATS_URL).
     Client {
         /// Sent as x-from-user (printable ASCII); without it, calls go round robin.
@@ -250,6 +235,11 @@ enum Role {
         #[arg(long, default_value_t = 0)]
         interval_ms: u64,
     },
+}
+
+impl microkit::backend::Roles for Role {
+    const ABOUT: &'static str =
+        "Request affinity: x-from-user picks the node by rendezvous hashing";
 }
 
 /// `--user`: refused at once if it cannot travel as the header.
@@ -282,7 +272,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(role) => {
             backend.require_shared_nats("the server and client roles")?;
             match role {
-                Role::Server { name, listen } => roles::serve(&registry, &name, listen, TTL).await,
+                Role::Server(server) => {
+                    roles::serve(&registry, &server.name, server.listen, TTL).await
+                }
                 Role::Client { user, calls, interval_ms } => {
                     let interval = Duration::from_millis(interval_ms);
                     client(&registry, user.as_deref(), calls, interval).await
@@ -292,16 +284,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    microkit::init_tracing();
-    microkit::report(run(Args::parse()).await)
+fn main() -> std::process::ExitCode {
+    microkit::main(run)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::hashing::{crc32, fnv1a};
+    use clap::Parser;
     use microkit::registered::Registered;
     use microkit::registry::MemoryRegistry;
     use microkit::server::RunningServer;
@@ -318,13 +309,7 @@ mod tests {
     async fn cluster(
         names: &[&str],
     ) -> (Arc<dyn Registry>, Vec<Registered<RunningServer>>, ShardRouter) {
-        let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
-        let mut running = Vec::new();
-        for name in names {
-            running.push(start_node(&registry, name, TTL).await.unwrap());
-        }
-        let live = LiveNodes::watch(&registry, SERVICE).await.unwrap();
-        live.wait_for_ids(names, PATIENCE).await.unwrap();
+        let (registry, running, live) = roles::memory_cluster(names, TTL).await;
         (registry, running, ShardRouter::new(live))
     }
 

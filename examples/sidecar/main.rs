@@ -31,10 +31,9 @@ use anyhow::Context;
 use axum::body::Body;
 use axum::routing::post;
 use axum::{Json, Router};
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 use http::{Method, header};
 use microkit::PATIENCE;
-use microkit::backend::BackendArgs;
 use microkit::broker::Broker;
 use microkit::http::{Forwarder, HttpServer, body_text};
 use microkit::registered::Registered;
@@ -184,15 +183,8 @@ impl Caller {
 
 // ---- The command line and the roles ------------------------------------------------------
 
-#[derive(Parser, Debug)]
-#[command(about = "an HTTP/JSON sidecar: call gRPC services, register plain HTTP programs")]
-struct Args {
-    #[command(flatten)]
-    backend: BackendArgs,
-
-    #[command(subcommand)]
-    role: Option<Role>,
-}
+/// `--backend`, and the role to run (none: the whole story, in this one process).
+type Args = microkit::backend::Cli<Role>;
 
 #[derive(Subcommand, Debug)]
 enum Role {
@@ -202,6 +194,11 @@ enum Role {
         #[arg(long, default_value_t = 8090)]
         port: u16,
     },
+}
+
+impl microkit::backend::Roles for Role {
+    const ABOUT: &'static str =
+        "an HTTP/JSON sidecar: call gRPC services, register plain HTTP programs";
 }
 
 /// How long the Greeter node stays listed without a heartbeat.
@@ -278,8 +275,6 @@ fn counted(router: Router) -> (Router, Tally) {
     (router, tally)
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    microkit::init_tracing();
-    microkit::report(run(Args::parse()).await)
+fn main() -> std::process::ExitCode {
+    microkit::main(run)
 }

@@ -6,7 +6,6 @@ use std::collections::BTreeSet;
 use anyhow::Context;
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use microkit::backend::BackendArgs;
 use microkit::proto::greeter::greeter_server::GreeterServer;
 use microkit::proto::greeter::{HelloReply, HelloRequest};
 use microkit::registered::Registered;
@@ -18,17 +17,11 @@ use crate::bus::{Answer, Bus, Ping};
 use crate::memory::MemoryBus;
 use crate::service::{METHOD, OverHttp2, SERVICE, VERSION};
 
-#[derive(Parser, Debug)]
-#[command(about = "One handler carried over HTTP/2 and over NATS (the NATS service protocol)")]
-pub(crate) struct Args {
-    #[command(flatten)]
-    backend: BackendArgs,
-    #[command(subcommand)]
-    role: Option<Role>,
-}
+/// `--backend`, and the role to run (none: the whole story, in this one process).
+pub(crate) type Args = microkit::backend::Cli<Role>;
 
 #[derive(Subcommand, Debug)]
-enum Role {
+pub(crate) enum Role {
     /// One instance: the greeter over HTTP/2 (listed in the registry) and as a NATS service
     /// instance, until SIGTERM, SIGINT or SIGHUP.
     Serve {
@@ -43,6 +36,11 @@ enum Role {
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         calls: u32,
     },
+}
+
+impl microkit::backend::Roles for Role {
+    const ABOUT: &'static str =
+        "One handler carried over HTTP/2 and over NATS (the NATS service protocol)";
 }
 
 /// Names and ids: one word of letters, digits, `-` and `_`, at most 64 characters.

@@ -33,7 +33,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use clap::Parser;
 use futures::StreamExt;
 use hyper_util::rt::TokioIo;
 use microkit::PATIENCE;
@@ -334,10 +333,8 @@ fn hello(name: &str) -> HelloRequest {
     HelloRequest { name: name.to_owned() }
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    microkit::init_tracing();
-    microkit::report(roles::run(roles::Args::parse()).await)
+fn main() -> std::process::ExitCode {
+    microkit::main(roles::run)
 }
 
 #[cfg(test)]

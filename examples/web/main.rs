@@ -258,10 +258,8 @@ enum Role {
     },
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    microkit::init_tracing();
-    microkit::report(run(Args::parse()).await)
+fn main() -> std::process::ExitCode {
+    microkit::main(run)
 }
 
 /// Every long-running role waits the same way: the first stop request starts the graceful

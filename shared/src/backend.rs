@@ -31,6 +31,24 @@ pub struct BackendArgs {
     pub backend: BackendChoice,
 }
 
+/// What an example with roles says about itself, for `--help`.
+pub trait Roles: clap::Subcommand {
+    /// One line: what the example shows.
+    const ABOUT: &'static str;
+}
+
+/// The command line of an example whose topic is several programs: `--backend`, and the
+/// role to run in this process (none: the whole story, in one process).
+#[derive(clap::Parser, Debug)]
+#[command(about = R::ABOUT)]
+pub struct Cli<R: Roles> {
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    /// Run one role against a shared NATS server; without a role, everything runs here.
+    #[command(subcommand)]
+    pub role: Option<R>,
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum BackendChoice {
     /// NATS_URL if set, else a private nats-server if installed, else memory.

@@ -42,6 +42,28 @@ pub mod proto {
     }
 }
 
+/// The `main` of every example: logs go to stderr, the command line is parsed (a bad flag
+/// exits 2 with clap's message), `run` runs on a multi-threaded tokio runtime, and its error,
+/// if any, is printed by [`report`] with exit code 1.
+///
+/// ```ignore
+/// fn main() -> std::process::ExitCode {
+///     microkit::main(run) // async fn run(args: Args) -> anyhow::Result<()>
+/// }
+/// ```
+pub fn main<A, F>(run: impl FnOnce(A) -> F) -> std::process::ExitCode
+where
+    A: clap::Parser,
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    init_tracing();
+    let args = A::parse();
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => report(runtime.block_on(run(args))),
+        Err(error) => report(Err(anyhow::Error::new(error).context("starting the tokio runtime"))),
+    }
+}
+
 /// Ends `main`: an error is printed on stderr with its causes, and the exit code is 1.
 ///
 /// Used instead of returning `anyhow::Result` from `main`, whose `Debug` output adds a

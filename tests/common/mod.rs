@@ -193,3 +193,65 @@ pub fn alive(pid: u32) -> bool {
         stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
     })
 }
+
+/// A running program and its stdout, read line by line, each read capped so a hang fails the
+/// test instead of stalling it.
+pub struct Process {
+    pub child: tokio::process::Child,
+    stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Process {
+    /// The longest wait for one line.
+    pub const PATIENCE: Duration = Duration::from_secs(30);
+
+    pub fn spawn(mut command: Command) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = command.spawn().expect("spawning a process");
+        let stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        Process { child, stdout }
+    }
+
+    /// The next line of its stdout.
+    pub async fn line(&mut self) -> String {
+        match tokio::time::timeout(Self::PATIENCE, self.stdout.next_line()).await {
+            Ok(Ok(Some(line))) => line,
+            Ok(_) => panic!("the process ended its output"),
+            Err(_) => panic!("no output line within {:?}", Self::PATIENCE),
+        }
+    }
+
+    /// Reads lines until one equals `wanted`, returning the lines before it.
+    pub async fn until(&mut self, wanted: &str) -> Vec<String> {
+        let mut before = Vec::new();
+        loop {
+            let line = self.line().await;
+            if line == wanted {
+                return before;
+            }
+            before.push(line);
+        }
+    }
+
+    /// SIGTERM (to this process only), then its last line and how it ended.
+    pub async fn stop(mut self) -> (String, std::process::ExitStatus) {
+        let pid = self.child.id().expect("still running").to_string();
+        let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(status.success(), "kill -TERM {pid}");
+        let last = self.line().await;
+        let waited = tokio::time::timeout(Self::PATIENCE, self.child.wait()).await;
+        (last, waited.expect("it exits after SIGTERM").unwrap())
+    }
+}
+
+/// The next line a child printed, within [`Process::PATIENCE`]; for tests that hold a
+/// child's stdout themselves.
+pub async fn next_line(
+    stdout: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) -> String {
+    tokio::time::timeout(Process::PATIENCE, stdout.next_line())
+        .await
+        .expect("no line in time")
+        .unwrap()
+        .expect("stdout closed early")
+}

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use micro_benches::{Effort, Row, Target, latency_pair, throughput_pair};
+use micro_benches::{Effort, Row, Target, say_hello_pair, throughput_pair};
 use microkit::discovery::{Channels, LiveNodes};
 use microkit::greeter::HelloGreeter;
 use microkit::proto::greeter::greeter_client::GreeterClient;
@@ -71,26 +71,8 @@ pub async fn rows(effort: Effort) -> Vec<Row> {
     }
     answered.sort();
     assert_eq!(answered, ids, "round robin over the three nodes");
-    let full_stack = latency_pair(
-        effort,
-        async || {
-            raw.say_hello(hello()).await.unwrap();
-        },
-        async || {
-            full.say_hello(hello()).await.unwrap();
-        },
-    )
-    .await;
-    let unary = latency_pair(
-        effort,
-        async || {
-            raw.say_hello(hello()).await.unwrap();
-        },
-        async || {
-            wrapped.say_hello(hello()).await.unwrap();
-        },
-    )
-    .await;
+    let full_stack = say_hello_pair(effort, &mut raw, &mut full).await;
+    let unary = say_hello_pair(effort, &mut raw, &mut wrapped).await;
 
     let count = effort.messages_per_round;
     let greetings = move || GreetingsRequest { name: "bench".into(), count, interval_ms: 0 };

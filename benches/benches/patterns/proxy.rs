@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use micro_benches::{Effort, Row, Target, latency_pair, throughput_pair};
+use micro_benches::{Effort, Row, Target, say_hello_pair, throughput_pair};
 use microkit::proto::greeter::greeter_client::GreeterClient;
 use microkit::proto::greeter::{GreetingsRequest, HelloRequest};
 use microkit::registered::Registered;
@@ -31,16 +31,7 @@ pub async fn rows(effort: Effort) -> Vec<Row> {
     let hello = || HelloRequest { name: "bench".into() };
     assert_eq!(proxied.say_hello(hello()).await.unwrap().into_inner().node, "node-a");
 
-    let unary = latency_pair(
-        effort,
-        async || {
-            direct.say_hello(hello()).await.unwrap();
-        },
-        async || {
-            proxied.say_hello(hello()).await.unwrap();
-        },
-    )
-    .await;
+    let unary = say_hello_pair(effort, &mut direct, &mut proxied).await;
     let count = effort.messages_per_round / 4;
     let stream = async |client: &mut GreeterClient<Channel>| {
         let request = GreetingsRequest { name: "bench".into(), count, interval_ms: 0 };

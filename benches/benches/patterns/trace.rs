@@ -4,9 +4,8 @@
 //! of new traces kept, whole) and spans leaving through the SDK's batch processor, as with
 //! OTLP. A second row keeps every trace (the story's 1.0), for reference.
 
-use micro_benches::{Effort, Row, Target, latency_pair};
+use micro_benches::{Effort, Row, Target, say_hello_pair};
 use microkit::greeter::HelloGreeter;
-use microkit::proto::greeter::HelloRequest;
 use microkit::proto::greeter::greeter_client::GreeterClient;
 use microkit::server::RunningServer;
 use opentelemetry::trace::TracerProvider as _;
@@ -58,7 +57,6 @@ async fn connect(server: &RunningServer) -> Channel {
 pub async fn rows(effort: Effort) -> Vec<Row> {
     let raw_server = microkit::greeter::serve("raw").await.unwrap();
     let mut raw = GreeterClient::new(connect(&raw_server).await);
-    let hello = || HelloRequest { name: "bench".into() };
     let mut rows = Vec::new();
     for (ratio, pattern, target) in [
         (0.1, "unary p50: trace + metrics layers (sampled 0.1) vs raw", Target::AtMost(1.10)),
@@ -67,16 +65,7 @@ pub async fn rows(effort: Effort) -> Vec<Row> {
         let (provider, tracer) = tracer(ratio);
         let server = serve_traced(&tracer).await;
         let mut traced = GreeterClient::new(ClientLayer(tracer).layer(connect(&server).await));
-        let figures = latency_pair(
-            effort,
-            async || {
-                raw.say_hello(hello()).await.unwrap();
-            },
-            async || {
-                traced.say_hello(hello()).await.unwrap();
-            },
-        )
-        .await;
+        let figures = say_hello_pair(effort, &mut raw, &mut traced).await;
         rows.push(Row::latency(pattern, figures, target));
         server.shutdown().await.unwrap();
         let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;

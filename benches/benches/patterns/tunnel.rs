@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use futures::StreamExt;
 use hyper_util::rt::TokioIo;
-use micro_benches::{Effort, Row, Target, latency_pair};
+use micro_benches::{Effort, Row, Target, say_hello_pair};
 use microkit::greeter::HelloGreeter;
 use microkit::proto::greeter::HelloRequest;
 use microkit::proto::greeter::greeter_client::GreeterClient;
@@ -28,16 +28,7 @@ pub async fn rows(effort: Effort) -> Vec<Row> {
     let hello = || HelloRequest { name: "bench".into() };
     let reply = tunneled.say_hello(hello()).await.unwrap().into_inner();
     assert_eq!(reply.node, "node-b", "the call went through the tunnel");
-    let unary = latency_pair(
-        effort,
-        async || {
-            direct.say_hello(hello()).await.unwrap();
-        },
-        async || {
-            tunneled.say_hello(hello()).await.unwrap();
-        },
-    )
-    .await;
+    let unary = say_hello_pair(effort, &mut direct, &mut tunneled).await;
     vec![Row::latency("tunnel: unary p50 through the tunnel vs direct", unary, Target::AtMost(1.5))]
 }
 
