@@ -47,6 +47,7 @@ pub struct HttpServer {
     addr: SocketAddr,
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
+    health: Option<crate::health::Health>,
 }
 
 impl HttpServer {
@@ -70,7 +71,18 @@ impl HttpServer {
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
         let task = tokio::spawn(serve(listener, router, limits, stop.clone()));
-        Ok(HttpServer { addr, stop, task: Some(task) })
+        Ok(HttpServer { addr, stop, task: Some(task), health: None })
+    }
+
+    /// Names the [`Health`](crate::health::Health) its `/health/ready` route reports (the
+    /// router merged `health.http_routes()`), so a graceful stop reports not ready first.
+    pub fn with_health(mut self, health: crate::health::Health) -> Self {
+        self.health = Some(health);
+        self
+    }
+
+    pub fn health(&self) -> Option<&crate::health::Health> {
+        self.health.as_ref()
     }
 
     pub fn addr(&self) -> SocketAddr {
