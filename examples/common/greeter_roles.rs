@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use microkit::discovery::LiveNodes;
 use microkit::greeter::HelloGreeter;
+use microkit::health::Health;
 use microkit::registered::Registered;
 use microkit::registry::Registry;
 use microkit::server::RunningServer;
@@ -29,8 +30,9 @@ pub async fn start_node(
     Ok(Registered::new(registry, server, SERVICE, name, ttl).await?)
 }
 
-/// The `server` role: serve and stay registered until a stop request, then leave the
-/// registry before draining (no client is sent to a closing node) and print the tally.
+/// The `server` role: serve and stay registered until a stop request, then report
+/// NOT_SERVING and leave the registry before draining (no client is sent to a closing node)
+/// and print the tally.
 pub async fn serve(registry: &Arc<dyn Registry>, name: &str, ttl: Duration) -> anyhow::Result<()> {
     let received = Arc::new(AtomicU64::new(0));
     let server = counting_greeter(name, received.clone()).await?;
@@ -45,20 +47,28 @@ pub async fn serve(registry: &Arc<dyn Registry>, name: &str, ttl: Duration) -> a
     Ok(())
 }
 
-/// A Greeter whose every incoming call adds one to `received`: the server role's tally.
+/// A Greeter whose every incoming Greeter call adds one to `received`: the server role's
+/// tally. It serves health and reflection too; their calls are not counted.
 async fn counting_greeter(name: &str, received: Arc<AtomicU64>) -> std::io::Result<RunningServer> {
     let greeter = HelloGreeter::new(name).into_service();
-    RunningServer::start_with(move |incoming, stop| {
+    let health = Health::new(&[microkit::greeter::GREETER]);
+    let (service, reflection) = (health.service(), microkit::health::reflection());
+    let server = RunningServer::start_with(move |incoming, stop| {
         let count = tower::util::MapRequestLayer::new(move |request: http::Request<Body>| {
-            received.fetch_add(1, Ordering::Relaxed);
+            if request.uri().path().starts_with("/greeter.v1.Greeter/") {
+                received.fetch_add(1, Ordering::Relaxed);
+            }
             request
         });
         Server::builder()
             .layer(count)
             .add_service(greeter)
+            .add_service(service)
+            .add_service(reflection)
             .serve_with_incoming_shutdown(incoming, stop)
     })
-    .await
+    .await?;
+    Ok(server.with_health(health))
 }
 
 /// The client's view of [`SERVICE`], once it shows every node the registry lists now.
@@ -67,8 +77,18 @@ async fn counting_greeter(name: &str, received: Arc<AtomicU64>) -> std::io::Resu
 /// client that called at once would find no node at all, or only some of them (round
 /// robin over one node of three, a user hashed to a node that is not theirs). So the
 /// first call waits, at most `microkit::PATIENCE`, for the registry's snapshot.
+#[allow(dead_code)] // sharding's: it hashes over every listed node
 pub async fn watch_service(registry: &Arc<dyn Registry>) -> anyhow::Result<LiveNodes> {
-    let nodes = LiveNodes::watch(registry, SERVICE).await?;
+    watch_nodes(registry, LiveNodes::watch(registry, SERVICE).await?).await
+}
+
+/// The same, following each node's health too: only nodes that serve are in the list.
+#[allow(dead_code)] // round-robin's
+pub async fn watch_healthy_service(registry: &Arc<dyn Registry>) -> anyhow::Result<LiveNodes> {
+    watch_nodes(registry, LiveNodes::watch_healthy(registry, SERVICE).await?).await
+}
+
+async fn watch_nodes(registry: &Arc<dyn Registry>, nodes: LiveNodes) -> anyhow::Result<LiveNodes> {
     let listed: Vec<String> = registry.nodes(SERVICE).await?.into_iter().map(|n| n.id).collect();
     let listed: Vec<&str> = listed.iter().map(String::as_str).collect();
     nodes.wait_for_ids(&listed, microkit::PATIENCE).await?;
