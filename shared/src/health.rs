@@ -64,14 +64,17 @@ impl Health {
         }
     }
 
-    /// Reports SERVING or NOT_SERVING everywhere at once: watchers are told at once.
+    /// Reports SERVING or NOT_SERVING on the health service and the readiness route alike.
     pub async fn set_serving(&self, serving: bool) {
+        // Watchers are told of changes only: the same status again is no news.
+        if self.ready.send_replace(serving) == serving {
+            return;
+        }
         let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
         self.reporter.set_service_status("", status).await;
         for service in self.services.iter() {
             self.reporter.set_service_status(service, status).await;
         }
-        self.ready.send_replace(serving);
     }
 
     pub fn is_serving(&self) -> bool {
@@ -150,8 +153,19 @@ impl HealthApi for HealthEndpoint {
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<WatchStream>, Status> {
         let statuses = self.inner.watch(request).await?.into_inner();
-        let closing = self.closing.clone().cancelled_owned();
-        Ok(Response::new(Box::pin(statuses.take_until(closing))))
+        // A change waiting to be sent goes out before the end: a watcher of a stopping
+        // server always sees its NOT_SERVING, however fast the drain follows it.
+        let watch = futures::stream::unfold(
+            (statuses, self.closing.clone()),
+            |(mut statuses, closing)| async move {
+                tokio::select! {
+                    biased;
+                    status = statuses.next() => status.map(|s| (s, (statuses, closing))),
+                    () = closing.cancelled() => None,
+                }
+            },
+        );
+        Ok(Response::new(Box::pin(watch)))
     }
 }
 
