@@ -45,6 +45,23 @@ if ! command -v python3 >/dev/null 2>&1; then
   fi
 fi
 
+# Python peers of the interop tests (grpcio and friends), pinned in scripts/requirements.txt,
+# in a virtual environment of their own; tests/common's python() finds it in target/py.
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+  else
+    echo "scripts/test.sh needs python3's venv module (Debian: sudo apt-get install python3-venv)" >&2
+    exit 1
+  fi
+fi
+if [ ! -x target/py/bin/python ] || ! cmp -s scripts/requirements.txt target/py/requirements.txt; then
+  python3 -m venv target/py
+  target/py/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
+  cp scripts/requirements.txt target/py/requirements.txt
+fi
+
 # Every process this run starts inherits this mark, so the end of the run can tell its own
 # leftovers from anything else on the machine (see the check at the bottom).
 export MICRO_TEST_RUN="test-$$-$(date +%s)"

@@ -115,6 +115,11 @@ impl LiveNodes {
         self.nodes.borrow().clone()
     }
 
+    /// Follows the list as it changes.
+    pub fn subscribe(&self) -> watch::Receiver<Vec<Node>> {
+        self.nodes.clone()
+    }
+
     /// True (once) after the list changed since the last call.
     pub fn has_changed(&mut self) -> bool {
         let changed = self.nodes.has_changed().unwrap_or(false);

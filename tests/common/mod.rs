@@ -32,6 +32,7 @@ const fn topic(name: &'static str, takes_backend: bool) -> Topic {
 pub const TOPICS: &[Topic] = &[
     topic("broker", true),
     topic("event", true),
+    topic("health", true),
     topic("metadata", false),
     topic("mocking", false),
     topic("pubsub", true),
@@ -168,4 +169,17 @@ pub fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
         stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
     })
+}
+
+/// The Python interpreter of the virtual environment `scripts/test.sh` creates in `target/py`
+/// from `scripts/requirements.txt`. Fails, naming the script, when it is missing: the interop
+/// tests never skip.
+pub fn python() -> PathBuf {
+    let python = root().join("target/py/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: run scripts/test.sh once, which creates it from scripts/requirements.txt",
+        python.display()
+    );
+    python
 }
