@@ -45,21 +45,28 @@ if ! command -v python3 >/dev/null 2>&1; then
   fi
 fi
 
-# Python peers of the interop tests (grpcio and friends), pinned in scripts/requirements.txt,
-# in a virtual environment of their own; tests/common's python() finds it in target/py.
-if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
-  else
-    echo "scripts/test.sh needs python3's venv module (Debian: sudo apt-get install python3-venv)" >&2
-    exit 1
+# A Python virtual environment for the interop tests (clients nobody here wrote: nats-py for
+# tests/transport.rs), in target/py. It installs scripts/requirements.txt again only when that
+# file changed since the last install.
+if [ ! -x target/py/bin/python ]; then
+  if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      echo "== installing python3-venv (Debian package)"
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    else
+      echo "scripts/test.sh needs Python's venv module: install it (Debian/Ubuntu: sudo apt-get install python3-venv)" >&2
+      exit 1
+    fi
   fi
+  echo "== python3 -m venv target/py"
+  mkdir -p target
+  python3 -m venv target/py || { rm -rf target/py; exit 1; }
 fi
-if [ ! -x target/py/bin/python ] || ! cmp -s scripts/requirements.txt target/py/requirements.txt; then
-  python3 -m venv target/py
+if ! cmp -s scripts/requirements.txt target/py/installed-requirements.txt; then
+  echo "== pip install -r scripts/requirements.txt (into target/py)"
   target/py/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
-  cp scripts/requirements.txt target/py/requirements.txt
+  cp scripts/requirements.txt target/py/installed-requirements.txt
 fi
 
 # Every process this run starts inherits this mark, so the end of the run can tell its own

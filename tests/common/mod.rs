@@ -129,6 +129,20 @@ pub async fn run_within(mut command: Command, limit: Duration) -> Output {
     }
 }
 
+/// The Python of the virtual environment that `scripts/test.sh` makes in `target/py`, with
+/// the interop clients of `scripts/requirements.txt` (nats-py, ...) installed. A test that
+/// needs it fails, never skips, when it is missing.
+pub fn python() -> PathBuf {
+    let python = root().join("target").join("py").join("bin").join("python");
+    assert!(
+        python.is_file(),
+        "{} is missing: run scripts/test.sh, which creates the virtual environment target/py \
+         and installs scripts/requirements.txt into it",
+        python.display()
+    );
+    python
+}
+
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -169,17 +183,4 @@ pub fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
         stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
     })
-}
-
-/// The Python interpreter of the virtual environment `scripts/test.sh` creates in `target/py`
-/// from `scripts/requirements.txt`. Fails, naming the script, when it is missing: the interop
-/// tests never skip.
-pub fn python() -> PathBuf {
-    let python = root().join("target/py/bin/python");
-    assert!(
-        python.is_file(),
-        "{} is missing: run scripts/test.sh once, which creates it from scripts/requirements.txt",
-        python.display()
-    );
-    python
 }
