@@ -169,7 +169,7 @@ async fn start_web(
     id: &str,
 ) -> anyhow::Result<(Registered<HttpServer>, WebService)> {
     let service = WebService::new(id, registry.clone());
-    let server = HttpServer::start(service::router(service.clone())).await?;
+    let server = HttpServer::start_healthy(service::router(service.clone())).await?;
     let node = web_node("hello", id, server.addr());
     Ok((Registered::with_node(registry, server, node, TTL).await?, service))
 }
@@ -180,7 +180,7 @@ async fn start_gateway(
 ) -> anyhow::Result<(HttpServer, Gateway)> {
     let address = ([127, 0, 0, 1], port).into();
     let gateway = Gateway::new(registry.clone());
-    let server = HttpServer::start_on(address, gateway::router(gateway.clone()))
+    let server = HttpServer::start_healthy_on(address, gateway::router(gateway.clone()))
         .await
         .with_context(|| format!("cannot listen on {address}"))?;
     Ok((server, gateway))
