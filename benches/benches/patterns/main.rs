@@ -6,6 +6,7 @@
 
 mod broker;
 mod grpc;
+mod health;
 mod sharding;
 mod tls;
 mod tunnel;
@@ -54,6 +55,9 @@ fn main() {
         }
         if wanted("tls") {
             rows.extend(tls::rows(effort).await);
+        }
+        if wanted("health") {
+            rows.extend(health::rows(effort).await);
         }
         if wanted("sharding") {
             rows.extend(sharding::rows(effort).await);
