@@ -42,10 +42,10 @@ use microkit::registered::Registered;
 use microkit::registry::Registry;
 use microkit::server::RunningServer;
 use tonic::transport::Channel;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-use tonic_reflection::pb::v1::ServerReflectionRequest;
 
 const SERVICE: &str = "greeter";
 
@@ -126,8 +126,8 @@ async fn probe(probes: &HttpServer) -> anyhow::Result<String> {
     let http = Forwarder::new();
     let mut codes = Vec::new();
     for path in ["/health/live", "/health/ready"] {
-        let request = http::Request::get(format!("{}{path}", probes.url()))
-            .body(axum::body::Body::empty())?;
+        let request =
+            http::Request::get(format!("{}{path}", probes.url())).body(axum::body::Body::empty())?;
         let response = http.send(request).await.map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
         codes.push(format!("{path}: {}", response.status().as_u16()));
     }

@@ -101,7 +101,10 @@ impl Health {
 
     /// `routes` with health and reflection added.
     pub fn mount(&self, routes: Routes) -> Routes {
-        routes.add_service(self.service()).add_service(reflection()).add_service(reflection_v1alpha())
+        routes
+            .add_service(self.service())
+            .add_service(reflection())
+            .add_service(reflection_v1alpha())
     }
 
     /// `GET /health/live` (200 while the process answers at all) and `GET /health/ready`
@@ -170,9 +173,9 @@ impl HealthApi for HealthEndpoint {
 }
 
 /// Server reflection v1 over this crate's protos and the health service's.
-pub fn reflection()
--> tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>
-{
+pub fn reflection() -> tonic_reflection::server::v1::ServerReflectionServer<
+    impl tonic_reflection::server::v1::ServerReflection,
+> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(DESCRIPTORS)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -210,9 +213,8 @@ mod tests {
     #[tokio::test]
     async fn watch_sees_not_serving_then_ends_when_the_server_drains() {
         let health = Health::new(&["greeter.v1.Greeter"]);
-        let server = RunningServer::start_with_health(Routes::default(), health.clone())
-            .await
-            .unwrap();
+        let server =
+            RunningServer::start_with_health(Routes::default(), health.clone()).await.unwrap();
         let channel = tonic::transport::Channel::from_shared(server.url()).unwrap();
         let channel = channel.connect().await.unwrap();
         let mut statuses = Box::pin(watch(channel, "greeter.v1.Greeter").await.unwrap());

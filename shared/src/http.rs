@@ -392,9 +392,8 @@ mod tests {
         let registry: std::sync::Arc<dyn Registry> = std::sync::Arc::new(MemoryRegistry::new());
         let server = HttpServer::start_healthy(Router::new()).await.unwrap();
         let url = server.url();
-        let node = Registered::new(&registry, server, "web", "w1", Duration::from_secs(5))
-            .await
-            .unwrap();
+        let node =
+            Registered::new(&registry, server, "web", "w1", Duration::from_secs(5)).await.unwrap();
         let status = async |path: &str| {
             let request = Request::get(format!("{url}{path}")).body(Body::empty()).unwrap();
             Forwarder::new().send(request).await.unwrap().status().as_u16()
