@@ -19,7 +19,8 @@ use tokio::process::{Child, ChildStdout};
 const LIMIT: Duration = Duration::from_secs(30);
 
 /// The phases after the signal when nothing is in flight, in order.
-const CLEAN_STOP: [&str; 6] = [
+const CLEAN_STOP: [&str; 7] = [
+    "0. not serving: health reports NOT_SERVING; in the registry: yes",
     "1. deregister: heartbeat stopped; in the registry: no",
     "2. stop accepting: the listener closes, open connections are told to finish",
     "3. drain: waiting up to 5000ms for the calls in flight",
@@ -37,7 +38,7 @@ struct Serving {
 }
 
 impl Serving {
-    /// In-process backend: the registry lives and dies with the process.
+    /// The memory backend: the registry lives and dies with the process.
     async fn start(args: &[&str]) -> Serving {
         let mut command = example("shutdown");
         command.arg("serve").args(args).env("MICRO_BACKEND", "memory");
@@ -66,7 +67,7 @@ impl Serving {
         Serving { child, stdout, addr }
     }
 
-    /// Sends `signal` (TERM, INT) to this process, and only to it.
+    /// Sends `signal` (TERM, INT, HUP) to this process, and only to it.
     fn signal(&self, signal: &str) {
         let pid = self.child.id().expect("the process is still running").to_string();
         let status = std::process::Command::new("kill")
@@ -131,22 +132,28 @@ async fn sigterm_stops_it_in_order_and_it_leaves_the_registry() {
 
 #[tokio::test]
 async fn sigterm_stops_it_in_order_and_exits_0() {
-    let serving = Serving::start(&[]).await;
-    serving.signal("TERM");
-    let (status, lines, stderr) = serving.finish().await;
-    assert_eq!(status.code(), Some(0), "stderr:\n{stderr}");
-    assert_eq!(lines[0], "shutdown signal: SIGTERM");
-    assert_eq!(lines[1..], CLEAN_STOP, "stderr:\n{stderr}");
+    stops_cleanly_on("TERM", "SIGTERM").await;
 }
 
 #[tokio::test]
 async fn ctrl_c_stops_it_the_same_way() {
+    stops_cleanly_on("INT", "ctrl-c").await;
+}
+
+#[tokio::test]
+async fn sighup_stops_it_the_same_way() {
+    // The terminal that started it closed: a stop request like the others, not a crash.
+    stops_cleanly_on("HUP", "SIGHUP").await;
+}
+
+/// Sends `signal` (as `kill` names it) and expects every phase, then exit 0.
+async fn stops_cleanly_on(signal: &str, printed_as: &str) {
     let serving = Serving::start(&[]).await;
-    serving.signal("INT");
+    serving.signal(signal);
     let (status, lines, stderr) = serving.finish().await;
     assert_eq!(status.code(), Some(0), "stderr:\n{stderr}");
-    assert_eq!(lines[0], "shutdown signal: ctrl-c");
-    assert_eq!(lines[1..], CLEAN_STOP);
+    assert_eq!(lines[0], format!("shutdown signal: {printed_as}"));
+    assert_eq!(lines[1..], CLEAN_STOP, "stderr:\n{stderr}");
 }
 
 /// Opens an endless stream on the served process and waits for its first message.
@@ -175,14 +182,28 @@ async fn ends_cleanly(mut stream: tonic::Streaming<microkit::proto::greeter::Hel
 
 #[tokio::test]
 async fn a_second_sigterm_during_the_drain_forces_the_exit() {
+    second_signal_during_the_drain_forces_the_exit(("TERM", "SIGTERM"), ("TERM", "SIGTERM")).await;
+}
+
+#[tokio::test]
+async fn any_second_signal_forces_the_exit_whatever_the_first() {
+    second_signal_during_the_drain_forces_the_exit(("INT", "ctrl-c"), ("HUP", "SIGHUP")).await;
+}
+
+/// Each signal as `kill` names it and as the example prints it.
+async fn second_signal_during_the_drain_forces_the_exit(
+    (first, first_name): (&str, &str),
+    (second, second_name): (&str, &str),
+) {
     let mut serving = Serving::start(&[]).await;
     let mut stream = open_endless_stream(&serving.addr).await;
 
-    serving.signal("TERM");
-    assert_eq!(serving.next_line().await, "shutdown signal: SIGTERM");
+    serving.signal(first);
+    assert_eq!(serving.next_line().await, format!("shutdown signal: {first_name}"));
     assert_eq!(serving.next_line().await, CLEAN_STOP[0]);
     assert_eq!(serving.next_line().await, CLEAN_STOP[1]);
     assert_eq!(serving.next_line().await, CLEAN_STOP[2]);
+    assert_eq!(serving.next_line().await, CLEAN_STOP[3]);
 
     // Draining: the listener is gone (new connections are refused) ...
     let refused = tokio::time::timeout(LIMIT, async {
@@ -195,14 +216,12 @@ async fn a_second_sigterm_during_the_drain_forces_the_exit() {
     // ... while the call in flight still runs: the drain waits for it.
     assert!(stream.message().await.unwrap().is_some(), "the open stream was cut too early");
 
-    serving.signal("TERM");
+    serving.signal(second);
     let (status, rest, stderr) = serving.finish().await;
     assert_eq!(status.code(), Some(1), "a forced exit is not a success; stderr:\n{stderr}");
     assert!(rest.is_empty(), "no phase after a forced exit: {rest:?}");
-    assert!(
-        stderr.contains("error: forced exit: a second SIGTERM arrived during the drain"),
-        "{stderr}"
-    );
+    let forced = format!("error: forced exit: a second {second_name} arrived during the drain");
+    assert!(stderr.contains(&forced), "{stderr}");
     assert!(!ends_cleanly(stream).await, "the stream must be cut, not finished");
 }
 
@@ -218,6 +237,7 @@ async fn the_drain_deadline_cuts_an_open_stream_and_still_exits_0() {
         "shutdown signal: SIGTERM",
         CLEAN_STOP[0],
         CLEAN_STOP[1],
+        CLEAN_STOP[2],
         "3. drain: waiting up to 300ms for the calls in flight",
         "   deadline passed: the calls still open were cut",
         "4. stop background tasks: the reporter's last count is 1 call served",
