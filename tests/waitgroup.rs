@@ -43,3 +43,13 @@ async fn a_bad_setting_is_refused_with_a_message() {
     assert!(stderr.contains("invalid value 'soon' for '--drain-ms <MS>'"), "{stderr}");
     assert!(stdout.is_empty());
 }
+
+#[tokio::test]
+async fn no_work_is_refused_at_once_with_the_reason() {
+    // With 0 ms of work every call is over before the stop begins: nothing to drain.
+    let (code, stdout, stderr) = run(&["--work-ms", "0"]).await;
+    assert_eq!(code, Some(2), "{stdout}{stderr}");
+    assert!(stderr.contains("invalid value '0' for '--work-ms <MS>'"), "{stderr}");
+    assert!(stderr.contains("none would be in flight to drain; give at least 1"), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+}

@@ -1,18 +1,14 @@
 //! # waitgroup: stop without losing the calls in flight
 //!
-//! go-micro's example counted in-flight calls with a `sync.WaitGroup` in a handler wrapper
-//! and waited on it in `AfterStop`, that is, *after* the server had stopped: a reply
-//! finished then had no connection left to travel on. Its gRPC server also capped the
-//! drain at a fixed second, whatever the calls needed.
+//! A tower layer, [`wait_group`] (in `wait_group.rs` next to this file), tracks every call
+//! with a `TaskTracker`, from its request to the last byte of its reply. A graceful stop is
+//! then three steps: stop taking calls (a new one gets `Unavailable`, long-lived streams are
+//! told to finish), drain the calls in flight for at most `--drain-ms` (cutting what is left
+//! with `Cancelled`, and counting it), and only then stop the server.
 //!
-//! Here a tower layer ([`wait_group`], next to this file) tracks every call with a
-//! `TaskTracker`, from its request to the last byte of its reply, and the order is:
-//!
-//! 1. stop taking calls: the server still runs, but a new call gets `Unavailable`, and
-//!    long-lived streams are told to finish (a last message, then the end);
-//! 2. drain: wait for the calls in flight, for at most `--drain-ms`; cut what is left
-//!    with `Cancelled`, and count it;
-//! 3. only now stop the server: every reply has been written.
+//! go-micro's example counted calls with a `sync.WaitGroup` in a handler wrapper but waited
+//! on it *after* the server had stopped, when a finished reply had no connection left to
+//! travel on; and its gRPC server capped the drain at a fixed second.
 //!
 //! Run it:
 //!
@@ -22,21 +18,7 @@
 //! cargo run --example waitgroup -- --work-ms 5000 --drain-ms 100   # the deadline cuts
 //! ```
 //!
-//! The default run prints (the golden file `tests/golden/waitgroup.txt` holds exactly this):
-//!
-//! ```text
-//! server up: every call passes through the waitgroup layer
-//! in flight: 5 slow calls (200ms of work each) and 1 endless stream
-//! 1. stop taking calls: a new call gets Unavailable "server is shutting down: not taking new calls"
-//! 2. drain, for at most 1000ms:
-//!    the stream was told to finish: last message "goodbye: the server is shutting down", then the end (Ok)
-//!    slow calls: 5 replied, 0 cancelled
-//!    cut by the server at the deadline: 0
-//! 3. server stopped with 0 calls in flight
-//! lost: 0
-//! ```
-//!
-//! Read it beside `notes/waitgroup.md`.
+//! Prints `tests/golden/waitgroup.txt`; explained in `notes/waitgroup.md`.
 
 mod wait_group;
 
@@ -45,12 +27,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use futures::Stream;
+use futures::{Stream, StreamExt};
+use microkit::PATIENCE;
+use microkit::health::{Health, WireStatus};
 use microkit::proto::greeter::greeter_client::GreeterClient;
 use microkit::proto::greeter::greeter_server::{Greeter, GreeterServer};
 use microkit::proto::greeter::{GreetingsRequest, HelloReply, HelloRequest, NamesSummary};
 use microkit::server::RunningServer;
-use microkit::{Out, say};
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Server};
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -59,32 +42,14 @@ use wait_group::{Draining, WaitGroup};
 
 /// The stream's last message, sent when the server asks it to finish.
 const GOODBYE: &str = "goodbye: the server is shutting down";
-/// A cap on every wait in the demo, so a bug shows as an error rather than a hang.
-const PATIENCE: Duration = Duration::from_secs(10);
 
-#[derive(Parser, Debug)]
-#[command(about = "Graceful drain: track calls in flight, finish them, then stop")]
-struct Args {
-    /// How many slow calls are in flight when the shutdown starts.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    calls: u32,
-    /// How long each slow call works before it replies.
-    #[arg(long, value_name = "MS", default_value_t = 200)]
-    work_ms: u64,
-    /// The drain deadline: calls still running after it are cut with `Cancelled`.
-    #[arg(long, value_name = "MS", default_value_t = 1000)]
-    drain_ms: u64,
-}
-
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    microkit::init_tracing();
-    microkit::report(run(Args::parse(), &Out::stdout()).await.map(|_| ()))
-}
-
-/// What the clients saw, for the tests to check.
-#[derive(Debug, Default, PartialEq, Eq)]
+/// What the clients saw: the run's result, which the tests check.
+#[derive(Debug, PartialEq, Eq)]
 struct Tally {
+    /// How the call made after the server stopped taking calls ended (`None`: served).
+    latecomer: Option<Code>,
+    /// The endless stream's last message, and how it ended.
+    stream: (String, Code),
     /// Slow calls that got their reply.
     replied: u32,
     /// Slow calls that got `Cancelled` because the drain deadline passed.
@@ -95,19 +60,28 @@ struct Tally {
     lost: u32,
 }
 
-async fn run(args: Args, out: &Out) -> anyhow::Result<Tally> {
+/// The story: slow calls and a stream in flight, then the three steps of a graceful stop.
+async fn run(args: &Args) -> anyhow::Result<Tally> {
     let group = WaitGroup::new();
     let greeter = SlowGreeter { work: Duration::from_millis(args.work_ms) };
     let layer = group.clone();
+    let health = Health::new(&[microkit::greeter::GREETER]);
+    let (checks, reflection) = (health.service(), microkit::health::reflection());
     let server = RunningServer::start_with(move |incoming, stop| {
         Server::builder()
             .layer(layer)
             .add_service(GreeterServer::new(greeter))
+            .add_service(checks)
+            .add_service(reflection)
             .serve_with_incoming_shutdown(incoming, stop)
     })
     .await?;
-    let client = GreeterClient::new(Channel::from_shared(server.url())?.connect().await?);
-    say!(out, "server up: every call passes through the waitgroup layer");
+    let channel = Channel::from_shared(server.url())?.connect().await?;
+    let client = GreeterClient::new(channel.clone());
+    println!("server up: every call passes through the waitgroup layer");
+    // A client watching health: a stream in flight like the others, until the drain ends it.
+    let mut watcher = Box::pin(microkit::health::watch(channel, "").await?);
+    watcher.next().await.context("the health watch ended at once")??;
 
     // The work in flight: slow unary calls, and one endless stream (count 0).
     let mut slow_calls = JoinSet::new();
@@ -120,70 +94,64 @@ async fn run(args: Args, out: &Out) -> anyhow::Result<Tally> {
     let mut stream = client.clone().greetings(watch).await?.into_inner();
     stream.message().await?.context("the stream ended before it began")?;
     let stream = tokio::spawn(read_to_the_end(stream));
-    let expected = args.calls as usize + 1;
-    tokio::time::timeout(PATIENCE, async {
-        while group.in_flight() < expected {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    })
-    .await
-    .context("the calls never got in flight")?;
-    say!(
-        out,
+    tokio::time::timeout(PATIENCE, group.admitted(args.calls as usize + 2))
+        .await
+        .context("the calls never got in flight")?;
+    println!(
         "in flight: {} slow calls ({}ms of work each) and 1 endless stream",
-        args.calls,
-        args.work_ms
+        args.calls, args.work_ms
     );
+
+    // 0. Not serving: whoever watches health stops sending before any call is refused.
+    health.set_serving(false).await;
+    let seen = tokio::time::timeout(PATIENCE, watcher.next()).await?.context("watch ended")??;
+    println!("0. not serving: the health watch sees {}", seen.as_str_name());
+    let missed_not_serving = u32::from(seen != WireStatus::NotServing);
 
     // 1. Stop taking calls, and show it with one more.
     group.stop_taking_calls();
     let late = client.clone().say_hello(HelloRequest { name: "latecomer".into() }).await;
-    let mut lost = 0;
-    match late {
-        Err(status) => {
-            say!(
-                out,
-                "1. stop taking calls: a new call gets {:?} \"{}\"",
-                status.code(),
-                status.message()
-            );
-            lost += u32::from(status.code() != Code::Unavailable);
-        }
-        Ok(_) => {
-            say!(out, "1. stop taking calls: a new call was served anyway");
-            lost += 1;
-        }
+    let latecomer = late.as_ref().err().map(Status::code);
+    match &late {
+        Err(status) => println!(
+            "1. stop taking calls: a new call gets {:?} \"{}\"",
+            status.code(),
+            status.message()
+        ),
+        Ok(_) => println!("1. stop taking calls: a new call was served anyway"),
     }
+    let mut lost = u32::from(latecomer != Some(Code::Unavailable)) + missed_not_serving;
+    // The health watch is endless: the drain ends it, or it would wait for the deadline.
+    health.close();
 
     // 2. Drain: the replies of the calls in flight go out on connections still open.
-    say!(out, "2. drain, for at most {}ms:", args.drain_ms);
+    println!("2. drain, for at most {}ms:", args.drain_ms);
     let cut = group.drain(Duration::from_millis(args.drain_ms)).await?;
     let (last, end) = tokio::time::timeout(PATIENCE, stream).await.context("the stream hung")??;
-    say!(out, "   the stream was told to finish: last message \"{last}\", then the end ({end:?})");
+    println!("   the stream was told to finish: last message \"{last}\", then the end ({end:?})");
     lost += u32::from(end != Code::Ok || last != GOODBYE);
 
-    let mut tally = Tally { cut, ..Tally::default() };
+    let (mut replied, mut cancelled) = (0, 0);
     let outcomes =
         tokio::time::timeout(PATIENCE, slow_calls.join_all()).await.context("a call hung")?;
     for outcome in outcomes {
         match outcome {
-            Ok(_) => tally.replied += 1,
-            Err(status) if status.code() == Code::Cancelled => tally.cancelled += 1,
+            Ok(_) => replied += 1,
+            Err(status) if status.code() == Code::Cancelled => cancelled += 1,
             Err(status) => {
                 tracing::error!("a slow call was lost: {status}");
                 lost += 1;
             }
         }
     }
-    say!(out, "   slow calls: {} replied, {} cancelled", tally.replied, tally.cancelled);
-    say!(out, "   cut by the server at the deadline: {cut}");
+    println!("   slow calls: {replied} replied, {cancelled} cancelled");
+    println!("   cut by the server at the deadline: {cut}");
 
     // 3. Nothing is in flight: stopping the server now loses nothing.
     tokio::time::timeout(PATIENCE, server.shutdown()).await.context("the server hung")??;
-    say!(out, "3. server stopped with {} calls in flight", group.in_flight());
-    tally.lost = lost;
-    say!(out, "lost: {lost}");
-    Ok(tally)
+    println!("3. server stopped with {} calls in flight", group.in_flight());
+    println!("lost: {lost}");
+    Ok(Tally { latecomer, stream: (last, end), replied, cancelled, cut, lost })
 }
 
 /// Reads a stream to its end: its last message and how it ended.
@@ -268,27 +236,58 @@ impl Greeter for SlowGreeter {
     }
 }
 
+#[derive(Parser, Debug)]
+#[command(about = "Graceful drain: track calls in flight, finish them, then stop")]
+struct Args {
+    /// How many slow calls are in flight when the shutdown starts.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    calls: u32,
+    /// How long each slow call works before it replies (at least 1).
+    #[arg(long, value_name = "MS", default_value_t = 200, value_parser = work_ms)]
+    work_ms: u64,
+    /// The drain deadline: calls still running after it are cut with `Cancelled`.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    drain_ms: u64,
+}
+
+/// A call with no work is over before the stop begins: nothing would be in flight to drain.
+fn work_ms(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>().map_err(|e| e.to_string())? {
+        0 => Err("0 ms of work ends each call before the shutdown starts, so none would be in \
+                  flight to drain; give at least 1"
+            .to_owned()),
+        ms => Ok(ms),
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    microkit::init_tracing();
+    microkit::report(run(&Args::parse()).await.map(|_| ()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    async fn run_with(flags: &[&str]) -> (Tally, String) {
-        let out = Out::capture();
-        let args = Args::parse_from(["waitgroup"].iter().chain(flags));
-        let tally = run(args, &out).await.unwrap();
-        (tally, out.text())
+    async fn run_with(flags: &[&str]) -> Tally {
+        run(&Args::parse_from(["waitgroup"].iter().chain(flags))).await.unwrap()
+    }
+
+    /// What every run must end with: the latecomer refused, the stream's goodbye, no loss.
+    fn tally(replied: u32, cancelled: u32, cut: usize) -> Tally {
+        let stream = (GOODBYE.to_owned(), Code::Ok);
+        Tally { latecomer: Some(Code::Unavailable), stream, replied, cancelled, cut, lost: 0 }
     }
 
     #[tokio::test]
-    async fn prints_its_golden_output() {
-        let (_, text) = run_with(&[]).await;
-        microkit::golden::assert_matches("waitgroup", &text);
+    async fn the_default_run_drains_five_calls_and_the_stream() {
+        assert_eq!(run_with(&[]).await, tally(5, 0, 0));
     }
 
     #[tokio::test]
     async fn twenty_slow_calls_in_flight_at_shutdown_all_reply() {
-        let (tally, text) = run_with(&["--calls", "20", "--work-ms", "300"]).await;
-        assert_eq!(tally, Tally { replied: 20, cancelled: 0, cut: 0, lost: 0 }, "{text}");
+        assert_eq!(run_with(&["--calls", "20", "--work-ms", "300"]).await, tally(20, 0, 0));
     }
 
     #[tokio::test]
@@ -296,22 +295,22 @@ mod tests {
         // An hour of work against a 500 ms deadline: every call is still running when
         // cut, and the stream has ample time to say goodbye first.
         let flags = ["--calls", "20", "--work-ms", "3600000", "--drain-ms", "500"];
-        let (tally, text) = run_with(&flags).await;
-        assert_eq!(tally, Tally { replied: 0, cancelled: 20, cut: 20, lost: 0 }, "{text}");
-        assert!(text.contains("   cut by the server at the deadline: 20\n"), "{text}");
+        assert_eq!(run_with(&flags).await, tally(0, 20, 20));
     }
 
     #[tokio::test]
     async fn the_stream_says_goodbye_even_when_the_deadline_cuts_the_rest() {
         let flags = ["--calls", "3", "--work-ms", "3600000", "--drain-ms", "500"];
-        let (_, text) = run_with(&flags).await;
-        let goodbye = format!("last message \"{GOODBYE}\", then the end (Ok)");
-        assert!(text.contains(&goodbye), "{text}");
+        let tally = run_with(&flags).await;
+        assert_eq!(tally.stream, (GOODBYE.to_owned(), Code::Ok), "{tally:?}");
+        assert_eq!(tally.cut, 3, "the stream ended on its own, only the calls were cut");
     }
 
     #[test]
     fn bad_settings_are_refused() {
-        for flags in [&["--calls", "0"][..], &["--drain-ms", "soon"], &["--work-ms", "-1"]] {
+        let work_0 = ["--work-ms", "0"];
+        for flags in [&["--calls", "0"][..], &["--drain-ms", "soon"], &["--work-ms", "-1"], &work_0]
+        {
             let args = ["waitgroup"].iter().chain(flags);
             assert!(Args::try_parse_from(args).is_err(), "{flags:?} was accepted");
         }

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::Frame;
+use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
@@ -41,6 +42,9 @@ pub struct WaitGroup {
     cut: CancellationToken,
     /// How many calls were cut.
     cut_count: Arc<AtomicUsize>,
+    /// How many calls were taken (not refused) so far: a watch, so a caller can wait for
+    /// its calls to be under way without polling the tracker.
+    admitted: Arc<watch::Sender<usize>>,
 }
 
 /// Put into every request's extensions, so a long-lived handler (a stream) can learn that
@@ -65,6 +69,13 @@ impl WaitGroup {
         self.tracker.len()
     }
 
+    /// Waits until at least `calls` calls have been taken since the group was made.
+    pub async fn admitted(&self, calls: usize) {
+        let mut admitted = self.admitted.subscribe();
+        // `wait_for` fails only if the sender is gone, and `self` holds it.
+        let _ = admitted.wait_for(|taken| *taken >= calls).await;
+    }
+
     /// Phase one of a drain: new calls are refused with `Unavailable`, and long-lived
     /// handlers are told to finish. The server itself keeps running, so the replies of
     /// the calls in flight can still be delivered.
@@ -80,9 +91,9 @@ impl WaitGroup {
         if tokio::time::timeout(deadline, self.tracker.wait()).await.is_err() {
             self.cut.cancel();
             // A cut call ends at its next poll; this bound only turns a bug into an error.
-            tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await.map_err(
-                |_| anyhow::anyhow!("{} calls did not end even when cut", self.in_flight()),
-            )?;
+            tokio::time::timeout(microkit::PATIENCE, self.tracker.wait()).await.map_err(|_| {
+                anyhow::anyhow!("{} calls did not end even when cut", self.in_flight())
+            })?;
         }
         Ok(self.cut_count.load(Ordering::SeqCst))
     }
@@ -128,6 +139,7 @@ where
             drop(token);
             return Box::pin(async { Ok(Status::unavailable(REFUSED).into_http()) });
         }
+        self.group.admitted.send_modify(|taken| *taken += 1);
         request.extensions_mut().insert(Draining(self.group.draining.clone()));
 
         // The clone that was made ready is the one to call (tower's rule).
@@ -296,9 +308,8 @@ mod tests {
                 read_body(response.into_body()).await.len()
             });
         }
-        while group.in_flight() < 7 {
-            tokio::task::yield_now().await;
-        }
+        group.admitted(7).await;
+        assert_eq!(group.in_flight(), 7);
         let cut = group.drain(Duration::from_millis(500)).await.unwrap();
         assert_eq!(cut, 4, "the four one-hour calls, and only they");
         assert_eq!(group.in_flight(), 0);
