@@ -4,7 +4,8 @@
 //! each call goes to the next node in turn, A, B, C, A, B, C. [`RoundRobin`] below is the
 //! whole rotation, written by hand: tower ships only power-of-two-choices balancing, which
 //! picks by load, not by turn. The client watches the registry once and keeps one counter,
-//! so a node that joins or leaves is picked up as it happens and turns stay fair.
+//! so a node that joins or leaves is picked up as it happens and turns stay fair. It follows
+//! each node's health too: a node that reports NOT_SERVING is skipped while still listed.
 //!
 //! go-micro's selector rebuilt the node list for every request and its counter restarted
 //! with it, and its example never showed a node leaving, joining or dying.
@@ -119,7 +120,7 @@ async fn demo(registry: &Arc<dyn Registry>, ttl: Duration) -> anyhow::Result<()>
     for name in ["greeter-a", "greeter-b", "greeter-c"] {
         nodes.insert(name, start_node(registry, name, ttl).await?);
     }
-    let client = RoundRobin::new(LiveNodes::watch(registry, SERVICE).await?);
+    let client = RoundRobin::new(LiveNodes::watch_healthy(registry, SERVICE).await?);
     client.nodes.wait_for_ids(&["greeter-a", "greeter-b", "greeter-c"], PATIENCE).await?;
     println!("{}", show_nodes(&client));
     println!("{}", calls(&client, 6).await?);
@@ -224,7 +225,7 @@ async fn client(
     calls: u64,
     interval: Duration,
 ) -> anyhow::Result<()> {
-    let mut client = RoundRobin::new(roles::watch_service(registry).await?);
+    let mut client = RoundRobin::new(roles::watch_healthy_service(registry).await?);
     roles::call_until_stopped(calls, interval, async |_| {
         if client.nodes.has_changed() {
             println!("{}", show_nodes(&client));
@@ -272,8 +273,10 @@ mod tests {
     async fn cluster(
         names: &[&str],
     ) -> (Arc<dyn Registry>, Vec<Registered<RunningServer>>, RoundRobin) {
-        let (registry, nodes, live) = roles::memory_cluster(names, TTL).await;
-        (registry, nodes, RoundRobin::new(live))
+        let (registry, nodes, _listed) = roles::memory_cluster(names, TTL).await;
+        let client = RoundRobin::new(LiveNodes::watch_healthy(&registry, SERVICE).await.unwrap());
+        client.nodes.wait_for_ids(names, PATIENCE).await.unwrap();
+        (registry, nodes, client)
     }
 
     async fn answers(client: &RoundRobin, count: usize) -> Vec<String> {
@@ -324,7 +327,7 @@ mod tests {
         let a = start_node(&registry, "a", ttl).await.unwrap();
         let _b = start_node(&registry, "b", ttl).await.unwrap();
         let _c = start_node(&registry, "c", ttl).await.unwrap();
-        let client = RoundRobin::new(LiveNodes::watch(&registry, SERVICE).await.unwrap());
+        let client = RoundRobin::new(LiveNodes::watch_healthy(&registry, SERVICE).await.unwrap());
         client.nodes.wait_for_ids(&["a", "b", "c"], PATIENCE).await.unwrap();
         a.crash().await;
         let first = client.say_hello("x").await.unwrap(); // a's turn, then b's
@@ -337,6 +340,22 @@ mod tests {
             let served = client.say_hello("x").await.unwrap();
             assert_eq!(served.retried_after, None, "expired: a is never picked again");
         }
+    }
+
+    #[tokio::test]
+    async fn a_node_not_serving_is_skipped_while_listed_and_taken_back_when_it_serves() {
+        let (registry, nodes, client) = cluster(&["n1", "n2", "n3"]).await;
+        let health = nodes[1].server().health().unwrap();
+        health.set_serving(false).await;
+        client.nodes.wait_for_ids(&["n1", "n3"], PATIENCE).await.unwrap();
+        assert_eq!(registry.nodes(SERVICE).await.unwrap().len(), 3, "n2 is still listed");
+        let answered = answers(&client, 6).await;
+        assert!(!answered.contains(&"n2".to_owned()), "no work for n2: {answered:?}");
+        health.set_serving(true).await;
+        client.nodes.wait_for_ids(&["n1", "n2", "n3"], PATIENCE).await.unwrap();
+        let mut round = answers(&client, 3).await;
+        round.sort();
+        assert_eq!(round, ["n1", "n2", "n3"], "n2 takes its turns again");
     }
 
     #[tokio::test]

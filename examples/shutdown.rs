@@ -3,7 +3,8 @@
 //! A stop request (SIGTERM, ctrl-c, SIGHUP, or a timer) cancels one `CancellationToken`. The
 //! tokens form a tree ([`Tokens`]): cancelling one cancels its children, never its parent or
 //! siblings, so each part of the program stops when its branch is cancelled. Then
-//! [`Serving::stop`] walks the phases in order: deregister, stop accepting, drain up to a
+//! [`Serving::stop`] walks the phases in order: report NOT_SERVING (health), deregister,
+//! stop accepting, drain up to a
 //! deadline (`--drain-ms`), stop the background tasks, exit 0. A second signal during the
 //! drain cancels the root of the tree: open calls are cut and the process exits 1.
 //!
@@ -29,6 +30,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use microkit::backend::BackendArgs;
 use microkit::greeter::HelloGreeter;
+use microkit::health::Health;
 use microkit::proto::greeter::HelloRequest;
 use microkit::proto::greeter::greeter_client::GreeterClient;
 use microkit::proto::greeter::greeter_server::GreeterServer;
@@ -130,6 +132,15 @@ impl Serving {
             }
         });
 
+        // 0. Not serving: clients watching the node's health stop sending it work while it
+        //    is still listed, before any of them could pick it from the registry's list.
+        let health = server.health().cloned();
+        if let Some(health) = &health {
+            health.set_serving(false).await;
+        }
+        let listed = is_listed(&*registry, &node).await?;
+        println!("0. not serving: health reports NOT_SERVING; in the registry: {}", yes_no(listed));
+
         // 1. The heartbeat heard `serving` and stops; wait for it, or its next beat could
         //    re-register the node we are about to remove.
         heartbeat.await.context("the heartbeat task failed")?;
@@ -141,6 +152,10 @@ impl Serving {
 
         // 2. The server's accept loop hears `accepting`, drops its listener, and sends
         //    every open connection a GOAWAY: finish what you started, start nothing new.
+        //    Open health Watch streams end too: they would hold the drain open.
+        if let Some(health) = &health {
+            health.close();
+        }
         tokens.accepting.cancel();
         println!("2. stop accepting: the listener closes, open connections are told to finish");
 
@@ -272,7 +287,10 @@ async fn start_server(
         calls_served.fetch_add(1, Ordering::Relaxed);
         Ok(request)
     });
-    RunningServer::start_with(move |incoming, stop| {
+    // Health and reflection, as on every server: phase 0 turns the health NOT_SERVING.
+    let health = Health::new(&[microkit::greeter::GREETER]);
+    let (checks, reflection) = (health.service(), microkit::health::reflection());
+    let server = RunningServer::start_with(move |incoming, stop| {
         // Phase 2 (`accepting`) is what stops it here; `stop` is the fixture's own handle.
         let stop_accepting = async move {
             tokio::select! {
@@ -282,9 +300,12 @@ async fn start_server(
         };
         Server::builder()
             .add_service(greeter)
+            .add_service(checks)
+            .add_service(reflection)
             .serve_with_incoming_shutdown(incoming, stop_accepting)
     })
-    .await
+    .await?;
+    Ok(server.with_health(health))
 }
 
 /// Keeps the node in the registry until `stop` is cancelled.
@@ -440,6 +461,25 @@ mod tests {
         let report = run(&settings, serve_mode, signals).await.unwrap();
         assert_eq!(report.cause, "timer (50ms)");
         assert_eq!(report.stopped.drain, Drain::Finished);
+    }
+
+    #[tokio::test]
+    async fn a_health_watch_sees_serving_then_not_serving_then_the_end_as_the_node_stops() {
+        use futures::StreamExt;
+        use microkit::health::WireStatus;
+        let registry: Arc<dyn Registry> = Arc::new(microkit::registry::MemoryRegistry::new());
+        let serving = Serving::start(registry, "shutdown-1").await.unwrap();
+        let addr = serving.server.addr();
+        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap();
+        let statuses = microkit::health::watch(channel.connect().await.unwrap(), "").await;
+        let mut statuses = Box::pin(statuses.unwrap());
+        assert_eq!(statuses.next().await.unwrap().unwrap(), WireStatus::Serving);
+        let (_tx, signals) = fake_signals();
+        let stopped = serving.stop(signals, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(stopped.drain, Drain::Finished, "the Watch stream did not hold the drain");
+        let rest: Vec<_> = statuses.map(|s| s.unwrap()).collect().await;
+        assert_eq!(rest, [WireStatus::NotServing], "NOT_SERVING, then the end of the stream");
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the listener is closed");
     }
 
     #[test]

@@ -314,15 +314,23 @@ async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
     // On stderr: stdout holds only results, never addresses.
     eprintln!("serving the streaming Greeter on {addr}; ctrl-c or SIGTERM to stop");
     let stop = CancellationToken::new();
+    let health = microkit::health::Health::new(&[microkit::greeter::GREETER]);
     let serving = tokio::spawn(
-        Server::builder().add_service(greeter.into_service()).serve_with_incoming_shutdown(
-            TcpIncoming::from(listener),
-            stop.clone().cancelled_owned(),
-        ),
+        Server::builder()
+            .add_service(greeter.into_service())
+            .add_service(health.service())
+            .add_service(microkit::health::reflection())
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener),
+                stop.clone().cancelled_owned(),
+            ),
     );
 
     let signal = stop_requested.await?;
     microkit::signal::exit_on_next();
+    // NOT_SERVING first, then end the Watch streams, which would hold the drain open.
+    health.set_serving(false).await;
+    health.close();
     eprintln!("{signal}: letting open streams finish, for at most {DRAIN:?}");
     stop.cancel();
     match tokio::time::timeout(DRAIN, serving).await {

@@ -221,13 +221,19 @@ async fn start_server(journal: Journal) -> std::io::Result<RunningServer> {
         .layer(InterceptorLayer::new(check_token(journal.clone())))
         .into_inner();
     let greeter = HelloGreeter::new("greeter-1").into_service();
-    RunningServer::start_with(move |incoming, stop| {
+    // Health and reflection sit behind the same wrappers: here a probe needs the token too.
+    let health = microkit::health::Health::new(&[microkit::greeter::GREETER]);
+    let (checks, reflection) = (health.service(), microkit::health::reflection());
+    let server = RunningServer::start_with(move |incoming, stop| {
         Server::builder()
             .layer(layers)
             .add_service(greeter)
+            .add_service(checks)
+            .add_service(reflection)
             .serve_with_incoming_shutdown(incoming, stop)
     })
-    .await
+    .await?;
+    Ok(server.with_health(health))
 }
 
 /// The client's stack: go-micro's `micro.WrapClient(log, auth)`.

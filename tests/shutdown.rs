@@ -19,7 +19,8 @@ use tokio::process::{Child, ChildStdout};
 const LIMIT: Duration = Duration::from_secs(30);
 
 /// The phases after the signal when nothing is in flight, in order.
-const CLEAN_STOP: [&str; 6] = [
+const CLEAN_STOP: [&str; 7] = [
+    "0. not serving: health reports NOT_SERVING; in the registry: yes",
     "1. deregister: heartbeat stopped; in the registry: no",
     "2. stop accepting: the listener closes, open connections are told to finish",
     "3. drain: waiting up to 5000ms for the calls in flight",
@@ -194,6 +195,7 @@ async fn second_signal_during_the_drain_forces_the_exit(
     assert_eq!(serving.next_line().await, CLEAN_STOP[0]);
     assert_eq!(serving.next_line().await, CLEAN_STOP[1]);
     assert_eq!(serving.next_line().await, CLEAN_STOP[2]);
+    assert_eq!(serving.next_line().await, CLEAN_STOP[3]);
 
     // Draining: the listener is gone (new connections are refused) ...
     let refused = tokio::time::timeout(LIMIT, async {
@@ -227,6 +229,7 @@ async fn the_drain_deadline_cuts_an_open_stream_and_still_exits_0() {
         "shutdown signal: SIGTERM",
         CLEAN_STOP[0],
         CLEAN_STOP[1],
+        CLEAN_STOP[2],
         "3. drain: waiting up to 300ms for the calls in flight",
         "   deadline passed: the calls still open were cut",
         "4. stop background tasks: the reporter's last count is 1 call served",

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use microkit::discovery::LiveNodes;
 use microkit::greeter::HelloGreeter;
+use microkit::health::Health;
 use microkit::registered::Registered;
 use microkit::registry::Registry;
 use microkit::server::RunningServer;
@@ -43,8 +44,8 @@ pub struct ServerArgs {
 }
 
 /// The `server` role: serve on a free port of `listen` and stay registered until a stop
-/// request, then leave the registry before draining (no client is sent to a closing node)
-/// and print the tally.
+/// request, then report NOT_SERVING and leave the registry before draining (no client is
+/// sent to a closing node) and print the tally.
 pub async fn serve(
     registry: &Arc<dyn Registry>,
     name: &str,
@@ -66,24 +67,32 @@ pub async fn serve(
     Ok(())
 }
 
-/// A Greeter whose every incoming call adds one to `received`: the server role's tally.
+/// A Greeter whose every incoming Greeter call adds one to `received`: the server role's
+/// tally. It serves health and reflection too; their calls are not counted.
 async fn counting_greeter(
     name: &str,
     listen: IpAddr,
     received: Arc<AtomicU64>,
 ) -> std::io::Result<RunningServer> {
     let greeter = HelloGreeter::new(name).into_service();
-    RunningServer::start_on(listen, move |incoming, stop| {
+    let health = Health::new(&[microkit::greeter::GREETER]);
+    let (service, reflection) = (health.service(), microkit::health::reflection());
+    let server = RunningServer::start_on(listen, move |incoming, stop| {
         let count = tower::util::MapRequestLayer::new(move |request: http::Request<Body>| {
-            received.fetch_add(1, Ordering::Relaxed);
+            if request.uri().path().starts_with("/greeter.v1.Greeter/") {
+                received.fetch_add(1, Ordering::Relaxed);
+            }
             request
         });
         Server::builder()
             .layer(count)
             .add_service(greeter)
+            .add_service(service)
+            .add_service(reflection)
             .serve_with_incoming_shutdown(incoming, stop)
     })
-    .await
+    .await?;
+    Ok(server.with_health(health))
 }
 
 /// The client's view of [`SERVICE`], once it shows every node the registry lists now.
@@ -92,8 +101,18 @@ async fn counting_greeter(
 /// client that called at once would find no node at all, or only some of them (round
 /// robin over one node of three, a user hashed to a node that is not theirs). So the
 /// first call waits, at most `microkit::PATIENCE`, for the registry's snapshot.
+#[allow(dead_code)] // sharding's: it hashes over every listed node
 pub async fn watch_service(registry: &Arc<dyn Registry>) -> anyhow::Result<LiveNodes> {
-    let nodes = LiveNodes::watch(registry, SERVICE).await?;
+    watch_nodes(registry, LiveNodes::watch(registry, SERVICE).await?).await
+}
+
+/// The same, following each node's health too: only nodes that serve are in the list.
+#[allow(dead_code)] // round-robin's
+pub async fn watch_healthy_service(registry: &Arc<dyn Registry>) -> anyhow::Result<LiveNodes> {
+    watch_nodes(registry, LiveNodes::watch_healthy(registry, SERVICE).await?).await
+}
+
+async fn watch_nodes(registry: &Arc<dyn Registry>, nodes: LiveNodes) -> anyhow::Result<LiveNodes> {
     let listed: Vec<String> = registry.nodes(SERVICE).await?.into_iter().map(|n| n.id).collect();
     let listed: Vec<&str> = listed.iter().map(String::as_str).collect();
     nodes.wait_for_ids(&listed, microkit::PATIENCE).await?;

@@ -36,7 +36,10 @@ pub async fn serve(bus: Arc<EventBus>, listen: SocketAddr) -> anyhow::Result<()>
             std::future::ready(response)
         }
     };
+    // The probes after the counting layer: a probe is not a login.
+    let health = microkit::health::Health::new(&[]);
     let router = http::router(bus).layer(axum::middleware::map_response(count));
+    let router = router.merge(health.http_routes());
     // Armed before saying so: from here on a signal is a stop request, never a kill.
     let stop = microkit::signal::stop_requested();
     // Print the bound address: with port 0 the system picks a free one.
@@ -45,7 +48,10 @@ pub async fn serve(bus: Arc<EventBus>, listen: SocketAddr) -> anyhow::Result<()>
     let (stopped, mut stopped_rx) = tokio::sync::oneshot::channel();
     axum::serve(listener, router)
         .with_graceful_shutdown(async move {
-            let _ = stopped.send(stopping(stop.await, "finishing the requests in flight"));
+            let signal = stop.await;
+            // Not ready first (a balancer probing /health/ready stops sending), then drain.
+            health.set_serving(false).await;
+            let _ = stopped.send(stopping(signal, "finishing the requests in flight"));
         })
         .await?;
     if let Ok(result) = stopped_rx.try_recv() {

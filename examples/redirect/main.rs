@@ -78,11 +78,11 @@ struct Story {
 /// The service and the gateway in one process; the client visits redirecting routes, then
 /// tries every `next=` target (and `extra`, from `--next`) on the login route.
 async fn demo(registry: Arc<dyn Registry>, extra: Option<&str>) -> anyhow::Result<Story> {
-    let server = HttpServer::start(service::router()).await?;
+    let server = HttpServer::start_healthy(service::router()).await?;
     let links = Registered::new(&registry, server, "links", "links-1", TTL).await?;
     let allow = Arc::new(AllowList::new(&[ALLOWED_HOST]));
     let gateway = Gateway { registry, allow, forwarder: Forwarder::new() };
-    let gateway = HttpServer::start(gateway::router(gateway)).await?;
+    let gateway = HttpServer::start_healthy(gateway::router(gateway)).await?;
     println!(
         "links-1 registered as links; redirects allowed to paths and to https://{ALLOWED_HOST}"
     );

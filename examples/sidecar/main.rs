@@ -217,7 +217,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let address = ([127, 0, 0, 1], port).into();
     let (router, tally) = counted(sidecar::router(Sidecar::new(registry, broker.clone())));
-    let server = HttpServer::start_on(address, router)
+    let server = HttpServer::start_healthy_on(address, router)
         .await
         .with_context(|| format!("cannot listen on {address}"))?;
 

@@ -137,7 +137,12 @@ impl NodeB {
         let drain = CancellationToken::new();
         let stopped = drain.clone().cancelled_owned();
         let server = tokio::spawn(async move {
-            let server = Server::builder().add_service(greeter);
+            // Health and reflection answer through the tunnel too.
+            let health = microkit::health::Health::new(&[microkit::greeter::GREETER]);
+            let server = Server::builder()
+                .add_service(greeter)
+                .add_service(health.service())
+                .add_service(microkit::health::reflection());
             if let Err(error) = server.serve_with_incoming_shutdown(incoming, stopped).await {
                 tracing::error!(%error, "the greeter server stopped");
             }

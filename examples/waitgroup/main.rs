@@ -27,8 +27,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use microkit::PATIENCE;
+use microkit::health::{Health, WireStatus};
 use microkit::proto::greeter::greeter_client::GreeterClient;
 use microkit::proto::greeter::greeter_server::{Greeter, GreeterServer};
 use microkit::proto::greeter::{GreetingsRequest, HelloReply, HelloRequest, NamesSummary};
@@ -64,15 +65,23 @@ async fn run(args: &Args) -> anyhow::Result<Tally> {
     let group = WaitGroup::new();
     let greeter = SlowGreeter { work: Duration::from_millis(args.work_ms) };
     let layer = group.clone();
+    let health = Health::new(&[microkit::greeter::GREETER]);
+    let (checks, reflection) = (health.service(), microkit::health::reflection());
     let server = RunningServer::start_with(move |incoming, stop| {
         Server::builder()
             .layer(layer)
             .add_service(GreeterServer::new(greeter))
+            .add_service(checks)
+            .add_service(reflection)
             .serve_with_incoming_shutdown(incoming, stop)
     })
     .await?;
-    let client = GreeterClient::new(Channel::from_shared(server.url())?.connect().await?);
+    let channel = Channel::from_shared(server.url())?.connect().await?;
+    let client = GreeterClient::new(channel.clone());
     println!("server up: every call passes through the waitgroup layer");
+    // A client watching health: a stream in flight like the others, until the drain ends it.
+    let mut watcher = Box::pin(microkit::health::watch(channel, "").await?);
+    watcher.next().await.context("the health watch ended at once")??;
 
     // The work in flight: slow unary calls, and one endless stream (count 0).
     let mut slow_calls = JoinSet::new();
@@ -85,13 +94,19 @@ async fn run(args: &Args) -> anyhow::Result<Tally> {
     let mut stream = client.clone().greetings(watch).await?.into_inner();
     stream.message().await?.context("the stream ended before it began")?;
     let stream = tokio::spawn(read_to_the_end(stream));
-    tokio::time::timeout(PATIENCE, group.admitted(args.calls as usize + 1))
+    tokio::time::timeout(PATIENCE, group.admitted(args.calls as usize + 2))
         .await
         .context("the calls never got in flight")?;
     println!(
         "in flight: {} slow calls ({}ms of work each) and 1 endless stream",
         args.calls, args.work_ms
     );
+
+    // 0. Not serving: whoever watches health stops sending before any call is refused.
+    health.set_serving(false).await;
+    let seen = tokio::time::timeout(PATIENCE, watcher.next()).await?.context("watch ended")??;
+    println!("0. not serving: the health watch sees {}", seen.as_str_name());
+    let missed_not_serving = u32::from(seen != WireStatus::NotServing);
 
     // 1. Stop taking calls, and show it with one more.
     group.stop_taking_calls();
@@ -105,7 +120,9 @@ async fn run(args: &Args) -> anyhow::Result<Tally> {
         ),
         Ok(_) => println!("1. stop taking calls: a new call was served anyway"),
     }
-    let mut lost = u32::from(latecomer != Some(Code::Unavailable));
+    let mut lost = u32::from(latecomer != Some(Code::Unavailable)) + missed_not_serving;
+    // The health watch is endless: the drain ends it, or it would wait for the deadline.
+    health.close();
 
     // 2. Drain: the replies of the calls in flight go out on connections still open.
     println!("2. drain, for at most {}ms:", args.drain_ms);

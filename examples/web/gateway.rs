@@ -77,7 +77,7 @@ impl Gateway {
 
     /// Discovery: every registered web service with its nodes, by name, as the registry
     /// holds them now. Asked on every request, so a node that joins or leaves counts at once.
-    async fn services(&self) -> Result<BTreeMap<String, Vec<Node>>, ApiError> {
+    pub(crate) async fn services(&self) -> Result<BTreeMap<String, Vec<Node>>, ApiError> {
         let nodes = self
             .registry
             .nodes(WEB_NAMESPACE)
@@ -237,18 +237,20 @@ pub fn web_node(name: &str, id: &str, address: impl ToString) -> Node {
     node
 }
 
-/// The gateway's routes: the listing at `/`, everything else proxied by its first segment.
+/// The gateway's routes: the live page at `/` (`dashboard.rs`) and its `/events`, everything
+/// else proxied by its first segment.
 pub fn router(gateway: Gateway) -> Router {
     Router::new()
-        .route("/", get(list))
+        .route("/", get(crate::dashboard::front))
+        .route("/events", get(crate::dashboard::events))
         .route("/{service}", any(proxy_root))
         .route("/{service}/", any(proxy_index))
         .route("/{service}/{*rest}", any(proxy))
         .with_state(gateway)
 }
 
-/// `GET /`: one line per web service, the dashboard of `micro web` in plain text.
-async fn list(State(gateway): State<Gateway>) -> Result<String, ApiError> {
+/// `GET /` for a client that is not a browser: one line per web service.
+pub(crate) async fn list(State(gateway): State<Gateway>) -> Result<String, ApiError> {
     let services = gateway.services().await?;
     if services.is_empty() {
         return Ok("no web services registered\n".into());

@@ -5,12 +5,12 @@
 //! on a graceful stop it deregisters before it stops answering. The lesson is the other
 //! side, the gateway in `gateway.rs`: it holds no list of its own, asks the registry on
 //! every request (`Gateway::services`), and forwards `/<service>/...` to one of the nodes
-//! it found, websockets included (`Gateway::forward`). `service.rs` is the service: a page,
-//! a `greet` route and a websocket bridged to the Greeter's server-streaming call.
+//! it found, websockets included (`Gateway::forward`); its `/` is a live page of every node
+//! and its health (`dashboard.rs`). `service.rs` is the service: a page, a `greet` route and
+//! a websocket bridged to the Greeter's server-streaming call.
 //!
 //! go-micro's `web.NewService` example stopped at a "Hello World" handler: it never showed
 //! the gateway finding the service, the service leaving, or a websocket through the proxy.
-//!
 //! Run it:
 //!
 //! ```text
@@ -24,6 +24,7 @@
 //!
 //! Prints `tests/golden/web.txt`; explained in `notes/web.md`.
 
+mod dashboard;
 mod gateway;
 // The redirect example's allow-list, compiled here unchanged: the gateway's own redirect
 // follows the same rules as any other.
@@ -169,7 +170,7 @@ async fn start_web(
     id: &str,
 ) -> anyhow::Result<(Registered<HttpServer>, WebService)> {
     let service = WebService::new(id, registry.clone());
-    let server = HttpServer::start(service::router(service.clone())).await?;
+    let server = HttpServer::start_healthy(service::router(service.clone())).await?;
     let node = web_node("hello", id, server.addr());
     Ok((Registered::with_node(registry, server, node, TTL).await?, service))
 }
@@ -180,7 +181,7 @@ async fn start_gateway(
 ) -> anyhow::Result<(HttpServer, Gateway)> {
     let address = ([127, 0, 0, 1], port).into();
     let gateway = Gateway::new(registry.clone());
-    let server = HttpServer::start_on(address, gateway::router(gateway.clone()))
+    let server = HttpServer::start_healthy_on(address, gateway::router(gateway.clone()))
         .await
         .with_context(|| format!("cannot listen on {address}"))?;
     Ok((server, gateway))
@@ -248,6 +249,10 @@ enum Role {
         /// The node's id, e.g. hello-2.
         #[arg(long, default_value = "hello-1")]
         id: String,
+        /// On a stop, how long to stay listed while reporting not ready, so balancers and
+        /// the gateway's page see it before the node leaves.
+        #[arg(long, default_value_t = 0)]
+        grace_ms: u64,
     },
     /// Run the gateway alone until stopped, finding web services in the shared registry
     /// (needs NATS_URL).
@@ -295,14 +300,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Some(Role::Service { id }) => {
+        Some(Role::Service { id, grace_ms }) => {
             backend.require_shared_nats("the service and gateway roles")?;
             let greeter = start_greeter(&registry, &format!("greeter-for-{id}")).await?;
             let (web, service) = start_web(&registry, &id).await?;
             let stop = microkit::signal::stop_requested();
             println!("{id} serving web service hello on {}; ctrl-c stops", web.server().url());
             until_stopped(stop).await?;
-            web.stop().await?;
+            web.not_serving().await;
+            tokio::time::sleep(Duration::from_millis(grace_ms)).await;
+            web.deregister_and_drain().await?;
             greeter.stop().await?;
             let served = service.served.load(Ordering::Relaxed);
             println!("{id} stopped: {served} request(s) served");

@@ -5,6 +5,11 @@
 //! a node is a lookup in memory; the choosing itself (round robin, hashing...) is each
 //! example's lesson and lives in the example.
 //!
+//! [`LiveNodes::watch_healthy`] also follows each node's health (`grpc.health.v1.Health`
+//! `Watch`): the registry says a node exists, health says whether to send it work, so a node
+//! reporting NOT_SERVING drops out of the list while it stays listed, and comes back when it
+//! serves again.
+//!
 //! [`Channels`] keeps one gRPC channel per node address, so a client reuses its HTTP/2
 //! connections instead of dialling for every call.
 
@@ -16,6 +21,7 @@ use futures::StreamExt;
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::health::WireStatus;
 use crate::registry::{Change, Node, Registry, RegistryError};
 
 /// The nodes of one service as the registry last told us, sorted by id.
@@ -43,6 +49,63 @@ impl LiveNodes {
         Ok(LiveNodes { service: service.to_owned(), nodes, follower })
     }
 
+    /// Starts watching `service` in `registry`, and the health of each of its nodes: the
+    /// list holds the nodes that are registered *and* report SERVING (or serve no health
+    /// service at all, which gRPC's health checking counts as healthy).
+    ///
+    /// A node's Watch stream that breaks (a crash, a network fault) keeps the last status:
+    /// not knowing is not NOT_SERVING. A call to it fails and the caller tries elsewhere,
+    /// until the registry's TTL removes it.
+    pub async fn watch_healthy(
+        registry: &Arc<dyn Registry>,
+        service: &str,
+    ) -> Result<Self, RegistryError> {
+        let mut changes = registry.watch(service).await?;
+        let (tx, nodes) = watch::channel(Vec::new());
+        let follower = tokio::spawn(async move {
+            let mut known: BTreeMap<String, (Node, Option<bool>)> = BTreeMap::new();
+            let mut watchers: HashMap<String, HealthWatcher> = HashMap::new();
+            // (node id, watcher generation, serving): a late report of a node that left,
+            // or of an earlier registration of the same id, is told apart and dropped.
+            let (report, mut reports) = tokio::sync::mpsc::unbounded_channel();
+            let mut generation = 0u64;
+            loop {
+                tokio::select! {
+                    change = changes.next() => match change {
+                        None => break,
+                        Some(Change::Joined(node)) => {
+                            let same = known.get(&node.id).is_some_and(|(n, _)| n.address == node.address);
+                            if !same {
+                                generation += 1;
+                                let watcher = HealthWatcher::start(&node, generation, report.clone());
+                                watchers.insert(node.id.clone(), watcher);
+                                known.insert(node.id.clone(), (node, None));
+                            }
+                        }
+                        Some(Change::Left { id, .. }) => {
+                            known.remove(&id);
+                            watchers.remove(&id);
+                        }
+                    },
+                    Some((id, generation, serving)) = reports.recv() => {
+                        let current = watchers.get(&id).is_some_and(|w| w.generation == generation);
+                        if let (true, Some((_, status))) = (current, known.get_mut(&id)) {
+                            *status = Some(serving);
+                        }
+                    }
+                }
+                let healthy = known.values().filter(|(_, s)| *s == Some(true));
+                let healthy: Vec<Node> = healthy.map(|(n, _)| n.clone()).collect();
+                tx.send_if_modified(|nodes| {
+                    let changed = *nodes != healthy;
+                    *nodes = healthy;
+                    changed
+                });
+            }
+        });
+        Ok(LiveNodes { service: service.to_owned(), nodes, follower })
+    }
+
     pub fn service(&self) -> &str {
         &self.service
     }
@@ -50,6 +113,11 @@ impl LiveNodes {
     /// The nodes right now.
     pub fn current(&self) -> Vec<Node> {
         self.nodes.borrow().clone()
+    }
+
+    /// Follows the list as it changes.
+    pub fn subscribe(&self) -> watch::Receiver<Vec<Node>> {
+        self.nodes.clone()
     }
 
     /// True (once) after the list changed since the last call.
@@ -77,6 +145,53 @@ impl LiveNodes {
 impl Drop for LiveNodes {
     fn drop(&mut self) {
         self.follower.abort();
+    }
+}
+
+/// Follows one node's health until dropped, reporting each status it learns.
+struct HealthWatcher {
+    generation: u64,
+    task: tokio::task::JoinHandle<()>,
+}
+
+type Report = tokio::sync::mpsc::UnboundedSender<(String, u64, bool)>;
+
+impl HealthWatcher {
+    fn start(node: &Node, generation: u64, report: Report) -> Self {
+        let (id, address) = (node.id.clone(), node.address.clone());
+        let task = tokio::spawn(async move {
+            let Ok(endpoint) = Endpoint::from_shared(format!("http://{address}")) else {
+                let _ = report.send((id, generation, false));
+                return;
+            };
+            let channel = endpoint.connect_timeout(Duration::from_secs(2)).connect_lazy();
+            loop {
+                match crate::health::watch(channel.clone(), "").await {
+                    Ok(mut statuses) => {
+                        while let Some(Ok(status)) = statuses.next().await {
+                            let serving = status == WireStatus::Serving;
+                            let _ = report.send((id.clone(), generation, serving));
+                        }
+                    }
+                    // No health service: gRPC's health checking then counts it healthy.
+                    Err(status) if status.code() == tonic::Code::Unimplemented => {
+                        let _ = report.send((id, generation, true));
+                        return;
+                    }
+                    Err(_) => {}
+                }
+                // The stream broke or never opened: try again while the node is listed
+                // (the follower drops this watcher when it leaves). A pause, not a pace.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        HealthWatcher { generation, task }
+    }
+}
+
+impl Drop for HealthWatcher {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

@@ -97,10 +97,15 @@ impl Greeter for HelloGreeter {
 }
 
 /// Starts a [`HelloGreeter`] named `node` on a free loopback port.
+/// It serves health (SERVING for the server and for `greeter.v1.Greeter`) and reflection too.
 pub async fn serve(node: &str) -> std::io::Result<RunningServer> {
     let service = HelloGreeter::new(node).into_service();
-    RunningServer::start(tonic::service::Routes::new(service)).await
+    let health = crate::health::Health::new(&[GREETER]);
+    RunningServer::start_with_health(tonic::service::Routes::new(service), health).await
 }
+
+/// The Greeter's full gRPC name, what health checks and reflection call it.
+pub const GREETER: &str = <GreeterServer<HelloGreeter> as tonic::server::NamedService>::NAME;
 
 #[cfg(test)]
 mod tests {

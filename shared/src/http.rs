@@ -47,6 +47,7 @@ pub struct HttpServer {
     addr: SocketAddr,
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
+    health: Option<crate::health::Health>,
 }
 
 impl HttpServer {
@@ -60,6 +61,21 @@ impl HttpServer {
         Self::start_with(addr, router, Limits::default()).await
     }
 
+    /// Like [`HttpServer::start_on`], with `GET /health/live` and `GET /health/ready` added
+    /// to `router` and reporting a [`Health`](crate::health::Health) of its own, which a
+    /// graceful stop through [`Registered`](crate::registered::Registered) turns not ready
+    /// first.
+    pub async fn start_healthy_on(addr: SocketAddr, router: Router) -> std::io::Result<Self> {
+        let health = crate::health::Health::new(&[]);
+        let server = Self::start_on(addr, router.merge(health.http_routes())).await?;
+        Ok(server.with_health(health))
+    }
+
+    /// [`HttpServer::start_healthy_on`] a free loopback port.
+    pub async fn start_healthy(router: Router) -> std::io::Result<Self> {
+        Self::start_healthy_on(SocketAddr::from(([127, 0, 0, 1], 0)), router).await
+    }
+
     /// Serves `router` on `addr` within `limits`.
     pub async fn start_with(
         addr: SocketAddr,
@@ -70,7 +86,18 @@ impl HttpServer {
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
         let task = tokio::spawn(serve(listener, router, limits, stop.clone()));
-        Ok(HttpServer { addr, stop, task: Some(task) })
+        Ok(HttpServer { addr, stop, task: Some(task), health: None })
+    }
+
+    /// Names the [`Health`](crate::health::Health) its `/health/ready` route reports (the
+    /// router merged `health.http_routes()`), so a graceful stop reports not ready first.
+    pub fn with_health(mut self, health: crate::health::Health) -> Self {
+        self.health = Some(health);
+        self
+    }
+
+    pub fn health(&self) -> Option<&crate::health::Health> {
+        self.health.as_ref()
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -340,6 +367,25 @@ mod tests {
             .expect("the server kept the connection open")
             .ok();
         seen
+    }
+
+    #[tokio::test]
+    async fn a_stopping_service_is_not_ready_while_it_stays_live() {
+        use crate::registered::Registered;
+        use crate::registry::{MemoryRegistry, Registry};
+        let registry: std::sync::Arc<dyn Registry> = std::sync::Arc::new(MemoryRegistry::new());
+        let server = HttpServer::start_healthy(Router::new()).await.unwrap();
+        let url = server.url();
+        let node =
+            Registered::new(&registry, server, "web", "w1", Duration::from_secs(5)).await.unwrap();
+        let status = async |path: &str| {
+            let request = Request::get(format!("{url}{path}")).body(Body::empty()).unwrap();
+            Forwarder::new().send(request).await.unwrap().status().as_u16()
+        };
+        assert_eq!((status("/health/live").await, status("/health/ready").await), (200, 200));
+        node.not_serving().await;
+        assert_eq!((status("/health/live").await, status("/health/ready").await), (200, 503));
+        node.deregister_and_drain().await.unwrap();
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@
 //!   at build time.
 //! - [`registry`]: service discovery (a `Registry` trait, memory and NATS implementations).
 //! - [`broker`]: publish/subscribe (a `Broker` trait, memory and NATS implementations).
+//! - [`health`]: health checking and reflection, mounted on every server.
 //! - [`registered`]: a server listed in the registry for as long as it serves.
 //! - [`discovery`]: a client's live view of a service's nodes, and a channel per node.
 //! - [`backend`]: the one rule every example uses to pick NATS or the memory backend.
@@ -21,6 +22,7 @@ pub mod backend;
 pub mod broker;
 pub mod discovery;
 pub mod greeter;
+pub mod health;
 pub mod http;
 pub mod nats;
 pub mod registered;

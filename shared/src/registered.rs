@@ -2,15 +2,16 @@
 //!
 //! Every example that runs a discoverable node does the same three things: serve on a free
 //! port, register the node with a TTL and keep it alive with heartbeats, and on a graceful
-//! stop leave the registry *before* draining, so no client is sent to a node that is
-//! closing. [`Registered`] does those in that order, for a gRPC [`RunningServer`] or an
-//! axum [`HttpServer`] alike.
+//! stop report NOT_SERVING (so clients watching its health stop sending at once), leave the
+//! registry (so no new client is sent to it), and only then drain. [`Registered`] does
+//! those in that order, for a gRPC [`RunningServer`] or an axum [`HttpServer`] alike.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::health::Health;
 use crate::http::HttpServer;
 use crate::registry::{Node, Registration, Registry, RegistryError};
 use crate::server::RunningServer;
@@ -18,12 +19,17 @@ use crate::server::RunningServer;
 /// A server that can stop gracefully: stop accepting, let what is in flight finish.
 pub trait Drain: Send + Sized {
     fn addr(&self) -> SocketAddr;
+    /// What its health service or readiness route reports, if it has one.
+    fn health(&self) -> Option<&Health>;
     fn drain(self) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
 
 impl Drain for RunningServer {
     fn addr(&self) -> SocketAddr {
         RunningServer::addr(self)
+    }
+    fn health(&self) -> Option<&Health> {
+        RunningServer::health(self)
     }
     fn drain(self) -> impl Future<Output = anyhow::Result<()>> + Send {
         self.shutdown()
@@ -33,6 +39,9 @@ impl Drain for RunningServer {
 impl Drain for HttpServer {
     fn addr(&self) -> SocketAddr {
         HttpServer::addr(self)
+    }
+    fn health(&self) -> Option<&Health> {
+        HttpServer::health(self)
     }
     async fn drain(self) -> anyhow::Result<()> {
         Ok(self.shutdown().await?)
@@ -81,8 +90,22 @@ impl<S: Drain> Registered<S> {
         &self.server
     }
 
-    /// The graceful stop: deregister first (clients stop choosing this node), then drain.
+    /// The graceful stop: report NOT_SERVING (clients watching health stop sending),
+    /// deregister (no client chooses this node any more), then drain.
     pub async fn stop(self) -> anyhow::Result<()> {
+        self.not_serving().await;
+        self.deregister_and_drain().await
+    }
+
+    /// The first phase of a stop alone, for a role that prints each phase.
+    pub async fn not_serving(&self) {
+        if let Some(health) = self.server.health() {
+            health.set_serving(false).await;
+        }
+    }
+
+    /// The rest of a stop, after [`Registered::not_serving`].
+    pub async fn deregister_and_drain(self) -> anyhow::Result<()> {
         let Registered { server, registration } = self;
         registration.deregister().await?;
         server.drain().await
@@ -117,6 +140,21 @@ mod tests {
         node.stop().await.unwrap();
         assert!(registry.nodes("greeter").await.unwrap().is_empty());
         assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the listener is closed");
+    }
+
+    #[tokio::test]
+    async fn the_first_phase_reports_not_serving_while_still_listed() {
+        let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+        let server = crate::greeter::serve("a").await.unwrap();
+        let node = Registered::new(&registry, server, "greeter", "a", Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(node.server().health().unwrap().is_serving());
+        node.not_serving().await;
+        assert!(!node.server().health().unwrap().is_serving());
+        assert_eq!(registry.nodes("greeter").await.unwrap().len(), 1, "still listed");
+        node.deregister_and_drain().await.unwrap();
+        assert!(registry.nodes("greeter").await.unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -6,6 +6,10 @@
 //!   flight finish;
 //! - [`RunningServer::crash`]: every connection dies at once, as when a process is killed.
 //!
+//! Every server started with [`RunningServer::start`] also serves health checking and
+//! reflection ([`crate::health`]); one built by hand with [`RunningServer::start_with`] adds
+//! them itself and hands its [`Health`] over with [`RunningServer::with_health`].
+//!
 //! To make a crash real, the server runs on its own small tokio runtime in its own thread;
 //! dropping that runtime drops every connection task with it.
 
@@ -18,21 +22,33 @@ use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
+use crate::health::Health;
+
 /// A server running in the background until shut down, crashed or dropped (a drop crashes).
 pub struct RunningServer {
     addr: SocketAddr,
     stop: CancellationToken,
     crash: Option<oneshot::Sender<()>>,
     finished: Option<oneshot::Receiver<anyhow::Result<()>>>,
+    health: Option<Health>,
 }
 
 impl RunningServer {
-    /// Serves `routes` with a plain `Server::builder()`.
+    /// Serves `routes`, with health (SERVING for the whole server) and reflection, with a
+    /// plain `Server::builder()`.
     pub async fn start(routes: Routes) -> std::io::Result<Self> {
-        Self::start_with(move |incoming, stop| {
+        Self::start_with_health(routes, Health::new(&[])).await
+    }
+
+    /// Serves `routes` with `health` (which may name the services it reports on) and
+    /// reflection.
+    pub async fn start_with_health(routes: Routes, health: Health) -> std::io::Result<Self> {
+        let routes = health.mount(routes);
+        let server = Self::start_with(move |incoming, stop| {
             Server::builder().add_routes(routes).serve_with_incoming_shutdown(incoming, stop)
         })
-        .await
+        .await?;
+        Ok(server.with_health(health))
     }
 
     /// Serves whatever `serve` builds from the listener and the stop signal, so callers can
@@ -83,7 +99,24 @@ impl RunningServer {
             runtime.shutdown_background();
             let _ = finished_tx.send(result);
         });
-        Ok(RunningServer { addr, stop, crash: Some(crash_tx), finished: Some(finished_rx) })
+        Ok(RunningServer {
+            addr,
+            stop,
+            crash: Some(crash_tx),
+            finished: Some(finished_rx),
+            health: None,
+        })
+    }
+
+    /// Names the [`Health`] this server's health service reports, so a graceful stop can
+    /// report NOT_SERVING first and end open `Watch` streams when it drains.
+    pub fn with_health(mut self, health: Health) -> Self {
+        self.health = Some(health);
+        self
+    }
+
+    pub fn health(&self) -> Option<&Health> {
+        self.health.as_ref()
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -97,6 +130,9 @@ impl RunningServer {
 
     /// Stops accepting, waits for calls in flight to finish, then returns.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(health) = &self.health {
+            health.close();
+        }
         self.stop.cancel();
         self.wait().await
     }

@@ -38,6 +38,7 @@ const fn topic(name: &'static str, takes_backend: bool) -> Topic {
 pub const TOPICS: &[Topic] = &[
     topic("broker", true),
     topic("event", true),
+    topic("health", true),
     topic("metadata", false),
     topic("mocking", false),
     topic("proxy", true),

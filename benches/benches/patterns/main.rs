@@ -6,6 +6,7 @@
 
 mod broker;
 mod grpc;
+mod health;
 mod proxy;
 mod retry;
 mod sharding;
@@ -84,6 +85,9 @@ fn main() {
         }
         if wanted("trace") {
             rows.extend(trace::rows(effort).await);
+        }
+        if wanted("health") {
+            rows.extend(health::rows(effort).await);
         }
         if wanted("sharding") {
             rows.extend(sharding::rows(effort).await);

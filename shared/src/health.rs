@@ -1,0 +1,227 @@
+//! Health checking and reflection: the two standard services every server here mounts.
+//!
+//! The registry says a node *exists* (its TTL heartbeat keeps it listed); health says
+//! whether it is *fit to serve*. The two differ on purpose: a node that is draining, or has
+//! lost something it needs, is still alive and still listed, but should get no new work.
+//!
+//! - [`Health`]: one node's serving status, reported over `grpc.health.v1.Health` for gRPC
+//!   clients and over `GET /health/ready` for HTTP probes (`/health/live` answers 200 while
+//!   the process serves at all). [`Registered::stop`](crate::registered::Registered::stop)
+//!   reports NOT_SERVING before it deregisters.
+//! - [`reflection`]: server reflection (v1, and v1alpha for older clients such as Python's
+//!   grpcio-reflection), fed the descriptors `build.rs` compiles, so a tool that has never
+//!   seen our protos can list the services and call them.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use futures::{FutureExt, Stream, StreamExt};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tonic::{Request, Response, Status};
+use tonic_health::pb::health_server::{Health as HealthApi, HealthServer};
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+use tonic_health::server::{HealthReporter, HealthService};
+
+pub use tonic_health::ServingStatus;
+pub use tonic_health::pb::health_check_response::ServingStatus as WireStatus;
+pub use tonic_health::pb::health_client::HealthClient;
+
+/// The protos of this crate, as `build.rs` encoded them for reflection.
+pub const DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
+
+/// One node's health: what its health service and its readiness probe both report.
+/// Clones share the status.
+#[derive(Clone)]
+pub struct Health {
+    reporter: HealthReporter,
+    /// Services reported on besides "" (the whole server), e.g. `greeter.v1.Greeter`.
+    services: Arc<[String]>,
+    ready: Arc<watch::Sender<bool>>,
+    /// Cancelled when the server drains: open `Watch` streams end, so a watcher never holds
+    /// a graceful stop open (a Watch stream is otherwise endless).
+    closing: CancellationToken,
+}
+
+impl Health {
+    /// SERVING, for the whole server ("") and for each of `services`.
+    pub fn new(services: &[&str]) -> Self {
+        let reporter = HealthReporter::new();
+        for service in services {
+            // A new reporter's lock is uncontended, so this completes at once.
+            reporter
+                .set_service_status(service, ServingStatus::Serving)
+                .now_or_never()
+                .expect("a new reporter is not locked");
+        }
+        Health {
+            reporter,
+            services: services.iter().map(|s| s.to_string()).collect(),
+            ready: Arc::new(watch::channel(true).0),
+            closing: CancellationToken::new(),
+        }
+    }
+
+    /// Reports SERVING or NOT_SERVING on the health service and the readiness route alike.
+    pub async fn set_serving(&self, serving: bool) {
+        // Watchers are told of changes only: the same status again is no news.
+        if self.ready.send_replace(serving) == serving {
+            return;
+        }
+        let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+        self.reporter.set_service_status("", status).await;
+        for service in self.services.iter() {
+            self.reporter.set_service_status(service, status).await;
+        }
+    }
+
+    pub fn is_serving(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// Follows the status as it changes.
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.ready.subscribe()
+    }
+
+    /// Ends every open `Watch` stream: called when the server starts to drain.
+    pub fn close(&self) {
+        self.closing.cancel();
+    }
+
+    /// The `grpc.health.v1.Health` service for `Server::builder().add_service(..)`.
+    pub fn service(&self) -> HealthServer<HealthEndpoint> {
+        HealthServer::new(HealthEndpoint {
+            inner: HealthService::from_health_reporter(self.reporter.clone()),
+            closing: self.closing.clone(),
+        })
+    }
+
+    /// `routes` with health and reflection added.
+    pub fn mount(&self, routes: Routes) -> Routes {
+        routes
+            .add_service(self.service())
+            .add_service(reflection())
+            .add_service(reflection_v1alpha())
+    }
+
+    /// `GET /health/live` (200 while the process answers at all) and `GET /health/ready`
+    /// (200 while serving, 503 otherwise), to merge into an axum service's router.
+    pub fn http_routes<S: Clone + Send + Sync + 'static>(&self) -> axum::Router<S> {
+        let ready = self.ready.clone();
+        axum::Router::new().route("/health/live", axum::routing::get(|| async { "live\n" })).route(
+            "/health/ready",
+            axum::routing::get(move || {
+                let serving = *ready.borrow();
+                async move {
+                    match serving {
+                        true => (StatusCode::OK, "ready\n"),
+                        false => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+                    }
+                }
+            }),
+        )
+    }
+}
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Health").field("serving", &self.is_serving()).finish()
+    }
+}
+
+/// tonic-health's service, with `Watch` streams that end when the server drains.
+pub struct HealthEndpoint {
+    inner: HealthService,
+    closing: CancellationToken,
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl HealthApi for HealthEndpoint {
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        self.inner.check(request).await
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let statuses = self.inner.watch(request).await?.into_inner();
+        // A change waiting to be sent goes out before the end: a watcher of a stopping
+        // server always sees its NOT_SERVING, however fast the drain follows it.
+        let watch = futures::stream::unfold(
+            (statuses, self.closing.clone()),
+            |(mut statuses, closing)| async move {
+                tokio::select! {
+                    biased;
+                    status = statuses.next() => status.map(|s| (s, (statuses, closing))),
+                    () = closing.cancelled() => None,
+                }
+            },
+        );
+        Ok(Response::new(Box::pin(watch)))
+    }
+}
+
+/// Server reflection v1 over this crate's protos and the health service's.
+pub fn reflection() -> tonic_reflection::server::v1::ServerReflectionServer<
+    impl tonic_reflection::server::v1::ServerReflection,
+> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(DESCRIPTORS)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the descriptors build.rs encoded decode")
+}
+
+/// The same, as v1alpha: the version grpcio-reflection's Python client still asks for.
+pub fn reflection_v1alpha() -> tonic_reflection::server::v1alpha::ServerReflectionServer<
+    impl tonic_reflection::server::v1alpha::ServerReflection,
+> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(DESCRIPTORS)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .expect("the descriptors build.rs encoded decode")
+}
+
+/// The serving status of `service` ("" for the whole server) behind `channel`, as a stream
+/// of changes: what a client watches to know whether to send a node work.
+pub async fn watch(
+    channel: tonic::transport::Channel,
+    service: &str,
+) -> Result<impl Stream<Item = Result<WireStatus, Status>> + use<>, Status> {
+    let request = HealthCheckRequest { service: service.to_owned() };
+    let stream = HealthClient::new(channel).watch(request).await?.into_inner();
+    Ok(stream.map(|reply| reply.map(|r| r.status())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::RunningServer;
+
+    #[tokio::test]
+    async fn watch_sees_not_serving_then_ends_when_the_server_drains() {
+        let health = Health::new(&["greeter.v1.Greeter"]);
+        let server =
+            RunningServer::start_with_health(Routes::default(), health.clone()).await.unwrap();
+        let channel = tonic::transport::Channel::from_shared(server.url()).unwrap();
+        let channel = channel.connect().await.unwrap();
+        let mut statuses = Box::pin(watch(channel, "greeter.v1.Greeter").await.unwrap());
+        assert_eq!(statuses.next().await.unwrap().unwrap(), WireStatus::Serving);
+        health.set_serving(false).await;
+        assert_eq!(statuses.next().await.unwrap().unwrap(), WireStatus::NotServing);
+        tokio::time::timeout(crate::PATIENCE, server.shutdown()).await.unwrap().unwrap();
+        assert!(statuses.next().await.is_none(), "the stream ends instead of holding the drain");
+    }
+}
