@@ -27,8 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
-use microkit::backend::BackendArgs;
+use clap::Parser;
 use microkit::greeter::HelloGreeter;
 use microkit::health::Health;
 use microkit::proto::greeter::HelloRequest;
@@ -40,6 +39,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
+
+use roles::Settings;
+
+mod roles;
 
 /// The service this node registers under.
 const SERVICE: &str = "greeter";
@@ -365,53 +368,10 @@ async fn sleep_or_never(after: Option<Duration>) {
     }
 }
 
-#[derive(Parser, Debug)]
-#[command(
-    about = "Graceful shutdown: a signal, a token tree, and the phases in order",
-    args_conflicts_with_subcommands = true
-)]
-struct Args {
-    #[command(subcommand)]
-    role: Option<Role>,
-    #[command(flatten)]
-    settings: Settings,
-}
-
-impl Args {
-    /// The settings to run with, and whether to serve until a signal.
-    fn settings(self) -> (Settings, bool) {
-        match self.role {
-            Some(Role::Serve(settings)) => (settings, true),
-            None => (self.settings, false),
-        }
-    }
-}
-
-#[derive(Subcommand, Debug)]
-enum Role {
-    /// Serve until SIGTERM, ctrl-c or SIGHUP, then stop in order, printing each phase.
-    Serve(Settings),
-}
-
-#[derive(clap::Args, Debug, Clone)]
-struct Settings {
-    /// Stop by itself this long after it is ready [default: 100 in the demo, never in `serve`].
-    #[arg(long, value_name = "MS")]
-    stop_after_ms: Option<u64>,
-    /// How long the drain may take before the calls still open are cut.
-    #[arg(long, value_name = "MS", default_value_t = 5000)]
-    drain_ms: u64,
-    /// This node's id in the registry.
-    #[arg(long, default_value = "shutdown-1")]
-    node: String,
-    #[command(flatten)]
-    backend: BackendArgs,
-}
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     microkit::init_tracing();
-    let (settings, serve_mode) = Args::parse().settings();
+    let (settings, serve_mode) = roles::Args::parse().settings();
     let result = async { run(&settings, serve_mode, Signals::from_os()?).await }.await;
     microkit::report(result.map(|_| ()))
 }
@@ -419,6 +379,7 @@ async fn main() -> std::process::ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use roles::Args;
 
     fn parse(flags: &[&str]) -> (Settings, bool) {
         Args::parse_from(["shutdown"].iter().chain(flags)).settings()
