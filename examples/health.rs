@@ -233,9 +233,7 @@ async fn node(registry: &Arc<dyn Registry>, id: &str, ttl: Duration) -> anyhow::
     let (node, probes) = start_node(registry, id, ttl).await?;
     let stop = microkit::signal::stop_requested();
     println!("{id} serving {GREETER} on {}; probes on {}", node.addr(), probes.url());
-    let signal = stop.await?;
-    microkit::signal::exit_on_next();
-    tracing::info!("{signal}: NOT_SERVING, deregistering, then draining");
+    microkit::signal::stopping(stop, "NOT_SERVING, deregistering, then draining").await?;
     node.stop().await?;
     probes.shutdown().await?;
     println!("{id} stopped: NOT_SERVING, deregistered, drained");

@@ -279,6 +279,14 @@ mod tests {
         (registry, nodes, client)
     }
 
+    /// Once the client sees exactly `ids`, one call per node: each answers once per round.
+    async fn one_round(client: &RoundRobin, ids: &[&str]) -> Vec<String> {
+        client.nodes.wait_for_ids(ids, PATIENCE).await.unwrap();
+        let mut round = answers(client, ids.len()).await;
+        round.sort();
+        round
+    }
+
     async fn answers(client: &RoundRobin, count: usize) -> Vec<String> {
         let mut nodes = Vec::new();
         for _ in 0..count {
@@ -314,9 +322,7 @@ mod tests {
         assert!(!two.contains(&"n2".to_owned()), "{two:?}");
 
         nodes.push(start_node(&registry, "n4", TTL).await.unwrap());
-        client.nodes.wait_for_ids(&["n1", "n3", "n4"], PATIENCE).await.unwrap();
-        let mut three = answers(&client, 3).await;
-        three.sort();
+        let three = one_round(&client, &["n1", "n3", "n4"]).await;
         assert_eq!(three, ["n1", "n3", "n4"], "each node once per round");
     }
 
@@ -352,9 +358,7 @@ mod tests {
         let answered = answers(&client, 6).await;
         assert!(!answered.contains(&"n2".to_owned()), "no work for n2: {answered:?}");
         health.set_serving(true).await;
-        client.nodes.wait_for_ids(&["n1", "n2", "n3"], PATIENCE).await.unwrap();
-        let mut round = answers(&client, 3).await;
-        round.sort();
+        let round = one_round(&client, &["n1", "n2", "n3"]).await;
         assert_eq!(round, ["n1", "n2", "n3"], "n2 takes its turns again");
     }
 

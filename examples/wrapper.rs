@@ -35,7 +35,7 @@ use microkit::proto::greeter::{GreetingsRequest, HelloRequest};
 use microkit::server::RunningServer;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::service::{Interceptor, InterceptorLayer};
+use tonic::service::{Interceptor, InterceptorLayer, Routes};
 use tonic::transport::{Channel, Server};
 use tonic::{Request, Status};
 use tower::{Layer, Service, ServiceBuilder};
@@ -223,13 +223,11 @@ async fn start_server(journal: Journal) -> std::io::Result<RunningServer> {
     let greeter = HelloGreeter::new("greeter-1").into_service();
     // Health and reflection sit behind the same wrappers: here a probe needs the token too.
     let health = microkit::health::Health::new(&[microkit::greeter::GREETER]);
-    let (checks, reflection) = (health.service(), microkit::health::reflection());
+    let routes = health.mount(Routes::new(greeter));
     let server = RunningServer::start_with(move |incoming, stop| {
         Server::builder()
             .layer(layers)
-            .add_service(greeter)
-            .add_service(checks)
-            .add_service(reflection)
+            .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, stop)
     })
     .await?;

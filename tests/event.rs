@@ -6,7 +6,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{example, next_line};
+use common::{example, next_line, terminate};
 use microkit::nats::{INSTALL_HINT, NatsServer};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout};
@@ -101,11 +101,4 @@ async fn no_pull_waiting(server: &NatsServer) {
         assert!(tokio::time::Instant::now() < deadline, "the dead pull request never went away");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Sends SIGTERM to this process, and only to it.
-fn terminate(child: &Child) {
-    let pid = child.id().expect("the process is still running").to_string();
-    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(status.success(), "kill -TERM {pid} failed");
 }

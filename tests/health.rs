@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::terminate;
+
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -28,12 +30,6 @@ async fn start_node(nats: &microkit::nats::NatsServer, id: &str) -> (Child, Stri
     // Keep reading, so the node never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (child, address)
-}
-
-fn terminate(child: &Child) {
-    let pid = child.id().unwrap().to_string();
-    let kill = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(kill.success());
 }
 
 #[tokio::test]

@@ -7,9 +7,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Process, example};
+use common::{Process, example, terminate};
 use microkit::nats::{INSTALL_HINT, NatsServer};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 const TTL_MS: u64 = 1500;
 /// Only turns a hang into a failure.
@@ -49,13 +49,10 @@ fn role(nats: &NatsServer, args: &[&str]) -> Command {
 #[tokio::test]
 async fn a_client_rotates_over_server_processes_and_drops_a_killed_one() {
     let nats = NatsServer::start().await.expect(INSTALL_HINT);
-    let mut servers = Vec::new();
-    for name in ["greeter-a", "greeter-b", "greeter-c"] {
-        let mut server = Process::spawn(role(&nats, &["server", "--name", name]));
-        let ready = server.line().await;
-        assert!(ready.starts_with(&format!("{name} serving greeter on 127.0.0.1:")), "{ready}");
-        servers.push(server);
-    }
+    let names = ["greeter-a", "greeter-b", "greeter-c"];
+    let ttl = TTL_MS.to_string();
+    let mut servers =
+        common::greeter_servers("round-robin", &nats.url(), &names, &["--ttl-ms", &ttl]).await;
 
     let mut client =
         Process::spawn(role(&nats, &["client", "--calls", "0", "--interval-ms", "20"]));
@@ -105,21 +102,13 @@ async fn a_client_rotates_over_server_processes_and_drops_a_killed_one() {
     assert!(client.child.wait().await.unwrap().success());
 }
 
-fn terminate(child: &Child) {
-    let pid = child.id().unwrap().to_string();
-    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(status.success());
-}
-
 #[tokio::test]
 async fn a_client_started_after_the_servers_serves_its_first_call() {
     let nats = NatsServer::start().await.expect(INSTALL_HINT);
-    let mut servers = Vec::new();
-    for name in ["greeter-a", "greeter-b"] {
-        let mut server = Process::spawn(role(&nats, &["server", "--name", name]));
-        server.line().await; // registered
-        servers.push(server);
-    }
+    let ttl = TTL_MS.to_string();
+    let names = ["greeter-a", "greeter-b"];
+    let _servers =
+        common::greeter_servers("round-robin", &nats.url(), &names, &["--ttl-ms", &ttl]).await;
     // Its watch reports the two nodes a moment after it starts: a client that called at
     // once found none and failed its first call.
     for _ in 0..3 {

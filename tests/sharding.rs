@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{Process, example, run_within, text};
+use common::{example, run_within, text};
 use microkit::nats::{INSTALL_HINT, NatsServer};
 
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -29,15 +29,8 @@ async fn client_nodes(nats: &NatsServer, args: &[&str]) -> Vec<String> {
 #[tokio::test]
 async fn one_user_one_node_across_client_processes() {
     let nats = NatsServer::start().await.expect(INSTALL_HINT);
-    let mut servers = Vec::new();
-    for name in ["greeter-a", "greeter-b", "greeter-c"] {
-        let mut command = example("sharding");
-        command.env("NATS_URL", nats.url()).args(["server", "--name", name]);
-        let mut server = Process::spawn(command);
-        let ready = server.line().await;
-        assert!(ready.starts_with(&format!("{name} serving")), "{ready}");
-        servers.push(server); // killed on drop
-    }
+    let names = ["greeter-a", "greeter-b", "greeter-c"];
+    let _servers = common::greeter_servers("sharding", &nats.url(), &names, &[]).await; // killed on drop
 
     let first = client_nodes(&nats, &["--user", "ada", "--calls", "20"]).await;
     let second = client_nodes(&nats, &["--user", "ada", "--calls", "20"]).await;

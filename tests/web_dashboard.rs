@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::terminate;
+
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -86,11 +88,6 @@ async fn start(mut command: Command) -> (Child, String) {
     let first = lines.next_line().await.unwrap().expect("a role says it is ready");
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (child, first)
-}
-
-fn terminate(child: &Child) {
-    let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
 }
 
 fn chromium() -> String {

@@ -15,6 +15,7 @@ use microkit::registered::Registered;
 use microkit::registry::Registry;
 use microkit::server::RunningServer;
 use tonic::body::Body;
+use tonic::service::Routes;
 use tonic::transport::Server;
 
 /// The service every node of these examples belongs to.
@@ -58,9 +59,7 @@ pub async fn serve(
     // Armed before the ready line: a signal that follows it is a stop request, not a kill.
     let stop = microkit::signal::stop_requested();
     println!("{name} serving {SERVICE} on {}, registered with a TTL of {ttl:?}", node.addr());
-    let signal = stop.await?;
-    microkit::signal::exit_on_next();
-    tracing::info!("{signal}: deregistering, then draining");
+    microkit::signal::stopping(stop, "deregistering, then draining").await?;
     node.stop().await?;
     let calls = received.load(Ordering::Relaxed);
     println!("{name} deregistered and stopped after {calls} calls");
@@ -76,7 +75,7 @@ async fn counting_greeter(
 ) -> std::io::Result<RunningServer> {
     let greeter = HelloGreeter::new(name).into_service();
     let health = Health::new(&[microkit::greeter::GREETER]);
-    let (service, reflection) = (health.service(), microkit::health::reflection());
+    let routes = health.mount(Routes::new(greeter));
     let server = RunningServer::start_on(listen, move |incoming, stop| {
         let count = tower::util::MapRequestLayer::new(move |request: http::Request<Body>| {
             if request.uri().path().starts_with("/greeter.v1.Greeter/") {
@@ -86,9 +85,7 @@ async fn counting_greeter(
         });
         Server::builder()
             .layer(count)
-            .add_service(greeter)
-            .add_service(service)
-            .add_service(reflection)
+            .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, stop)
     })
     .await?;

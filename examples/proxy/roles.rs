@@ -91,9 +91,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             let proxy = Arc::new(Proxy::new(registry, limits));
             let server = ProxyServer::start(proxy.clone(), listen).await?;
             println!("proxy listening on {}; ctrl-c stops it", server.addr());
-            let signal = stop.await?;
-            microkit::signal::exit_on_next();
-            tracing::info!(signal, "proxy stopping: draining the calls in flight");
+            microkit::signal::stopping(stop, "proxy stopping: draining the calls in flight")
+                .await?;
             let drained = server.stop(PATIENCE).await;
             let forwarded = proxy.forwarded.load(Ordering::Relaxed);
             let refused = proxy.refused.load(Ordering::Relaxed);
@@ -106,9 +105,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 _ => (calc::SERVICE, start_calc(&registry, name, ttl).await?),
             };
             println!("{name} serving {service} on {}", node.addr());
-            let signal = stop.await?;
-            microkit::signal::exit_on_next();
-            tracing::info!(signal, "deregistering, then draining");
+            microkit::signal::stopping(stop, "deregistering, then draining").await?;
             node.stop().await?;
             println!("{name} deregistered and stopped");
         }

@@ -93,9 +93,7 @@ async fn server(listen: SocketAddr, certs: &Path) -> anyhow::Result<()> {
     let serving =
         tokio::spawn(serve_tls(tcp, acceptor, routes, refusal, stop.clone().cancelled_owned()));
 
-    let signal = microkit::signal::stop_requested().await?;
-    microkit::signal::exit_on_next();
-    tracing::info!("{signal}: draining");
+    let signal = microkit::signal::stopping(microkit::signal::stop_requested(), "draining").await?;
     stop.cancel();
     match tokio::time::timeout(PATIENCE, serving).await {
         Ok(served) => served.context("the server task failed")??,

@@ -38,6 +38,7 @@ use microkit::server::RunningServer;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
 use tonic::transport::Server;
 
 use roles::Settings;
@@ -292,7 +293,7 @@ async fn start_server(
     });
     // Health and reflection, as on every server: phase 0 turns the health NOT_SERVING.
     let health = Health::new(&[microkit::greeter::GREETER]);
-    let (checks, reflection) = (health.service(), microkit::health::reflection());
+    let routes = health.mount(Routes::new(greeter));
     let server = RunningServer::start_with(move |incoming, stop| {
         // Phase 2 (`accepting`) is what stops it here; `stop` is the fixture's own handle.
         let stop_accepting = async move {
@@ -301,11 +302,7 @@ async fn start_server(
                 () = accepting.cancelled_owned() => {}
             }
         };
-        Server::builder()
-            .add_service(greeter)
-            .add_service(checks)
-            .add_service(reflection)
-            .serve_with_incoming_shutdown(incoming, stop_accepting)
+        Server::builder().add_routes(routes).serve_with_incoming_shutdown(incoming, stop_accepting)
     })
     .await?;
     Ok(server.with_health(health))

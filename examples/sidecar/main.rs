@@ -227,9 +227,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             // Armed before the ready line: a signal that follows it is a stop request.
             let stop = microkit::signal::stop_requested();
             println!("sidecar listening on {}; ctrl-c stops", server.url());
-            let signal = stop.await?;
-            microkit::signal::exit_on_next();
-            tracing::info!("{signal}: stopping");
+            microkit::signal::stopping(stop, "stopping").await?;
         }
     }
     // Requests in flight finish first (they may be calling the Greeter), then the Greeter

@@ -220,9 +220,7 @@ async fn role(
 async fn wait(
     stop: impl std::future::Future<Output = std::io::Result<&'static str>>,
 ) -> anyhow::Result<()> {
-    let signal = stop.await?;
-    microkit::signal::exit_on_next();
-    tracing::info!(signal, "stopping");
+    microkit::signal::stopping(stop, "stopping").await?;
     Ok(())
 }
 

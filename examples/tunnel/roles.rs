@@ -48,9 +48,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             // Armed before the ready line: a signal that follows it is a stop request.
             let stop = microkit::signal::stop_requested();
             println!("node-b listens for links on {}; ctrl-c stops it", node_b.addr);
-            let signal = stop.await?;
-            microkit::signal::exit_on_next();
-            tracing::info!(signal, "node-b stopping");
+            microkit::signal::stopping(stop, "node-b stopping").await?;
             let NodeBTally { links, sessions, drained } = node_b.stop().await;
             let calls = if drained { "every call finished" } else { "calls cut at the deadline" };
             println!("node-b stopped: {links} link(s), {sessions} session(s) served, {calls}");

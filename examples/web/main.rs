@@ -273,9 +273,7 @@ fn main() -> std::process::ExitCode {
 async fn until_stopped(
     stop: impl Future<Output = std::io::Result<&'static str>>,
 ) -> anyhow::Result<()> {
-    let signal = stop.await?;
-    microkit::signal::exit_on_next();
-    tracing::info!(signal, "stopping");
+    microkit::signal::stopping(stop, "stopping").await?;
     Ok(())
 }
 

@@ -176,22 +176,21 @@ impl HealthApi for HealthEndpoint {
 pub fn reflection() -> tonic_reflection::server::v1::ServerReflectionServer<
     impl tonic_reflection::server::v1::ServerReflection,
 > {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(DESCRIPTORS)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .expect("the descriptors build.rs encoded decode")
+    reflection_builder().build_v1().expect("the descriptors build.rs encoded decode")
 }
 
 /// The same, as v1alpha: the version grpcio-reflection's Python client still asks for.
-pub fn reflection_v1alpha() -> tonic_reflection::server::v1alpha::ServerReflectionServer<
+fn reflection_v1alpha() -> tonic_reflection::server::v1alpha::ServerReflectionServer<
     impl tonic_reflection::server::v1alpha::ServerReflection,
 > {
+    reflection_builder().build_v1alpha().expect("the descriptors build.rs encoded decode")
+}
+
+/// What both reflection versions describe: this crate's protos and the health service's.
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(DESCRIPTORS)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .expect("the descriptors build.rs encoded decode")
 }
 
 /// The serving status of `service` ("" for the whole server) behind `channel`, as a stream

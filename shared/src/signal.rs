@@ -34,6 +34,19 @@ pub fn exit_on_next() {
     });
 }
 
+/// Waits for `stop` (a [`stop_requested`] the role armed earlier), then makes a second signal
+/// exit at once and logs which signal asked and what the role does now: the three steps
+/// every role takes when its stop begins.
+pub async fn stopping(
+    stop: impl Future<Output = std::io::Result<&'static str>>,
+    what: &str,
+) -> std::io::Result<&'static str> {
+    let signal = stop.await?;
+    exit_on_next();
+    tracing::info!(signal, "stopping: {what}");
+    Ok(signal)
+}
+
 #[cfg(unix)]
 mod imp {
     use tokio::signal::unix::{Signal, SignalKind, signal};

@@ -256,3 +256,30 @@ pub async fn next_line(
         .unwrap()
         .expect("stdout closed early")
 }
+
+/// Sends SIGTERM to this child, and only to it: a stop request, as a process manager sends.
+pub fn terminate(child: &tokio::process::Child) {
+    let pid = child.id().expect("the process is still running").to_string();
+    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success(), "kill -TERM {pid} failed");
+}
+
+/// The `server` role of `topic` (round-robin, sharding), one process per name, over the NATS
+/// at `nats_url` with `extra` flags; each has printed its ready line when this returns.
+pub async fn greeter_servers(
+    topic: &str,
+    nats_url: &str,
+    names: &[&str],
+    extra: &[&str],
+) -> Vec<Process> {
+    let mut servers = Vec::new();
+    for name in names {
+        let mut command = example(topic);
+        command.env("NATS_URL", nats_url).args(["server", "--name", name]).args(extra);
+        let mut server = Process::spawn(command);
+        let ready = server.line().await;
+        assert!(ready.starts_with(&format!("{name} serving greeter on ")), "{ready}");
+        servers.push(server);
+    }
+    servers
+}
