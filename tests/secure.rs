@@ -64,6 +64,22 @@ async fn start_server(certs: &Path) -> (Child, BufReader<ChildStdout>, String) {
     (server, stdout, addr)
 }
 
+#[tokio::test]
+async fn a_connection_that_never_says_hello_is_cut_after_the_handshake_timeout() {
+    let certs = tempfile::tempdir().unwrap();
+    let (server, stdout, addr) = start_server(certs.path()).await;
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut seen = Vec::new();
+    // The server's handshake timeout is 5 s; a connection still open after 10 s was kept.
+    let read = tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut seen)).await;
+    assert!(read.is_ok(), "the silent connection was still open after 10 s");
+    assert!(started.elapsed() >= Duration::from_secs(4), "cut before the client had its time");
+    let (code, _, stderr) = stop(server, stdout).await;
+    assert_eq!(code, Some(0));
+    assert!(stderr.contains("the client never finished its handshake"), "{stderr}");
+}
+
 /// Sends SIGTERM to `server`, and only to it; returns its exit code, stdout and stderr.
 async fn stop(
     mut server: Child,
