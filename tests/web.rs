@@ -8,16 +8,15 @@
 //! A second test runs the web service and the gateway as separate processes that find each
 //! other through a private NATS server, as a learner would in three terminals.
 
+#[path = "common/browser.rs"]
+mod browser;
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use browser::Browser;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
 use tokio::process::{ChildStdout, Command};
-use tokio_tungstenite::tungstenite::Message;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -99,31 +98,12 @@ async fn get(base: &str, path: &str) -> String {
     microkit::http::body_text(response.into_body(), 1 << 16).await
 }
 
-/// Debian's `chromium`, or the name other systems use.
-fn chromium() -> String {
-    for name in ["chromium", "chromium-browser"] {
-        if std::process::Command::new(name)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
-            return name.to_owned();
-        }
-    }
-    panic!(
-        "the browser check needs Chromium on PATH: `apt-get install chromium` \
-         (scripts/test.sh installs it when run as root)"
-    );
-}
-
 #[tokio::test]
 async fn a_real_browser_sees_every_streamed_message_arrive() {
     tokio::time::timeout(LIMIT, browser_check()).await.expect("the browser check timed out");
 }
 
 async fn browser_check() {
-    let browser = chromium();
-
     // The example in its `serve` role, on a free port; its first stdout line names the URL.
     let mut web = common::example("web");
     web.args(["serve", "--port", "0"]);
@@ -133,60 +113,7 @@ async fn browser_check() {
     let page = first.split_whitespace().nth(1).expect("`open <url> ...`").to_owned();
     assert!(page.starts_with("http://127.0.0.1:") && page.ends_with("/hello/"), "{first}");
 
-    let profile = tempfile::tempdir().unwrap();
-    let mut chromium = Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--remote-debugging-address=127.0.0.1",
-            "--remote-debugging-port=0",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(format!("{page}?name=bo&count=5"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-
-    // "DevTools listening on ws://127.0.0.1:<port>/devtools/browser/<id>"
-    let mut stderr = BufReader::new(chromium.stderr.take().unwrap()).lines();
-    let devtools = loop {
-        let line = stderr.next_line().await.unwrap().expect("Chromium exited before listening");
-        if let Some(url) = line.strip_prefix("DevTools listening on ") {
-            break url.trim().to_owned();
-        }
-    };
-    // Keep draining stderr so Chromium never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
-
-    let (mut cdp, _) = tokio_tungstenite::connect_async(&devtools).await.unwrap();
-    let mut ids = 0;
-    let targets = call(&mut cdp, &mut ids, None, "Target.getTargets", json!({})).await.unwrap();
-    let target = targets["targetInfos"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["type"] == "page")
-        .expect("the page's target")["targetId"]
-        .clone();
-    let attached = call(
-        &mut cdp,
-        &mut ids,
-        None,
-        "Target.attachToTarget",
-        json!({ "targetId": target, "flatten": true }),
-    )
-    .await
-    .unwrap();
-    let session = attached["sessionId"].as_str().unwrap().to_owned();
+    let mut browser = Browser::open(&format!("{page}?name=bo&count=5")).await;
 
     // Waits, inside the page, until the socket has closed; then reads what the page shows.
     let expression = r##"new Promise((resolve) => {
@@ -201,18 +128,7 @@ async fn browser_check() {
         };
         done();
     })"##;
-    let params = json!({ "expression": expression, "awaitPromise": true, "returnByValue": true });
-    // The first tries may land before the page has loaded (its context is then replaced).
-    let mut shown = None;
-    for _ in 0..100 {
-        match call(&mut cdp, &mut ids, Some(&session), "Runtime.evaluate", params.clone()).await {
-            Ok(result) if result.get("exceptionDetails").is_none() => {
-                shown = Some(result["result"]["value"].clone());
-                break;
-            }
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
+    let shown = browser.evaluate(expression, 100).await;
     let shown = shown.expect("the page never finished its stream");
 
     let items: Vec<&str> =
@@ -222,39 +138,7 @@ async fn browser_check() {
     assert_eq!(items, expected, "every message arrived, in order");
     assert_eq!(shown["status"], "closed 1000: 5 messages; 5 shown");
 
-    let _ = call(&mut cdp, &mut ids, None, "Browser.close", json!({})).await;
-    let _ = tokio::time::timeout(Duration::from_secs(10), chromium.wait()).await;
-    let _ = chromium.start_kill();
+    browser.close().await;
     let tally = Role { child: web, stdout: lines }.terminate().await;
     assert!(tally.starts_with("stopped: the gateway forwarded "), "{tally}");
-}
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// One DevTools call: sends it and waits for the answer with the same id, skipping events.
-async fn call(
-    cdp: &mut Socket,
-    ids: &mut u64,
-    session: Option<&str>,
-    method: &str,
-    params: Value,
-) -> Result<Value, Value> {
-    *ids += 1;
-    let mut request = json!({ "id": *ids, "method": method, "params": params });
-    if let Some(session) = session {
-        request["sessionId"] = json!(session);
-    }
-    cdp.send(Message::text(request.to_string())).await.unwrap();
-    while let Some(message) = cdp.next().await {
-        let Ok(Message::Text(text)) = message else { continue };
-        let answer: Value = serde_json::from_str(&text).unwrap();
-        if answer["id"] == json!(*ids) {
-            return match answer.get("error") {
-                Some(error) => Err(error.clone()),
-                None => Ok(answer["result"].clone()),
-            };
-        }
-    }
-    Err(json!("the DevTools socket closed"))
 }

@@ -4,18 +4,16 @@
 //! check runs inside the page through the DevTools protocol. It never skips: without
 //! Chromium or nats-server it fails and says what to install.
 
+#[path = "common/browser.rs"]
+mod browser;
 mod common;
 
-use common::terminate;
-
-use std::process::Stdio;
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use browser::Browser;
+use common::terminate;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use tokio_tungstenite::tungstenite::Message;
 
 const LIMIT: Duration = Duration::from_secs(90);
 
@@ -36,47 +34,14 @@ async fn dashboard() {
     // "gateway on http://127.0.0.1:<port>; ctrl-c stops"
     let url = first.split_whitespace().nth(2).unwrap().trim_end_matches(';').to_owned();
 
-    let profile = tempfile::tempdir().unwrap();
-    let mut chromium = Command::new(chromium())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--remote-debugging-address=127.0.0.1",
-            "--remote-debugging-port=0",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(format!("{url}/"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(chromium.stderr.take().unwrap()).lines();
-    let devtools = loop {
-        let line = stderr.next_line().await.unwrap().expect("Chromium exited before listening");
-        if let Some(url) = line.strip_prefix("DevTools listening on ") {
-            break url.trim().to_owned();
-        }
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
-    let (mut cdp, _) = tokio_tungstenite::connect_async(&devtools).await.unwrap();
-    let mut page = Page { cdp: &mut cdp, ids: 0, session: String::new() };
-    page.attach().await;
+    let mut page = Browser::open(&format!("{url}/")).await;
 
     assert_eq!(page.health_of("hello-1", "ready").await, "ready");
     terminate(&hello);
     assert_eq!(page.health_of("hello-1", "not ready").await, "not ready", "still listed");
     assert_eq!(page.health_of("hello-1", "gone").await, "gone", "then it left");
 
-    let _ = page.call(false, "Browser.close", json!({})).await;
-    let _ = tokio::time::timeout(Duration::from_secs(10), chromium.wait()).await;
-    let _ = chromium.start_kill();
+    page.close().await;
     terminate(&gateway);
     assert!(gateway.wait_with_output().await.unwrap().status.success());
 }
@@ -90,41 +55,13 @@ async fn start(mut command: Command) -> (Child, String) {
     (child, first)
 }
 
-fn chromium() -> String {
-    for name in ["chromium", "chromium-browser"] {
-        let found = std::process::Command::new(name).arg("--version").output();
-        if found.is_ok_and(|o| o.status.success()) {
-            return name.to_owned();
-        }
-    }
-    panic!("the browser check needs Chromium on PATH: `apt-get install chromium`");
-}
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-struct Page<'a> {
-    cdp: &'a mut Socket,
-    ids: u64,
-    session: String,
-}
-
-impl Page<'_> {
-    async fn attach(&mut self) {
-        let targets = self.call(false, "Target.getTargets", json!({})).await.unwrap();
-        let target = targets["targetInfos"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["type"] == "page")
-            .expect("the page's target")["targetId"]
-            .clone();
-        let params = json!({ "targetId": target, "flatten": true });
-        let attached = self.call(false, "Target.attachToTarget", params).await.unwrap();
-        self.session = attached["sessionId"].as_str().unwrap().to_owned();
-    }
-
+/// The dashboard's one question to the page.
+trait Dashboard {
     /// Waits, inside the page, until the row of `node` shows `wanted` ("gone": no row).
+    async fn health_of(&mut self, node: &str, wanted: &str) -> String;
+}
+
+impl Dashboard for Browser {
     async fn health_of(&mut self, node: &str, wanted: &str) -> String {
         let expression = format!(
             r#"new Promise((resolve) => {{
@@ -136,39 +73,10 @@ impl Page<'_> {
                 look();
             }})"#
         );
-        let params =
-            json!({ "expression": expression, "awaitPromise": true, "returnByValue": true });
-        // The first tries may land before the page has loaded (its context is then replaced).
-        for _ in 0..300 {
-            if let Ok(result) = self.call(true, "Runtime.evaluate", params.clone()).await
-                && result.get("exceptionDetails").is_none()
-                && let Some(shown) = result["result"]["value"].as_str()
-            {
-                return shown.to_owned();
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let shown = self.evaluate(&expression, 300).await;
+        match shown.as_ref().and_then(|v| v.as_str()) {
+            Some(shown) => shown.to_owned(),
+            None => panic!("the page never showed {node} {wanted}: {shown:?}"),
         }
-        panic!("the page never showed {node} {wanted}");
-    }
-
-    /// One DevTools call: sends it and waits for the answer with the same id.
-    async fn call(&mut self, in_page: bool, method: &str, params: Value) -> Result<Value, Value> {
-        self.ids += 1;
-        let mut request = json!({ "id": self.ids, "method": method, "params": params });
-        if in_page {
-            request["sessionId"] = json!(self.session);
-        }
-        self.cdp.send(Message::text(request.to_string())).await.unwrap();
-        while let Some(message) = self.cdp.next().await {
-            let Ok(Message::Text(text)) = message else { continue };
-            let answer: Value = serde_json::from_str(&text).unwrap();
-            if answer["id"] == json!(self.ids) {
-                return match answer.get("error") {
-                    Some(error) => Err(error.clone()),
-                    None => Ok(answer["result"].clone()),
-                };
-            }
-        }
-        Err(json!("the DevTools socket closed"))
     }
 }

@@ -222,9 +222,12 @@ impl Signals {
                 });
             }
         }
+        // Elsewhere ctrl-c is the one stop request there is; microkit's wait knows how.
         #[cfg(not(unix))]
         tokio::spawn(async move {
-            while tokio::signal::ctrl_c().await.is_ok() && tx.send("ctrl-c").is_ok() {}
+            while let Ok(name) = microkit::signal::stop_requested().await
+                && tx.send(name).is_ok()
+            {}
         });
         Ok(Signals(rx))
     }
