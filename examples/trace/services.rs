@@ -74,7 +74,7 @@ pub async fn greeter(
     ttl: Duration,
 ) -> anyhow::Result<Registered<RunningServer>> {
     let greeter = MiddleGreeter {
-        directory: LiveNodes::watch(registry, "directory").await?,
+        directory: LiveNodes::watch_listed(registry, "directory").await?,
         channels: Channels::default(),
         broker: TracedBroker { broker, tracer: tracer.clone() },
         tracer: tracer.clone(),
@@ -162,7 +162,7 @@ pub async fn gateway(
     port: u16,
 ) -> anyhow::Result<HttpServer> {
     let gateway = Arc::new(Gateway {
-        greeter: LiveNodes::watch(registry, "greeter").await?,
+        greeter: LiveNodes::watch_listed(registry, "greeter").await?,
         channels: Channels::default(),
         client_layer: propagate.then(|| ClientLayer(tracer.clone())),
     });

@@ -49,6 +49,20 @@ impl LiveNodes {
         Ok(LiveNodes { service: service.to_owned(), nodes, follower })
     }
 
+    /// [`LiveNodes::watch`], returned once it shows every node the registry lists now.
+    ///
+    /// A watch reports the nodes already registered a moment after it starts: a client
+    /// that called at once would find none and fail its first call. This waits (at most
+    /// [`crate::PATIENCE`]) for that first snapshot.
+    pub async fn watch_listed(registry: &Arc<dyn Registry>, service: &str) -> anyhow::Result<Self> {
+        let live = Self::watch(registry, service).await?;
+        let listed: Vec<String> =
+            registry.nodes(service).await?.into_iter().map(|n| n.id).collect();
+        let listed: Vec<&str> = listed.iter().map(String::as_str).collect();
+        live.wait_for_ids(&listed, crate::PATIENCE).await?;
+        Ok(live)
+    }
+
     /// Starts watching `service` in `registry`, and the health of each of its nodes: the
     /// list holds the nodes that are registered *and* report SERVING (or serve no health
     /// service at all, which gRPC's health checking counts as healthy).
