@@ -19,7 +19,9 @@
 //!    they were published. Nothing is promised across publishers.
 //! 5. **Nobody waits for the slowest.** Each subscription has a buffer of a set size; when a
 //!    subscriber falls that far behind, further messages *for it* are dropped, counted and
-//!    logged (a "slow consumer"), and the publisher and the other subscribers go on.
+//!    logged (a "slow consumer"), and the publisher and the other subscribers go on. A
+//!    queue group's member is picked without looking at its buffer, so a stuck member goes
+//!    on being picked, and loses its share.
 
 mod memory;
 mod nats;
@@ -37,6 +39,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -113,7 +116,14 @@ pub trait Broker: Send + Sync + 'static {
     async fn drain(&self) -> Result<(), BrokerError>;
 
     /// How many messages were dropped because a subscriber fell behind (see rule 5).
-    fn slow_consumer_drops(&self) -> u64;
+    fn slow_consumer_drops(&self) -> u64 {
+        *self.watch_slow_consumer_drops().borrow()
+    }
+
+    /// The same count as a watch, so a caller can wait for a drop to be counted instead of
+    /// polling: on NATS a drop is counted when the client's event about it is handled, a
+    /// moment after the message was dropped.
+    fn watch_slow_consumer_drops(&self) -> watch::Receiver<u64>;
 
     /// `memory` or `nats`, for logs.
     fn name(&self) -> &'static str;

@@ -13,7 +13,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::Stream;
 use futures::future::BoxFuture;
+use tokio::sync::watch;
 
 use super::{
     Broker, BrokerError, DEFAULT_SUBSCRIPTION_CAPACITY, Headers, Message, Source, Subscription,
@@ -35,7 +36,7 @@ const ROUND_TRIP_LIMIT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct NatsBroker {
     client: async_nats::Client,
-    slow_consumer_drops: Arc<AtomicU64>,
+    slow_consumer_drops: Arc<watch::Sender<u64>>,
     closed: Arc<AtomicBool>,
 }
 
@@ -50,7 +51,7 @@ impl NatsBroker {
         url: &str,
         capacity: usize,
     ) -> Result<Self, BrokerError> {
-        let slow_consumer_drops = Arc::new(AtomicU64::new(0));
+        let slow_consumer_drops = Arc::new(watch::Sender::new(0));
         let closed = Arc::new(AtomicBool::new(false));
         let (counter, draining) = (slow_consumer_drops.clone(), closed.clone());
         let client = async_nats::ConnectOptions::new()
@@ -104,10 +105,14 @@ impl NatsBroker {
 }
 
 /// The connection's events, as logs; slow-consumer drops are counted too.
-fn on_event(event: Event, slow_consumer_drops: &AtomicU64, draining: bool) {
+fn on_event(event: Event, slow_consumer_drops: &watch::Sender<u64>, draining: bool) {
     match event {
         Event::SlowConsumer(sid) => {
-            let dropped = slow_consumer_drops.fetch_add(1, Ordering::Relaxed) + 1;
+            let mut dropped = 0;
+            slow_consumer_drops.send_modify(|count| {
+                *count += 1;
+                dropped = *count;
+            });
             if dropped == 1 || dropped.is_multiple_of(1000) {
                 tracing::warn!(
                     sid,
@@ -184,8 +189,8 @@ impl Broker for NatsBroker {
         self.client.drain().await.map_err(nats_error)
     }
 
-    fn slow_consumer_drops(&self) -> u64 {
-        self.slow_consumer_drops.load(Ordering::Relaxed)
+    fn watch_slow_consumer_drops(&self) -> watch::Receiver<u64> {
+        self.slow_consumer_drops.subscribe()
     }
 
     fn name(&self) -> &'static str {
