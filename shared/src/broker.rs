@@ -76,6 +76,13 @@ pub enum BrokerError {
     /// The broker was drained (or its connection closed): it takes no more work.
     #[error("the broker is closed")]
     Closed,
+    /// A wait the broker bounds ran out: `operation` names it, `limit` is its bound. On NATS,
+    /// `publish` waits for room in the client's queue of commands, which fills while the
+    /// server is unreachable or stalled; a publish that gives up this way was not queued.
+    #[error(
+        "{operation} gave up after {limit:?}: the NATS server did not take it (unreachable or stalled?)"
+    )]
+    TimedOut { operation: String, limit: std::time::Duration },
     /// The NATS connection refused the request, or did not answer.
     #[error("NATS: {what}")]
     Nats {

@@ -32,12 +32,23 @@ use super::{
 /// How long a round trip to the server may take before the broker gives up on it.
 const ROUND_TRIP_LIMIT: Duration = Duration::from_secs(10);
 
+/// How long `publish` may wait for the client to take a message.
+///
+/// async-nats hands each publish to its connection task through a queue of 2,048 commands
+/// and waits, without limit, for room in it. Room never comes while the server is down
+/// (the client is busy reconnecting) or stalled (the socket does not drain): publishes are
+/// queued until the queue is full, and then each one hangs, and so does the request that
+/// made it. Taking a message normally takes microseconds; five seconds without room means
+/// the connection is not working, and the caller is better told so.
+const PUBLISH_LIMIT: Duration = Duration::from_secs(5);
+
 /// A broker on one NATS connection. Cheap to clone (clones share the connection).
 #[derive(Clone)]
 pub struct NatsBroker {
     client: async_nats::Client,
     slow_consumer_drops: Arc<watch::Sender<u64>>,
     closed: Arc<AtomicBool>,
+    publish_limit: Duration,
 }
 
 impl NatsBroker {
@@ -70,7 +81,14 @@ impl NatsBroker {
                 ),
                 source: Some(error.into()),
             })?;
-        Ok(NatsBroker { client, slow_consumer_drops, closed })
+        Ok(NatsBroker { client, slow_consumer_drops, closed, publish_limit: PUBLISH_LIMIT })
+    }
+
+    /// Sets how long `publish` may wait for the client to take a message before it fails
+    /// with [`BrokerError::TimedOut`] (default: 5 s, the reason is at `PUBLISH_LIMIT`).
+    pub fn with_publish_limit(mut self, limit: Duration) -> Self {
+        self.publish_limit = limit;
+        self
     }
 
     /// The underlying connection, for what the broker does not cover (JetStream, requests).
@@ -87,16 +105,19 @@ impl NatsBroker {
     async fn round_trip(&self) -> Result<(), BrokerError> {
         use futures::StreamExt;
         let inbox = self.client.new_inbox();
-        let mut echo = self.client.subscribe(inbox.clone()).await.map_err(nats_error)?;
-        self.client.publish(inbox, Bytes::new()).await.map_err(nats_error)?;
-        match tokio::time::timeout(ROUND_TRIP_LIMIT, echo.next()).await {
-            Ok(Some(_)) => Ok(()),
-            Ok(None) => Err(BrokerError::Closed),
-            Err(_) => Err(BrokerError::Nats {
-                what: format!("no answer from the server within {ROUND_TRIP_LIMIT:?}"),
-                source: None,
-            }),
-        }
+        // The bound covers the whole trip: subscribing and publishing wait for room in the
+        // client's queue of commands just as `publish` does (see `PUBLISH_LIMIT`).
+        let trip = async {
+            let mut echo = self.client.subscribe(inbox.clone()).await.map_err(nats_error)?;
+            self.client.publish(inbox, Bytes::new()).await.map_err(nats_error)?;
+            echo.next().await.map(drop).ok_or(BrokerError::Closed)
+        };
+        tokio::time::timeout(ROUND_TRIP_LIMIT, trip).await.unwrap_or_else(|_| {
+            Err(BrokerError::TimedOut {
+                operation: "a round trip to the NATS server".into(),
+                limit: ROUND_TRIP_LIMIT,
+            })
+        })
     }
 
     fn check_open(&self) -> Result<(), BrokerError> {
@@ -145,14 +166,25 @@ impl Broker for NatsBroker {
         check_headers(&headers)?;
         self.check_open()?;
         let subject = topic.to_owned();
-        if headers.is_empty() {
-            self.client.publish(subject, payload).await.map_err(nats_error)
-        } else {
-            let mut map = HeaderMap::new();
-            for (name, value) in headers {
-                map.insert(name, value);
+        let taken = async {
+            if headers.is_empty() {
+                self.client.publish(subject, payload).await
+            } else {
+                let mut map = HeaderMap::new();
+                for (name, value) in headers {
+                    map.insert(name, value);
+                }
+                self.client.publish_with_headers(subject, map, payload).await
             }
-            self.client.publish_with_headers(subject, map, payload).await.map_err(nats_error)
+        };
+        // Dropping the wait at the bound leaves nothing half-sent: async-nats's queue takes a
+        // command whole or not at all.
+        match tokio::time::timeout(self.publish_limit, taken).await {
+            Ok(taken) => taken.map_err(nats_error),
+            Err(_) => Err(BrokerError::TimedOut {
+                operation: format!("publish to {topic:?}"),
+                limit: self.publish_limit,
+            }),
         }
     }
 
