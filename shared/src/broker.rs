@@ -111,7 +111,9 @@ pub trait Broker: Send + Sync + 'static {
     async fn flush(&self) -> Result<(), BrokerError>;
 
     /// Subscribes to `topic`; with `queue`, as a member of that queue group. Once this
-    /// returns, the subscription is in place: messages published after it arrive.
+    /// returns, the subscription is in place: messages published after it arrive, when
+    /// they are published through the same server. (In a NATS cluster the subscription
+    /// reaches the other servers a moment later; see `notes/broker.md`.)
     async fn subscribe(
         &self,
         topic: &str,

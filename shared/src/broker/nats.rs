@@ -208,7 +208,9 @@ impl Broker for NatsBroker {
         }
         .map_err(nats_error)?;
         // Once the server has answered a round trip, it knows of the subscription, so a
-        // publish from any other connection after this returns reaches it.
+        // publish from any other connection to that server after this returns reaches it.
+        // Other servers of a cluster learn of it over their routes, later: no round trip
+        // on this connection can wait for that.
         self.round_trip().await?;
         let source = NatsSource { subscriber, topic: topic.into() };
         Ok(Subscription::new(topic, queue, Box::new(source)))
