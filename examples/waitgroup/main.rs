@@ -68,12 +68,15 @@ async fn run(args: &Args) -> anyhow::Result<Tally> {
     let health = Health::new(&[microkit::greeter::GREETER]);
     let (checks, reflection) = (health.service(), microkit::health::reflection());
     let server = RunningServer::start_with(move |incoming, stop| {
+        // The connections pass through the group too: a call whose client stopped reading
+        // can only be ended by closing its connection.
+        let connections = layer.connections(incoming);
         Server::builder()
             .layer(layer)
             .add_service(GreeterServer::new(greeter))
             .add_service(checks)
             .add_service(reflection)
-            .serve_with_incoming_shutdown(incoming, stop)
+            .serve_with_incoming_shutdown(connections, stop)
     })
     .await?;
     let channel = Channel::from_shared(server.url())?.connect().await?;
