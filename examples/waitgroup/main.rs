@@ -56,6 +56,9 @@ struct Tally {
     cancelled: u32,
     /// Calls the server says it cut (stream included, if it was cut too).
     cut: usize,
+    /// Connections the drain had to close because a call on them did not hear the cut
+    /// (its client had stopped reading): none, when every client reads.
+    closed: usize,
     /// Calls that ended in any other way: lost.
     lost: u32,
 }
@@ -154,7 +157,8 @@ async fn run(args: &Args) -> anyhow::Result<Tally> {
     tokio::time::timeout(PATIENCE, server.shutdown()).await.context("the server hung")??;
     println!("3. server stopped with {} calls in flight", group.in_flight());
     println!("lost: {lost}");
-    Ok(Tally { latecomer, stream: (last, end), replied, cancelled, cut, lost })
+    let closed = group.connections_closed();
+    Ok(Tally { latecomer, stream: (last, end), replied, cancelled, cut, closed, lost })
 }
 
 /// Reads a stream to its end: its last message and how it ended.
@@ -280,7 +284,8 @@ mod tests {
     /// What every run must end with: the latecomer refused, the stream's goodbye, no loss.
     fn tally(replied: u32, cancelled: u32, cut: usize) -> Tally {
         let stream = (GOODBYE.to_owned(), Code::Ok);
-        Tally { latecomer: Some(Code::Unavailable), stream, replied, cancelled, cut, lost: 0 }
+        let latecomer = Some(Code::Unavailable);
+        Tally { latecomer, stream, replied, cancelled, cut, closed: 0, lost: 0 }
     }
 
     #[tokio::test]
