@@ -39,7 +39,8 @@ use tokio::sync::watch;
 /// An event type bound to its topic: whatever arrives on `TOPIC` is decoded as `Self`.
 trait Event: prost::Message + Default + 'static {
     const TOPIC: &'static str;
-    /// Sent in the `event-type` header, so a subscriber can refuse a stranger early.
+    /// Sent in the `event-type` header; a subscriber refuses a message without it, or with
+    /// another type in it, before decoding.
     const TYPE: &'static str;
 }
 
@@ -95,9 +96,14 @@ where
     let subscription = broker.subscribe(E::TOPIC, queue).await?;
     let service = service.to_owned();
     Ok(subscription.handle(move |message| {
+        // No label, no event: protobuf decodes almost any bytes (even none) into something,
+        // so the header is what tells an `E` from a stranger.
         let decoded = match message.headers.get("event-type") {
-            Some(kind) if kind != E::TYPE => Err(format!("event-type {kind:?}, not {}", E::TYPE)),
-            _ => E::decode(message.payload).map_err(|error| error.to_string()),
+            Some(kind) if kind == E::TYPE => {
+                E::decode(message.payload).map_err(|error| error.to_string())
+            }
+            Some(kind) => Err(format!("event-type {kind:?}, not {}", E::TYPE)),
+            None => Err(format!("no event-type header (expected {})", E::TYPE)),
         };
         match decoded {
             Ok(event) => {
@@ -450,6 +456,33 @@ mod tests {
         broker.drain().await.unwrap();
         assert_eq!(handler.finished().await, 2);
         assert_eq!(*tally.borrow(), Tally { handled: 1, undecodable: 1 });
+    }
+
+    #[tokio::test]
+    async fn a_message_without_an_event_type_is_counted_and_skipped() {
+        let broker = microkit::broker::MemoryBroker::new();
+        let tally = watch::Sender::new(Tally::default());
+        let handled = Arc::new(Mutex::new(Vec::new()));
+        let record = handled.clone();
+        let handler = subscribe(&broker, "test", None, tally.clone(), move |e: UserSignedUp| {
+            record.lock().unwrap().push(e.user_id)
+        })
+        .await
+        .unwrap();
+        // Both decode "successfully" as a UserSignedUp: an OrderPlaced's bytes (its
+        // order_id lands in user_id) and no bytes at all. Neither says what it is.
+        let order = OrderPlaced { order_id: "o-1".into(), ..Default::default() };
+        for payload in [Bytes::from(order.encode_to_vec()), Bytes::new()] {
+            assert!(UserSignedUp::decode(payload.clone()).is_ok());
+            broker.publish(UserSignedUp::TOPIC, Headers::new(), payload).await.unwrap();
+        }
+        publish(&broker, &UserSignedUp { user_id: "ada".into(), ..Default::default() })
+            .await
+            .unwrap();
+        broker.drain().await.unwrap();
+        assert_eq!(handler.finished().await, 3);
+        assert_eq!(*tally.borrow(), Tally { handled: 1, undecodable: 2 });
+        assert_eq!(*handled.lock().unwrap(), ["ada"], "only the labelled event was handled");
     }
 
     #[tokio::test]

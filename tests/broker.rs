@@ -1,11 +1,12 @@
 //! The NATS broker where one machine's happy path ends: a server restart under a running
-//! publisher, and a publisher and a subscriber on different nodes of a cluster.
+//! publisher, a server that stalls, and a publisher and a subscriber on different nodes of
+//! a cluster.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use microkit::broker::{Broker, Headers, NatsBroker, Subscription};
+use microkit::broker::{Broker, BrokerError, Headers, NatsBroker, Subscription};
 use microkit::nats::{INSTALL_HINT, NatsCluster, NatsServer};
 
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -164,4 +165,51 @@ async fn a_publisher_and_a_subscriber_on_different_cluster_nodes_exchange_messag
     all.sort_unstable();
     assert_eq!(all, (0..100).collect::<Vec<_>>(), "each job once across nodes");
     println!("queue group across two nodes: shares {shares:?}");
+}
+
+/// Sends `signal` (`STOP`, `CONT`) to the private server's process.
+fn signal_server(server: &NatsServer, signal: &str) {
+    let pid = server.pid().expect("the server wrote its process id").to_string();
+    let sent = std::process::Command::new("kill").args([&format!("-{signal}"), &pid]).status();
+    assert!(sent.unwrap().success(), "kill -{signal} {pid}");
+}
+
+#[tokio::test]
+async fn a_publish_to_a_stalled_server_gives_up_at_its_bound_instead_of_hanging() {
+    let server = NatsServer::start().await.expect(INSTALL_HINT);
+    let limit = Duration::from_millis(500);
+    let publisher = NatsBroker::connect(&server.url()).await.unwrap().with_publish_limit(limit);
+
+    // A paused server keeps its socket open and reads nothing: the socket buffers fill,
+    // then the client's queue of commands, then a publish has nowhere to go.
+    signal_server(&server, "STOP");
+    let payload = Bytes::from(vec![0_u8; 16 * 1024]); // shared, not copied, while queued
+    let mut accepted = 0_u32;
+    let outcome = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match publisher.publish("bulk", Headers::new(), payload.clone()).await {
+                Ok(()) => accepted += 1,
+                Err(error) => return error,
+            }
+        }
+    })
+    .await;
+    signal_server(&server, "CONT");
+
+    let error = outcome.unwrap_or_else(|_| {
+        panic!("a publish hung for {PATIENCE:?} after {accepted} were accepted")
+    });
+    match &error {
+        BrokerError::TimedOut { operation, limit: hit } => {
+            assert_eq!((operation.as_str(), *hit), ("publish to \"bulk\"", limit));
+        }
+        other => panic!("expected the publish bound, got {other:?}"),
+    }
+    assert!(error.to_string().contains("publish to \"bulk\" gave up after 500ms"), "{error}");
+    // async-nats queues 2,048 commands on top of what the sockets hold before it waits.
+    assert!(accepted > 2048, "only {accepted} accepted before the bound");
+    println!("stalled server: {accepted} publishes accepted, then: {error}");
+
+    // Resumed, the connection works again: the bound failed one publish, not the client.
+    publisher.flush().await.expect("a round trip once the server runs again");
 }

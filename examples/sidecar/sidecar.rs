@@ -371,7 +371,9 @@ impl From<BrokerError> for JsonError {
                 Self::bad_request(e.to_string())
             }
             BrokerError::Closed => Self::unavailable(e.to_string()),
-            BrokerError::Nats { .. } => Self::bad_gateway(format!("broker: {e}")),
+            BrokerError::Nats { .. } | BrokerError::TimedOut { .. } => {
+                Self::bad_gateway(format!("broker: {e}"))
+            }
         }
     }
 }

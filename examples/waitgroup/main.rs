@@ -56,6 +56,9 @@ struct Tally {
     cancelled: u32,
     /// Calls the server says it cut (stream included, if it was cut too).
     cut: usize,
+    /// Connections the drain had to close because a call on them did not hear the cut
+    /// (its client had stopped reading): none, when every client reads.
+    closed: usize,
     /// Calls that ended in any other way: lost.
     lost: u32,
 }
@@ -68,12 +71,15 @@ async fn run(args: &Args) -> anyhow::Result<Tally> {
     let health = Health::new(&[microkit::greeter::GREETER]);
     let (checks, reflection) = (health.service(), microkit::health::reflection());
     let server = RunningServer::start_with(move |incoming, stop| {
+        // The connections pass through the group too: a call whose client stopped reading
+        // can only be ended by closing its connection.
+        let connections = layer.connections(incoming);
         Server::builder()
             .layer(layer)
             .add_service(GreeterServer::new(greeter))
             .add_service(checks)
             .add_service(reflection)
-            .serve_with_incoming_shutdown(incoming, stop)
+            .serve_with_incoming_shutdown(connections, stop)
     })
     .await?;
     let channel = Channel::from_shared(server.url())?.connect().await?;
@@ -151,7 +157,8 @@ async fn run(args: &Args) -> anyhow::Result<Tally> {
     tokio::time::timeout(PATIENCE, server.shutdown()).await.context("the server hung")??;
     println!("3. server stopped with {} calls in flight", group.in_flight());
     println!("lost: {lost}");
-    Ok(Tally { latecomer, stream: (last, end), replied, cancelled, cut, lost })
+    let closed = group.connections_closed();
+    Ok(Tally { latecomer, stream: (last, end), replied, cancelled, cut, closed, lost })
 }
 
 /// Reads a stream to its end: its last message and how it ended.
@@ -277,7 +284,8 @@ mod tests {
     /// What every run must end with: the latecomer refused, the stream's goodbye, no loss.
     fn tally(replied: u32, cancelled: u32, cut: usize) -> Tally {
         let stream = (GOODBYE.to_owned(), Code::Ok);
-        Tally { latecomer: Some(Code::Unavailable), stream, replied, cancelled, cut, lost: 0 }
+        let latecomer = Some(Code::Unavailable);
+        Tally { latecomer, stream, replied, cancelled, cut, closed: 0, lost: 0 }
     }
 
     #[tokio::test]

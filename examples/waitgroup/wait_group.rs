@@ -10,6 +10,12 @@
 //! A call here is "in flight" until its response body has ended, not merely until the
 //! handler has returned: a unary reply is still to be written then, and a stream has only
 //! just begun. That is why the token travels inside the response body.
+//!
+//! The cut at the deadline reaches a body only when hyper asks it for its next frame, and
+//! hyper asks only once the last frame has been sent: a client that stops reading leaves
+//! the send window full, and its call unreachable. For those calls the group also wraps
+//! the server's connections (`connections.rs`): a call still in flight a moment after the
+//! cut has its connection closed under it, which ends every stream on it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -27,10 +33,24 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use tonic::Status;
 use tonic::body::Body;
 
+// Closing a connection whose call the cut cannot reach (its client stopped reading).
+mod connections;
+
+use connections::Connection;
+
 /// What a refused call is told. `Unavailable` is the code clients retry elsewhere.
 pub const REFUSED: &str = "server is shutting down: not taking new calls";
 /// What a call cut at the drain deadline is told.
 pub const CUT: &str = "server shut down: the drain deadline passed";
+
+/// How long after the cut a call may take to end before its connection is closed.
+///
+/// A call the cut reaches ends at its next poll, which comes as soon as its task runs:
+/// microseconds, or a few milliseconds on a busy machine. A call still in flight a whole
+/// second later is one hyper will not poll (its client stopped reading), so waiting longer
+/// would change nothing. The margin is wide because closing a connection is the rough end:
+/// the client gets a broken connection, not a `Cancelled` status.
+pub const CUT_GRACE: Duration = Duration::from_secs(1);
 
 /// The shared state of the layer: clone it freely, every clone is the same group.
 #[derive(Clone, Default)]
@@ -42,6 +62,11 @@ pub struct WaitGroup {
     cut: CancellationToken,
     /// How many calls were cut.
     cut_count: Arc<AtomicUsize>,
+    /// Cancelled [`CUT_GRACE`] after `cut` if calls are still in flight: every connection
+    /// that still carries one of them is closed.
+    close: CancellationToken,
+    /// How many connections were closed that way.
+    closed_count: Arc<AtomicUsize>,
     /// How many calls were taken (not refused) so far: a watch, so a caller can wait for
     /// its calls to be under way without polling the tracker.
     admitted: Arc<watch::Sender<usize>>,
@@ -85,14 +110,29 @@ impl WaitGroup {
     }
 
     /// Phase two: waits for every call in flight to end, for at most `deadline`; then cuts
-    /// the rest, which end at once with `Cancelled`. Returns how many calls were cut.
+    /// the rest, which end at once with `Cancelled`. A call the cut cannot reach (its client
+    /// stopped reading) has its connection closed [`CUT_GRACE`] later. Returns how many
+    /// calls were cut, either way.
     pub async fn drain(&self, deadline: Duration) -> anyhow::Result<usize> {
         self.stop_taking_calls();
         if tokio::time::timeout(deadline, self.tracker.wait()).await.is_err() {
             self.cut.cancel();
-            // A cut call ends at its next poll; this bound only turns a bug into an error.
+            if tokio::time::timeout(CUT_GRACE, self.tracker.wait()).await.is_err() {
+                tracing::warn!(
+                    calls = self.in_flight(),
+                    "calls the cut did not reach (their clients stopped reading): \
+                     closing their connections"
+                );
+                self.close.cancel();
+            }
+            // Closing ends them at once, on connections that came through `connections`;
+            // this bound only turns a server built without it into an error.
             tokio::time::timeout(microkit::PATIENCE, self.tracker.wait()).await.map_err(|_| {
-                anyhow::anyhow!("{} calls did not end even when cut", self.in_flight())
+                anyhow::anyhow!(
+                    "{} calls did not end even when cut (are the server's connections \
+                     wrapped by `WaitGroup::connections`?)",
+                    self.in_flight()
+                )
             })?;
         }
         Ok(self.cut_count.load(Ordering::SeqCst))
@@ -141,6 +181,7 @@ where
         }
         self.group.admitted.send_modify(|taken| *taken += 1);
         request.extensions_mut().insert(Draining(self.group.draining.clone()));
+        let token = InFlight::new(token, request.extensions().get::<Connection>());
 
         // The clone that was made ready is the one to call (tower's rule).
         let clone = self.inner.clone();
@@ -165,12 +206,38 @@ where
     }
 }
 
+/// A call in flight: its tracker token, and a mark on its connection (when the server's
+/// connections come through [`WaitGroup::connections`]) for as long as it lives.
+struct InFlight {
+    _token: TaskTrackerToken,
+    connection: Option<Connection>,
+}
+
+impl InFlight {
+    fn new(token: TaskTrackerToken, connection: Option<&Connection>) -> Self {
+        let connection = connection.cloned();
+        if let Some(connection) = &connection {
+            connection.calls.fetch_add(1, Ordering::SeqCst);
+        }
+        InFlight { _token: token, connection }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(connection) = &self.connection {
+            connection.calls.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
 /// A response body that holds its call's token until it has ended, and ends itself with
 /// a `Cancelled` status if the drain deadline passes first.
 struct TrackedBody {
     inner: Body,
-    _token: TaskTrackerToken,
+    _token: InFlight,
     cut: Pin<Box<WaitForCancellationFutureOwned>>,
+    cut_token: CancellationToken,
     cut_count: Arc<AtomicUsize>,
     ended: bool,
 }
@@ -178,12 +245,30 @@ struct TrackedBody {
 impl TrackedBody {
     fn new(
         inner: Body,
-        token: TaskTrackerToken,
+        token: InFlight,
         cut: CancellationToken,
         cut_count: Arc<AtomicUsize>,
     ) -> Self {
         let ended = http_body::Body::is_end_stream(&inner);
-        TrackedBody { inner, _token: token, cut: Box::pin(cut.cancelled_owned()), cut_count, ended }
+        let cut_token = cut.clone();
+        TrackedBody {
+            inner,
+            _token: token,
+            cut: Box::pin(cut.cancelled_owned()),
+            cut_token,
+            cut_count,
+            ended,
+        }
+    }
+}
+
+impl Drop for TrackedBody {
+    /// A body dropped unfinished after the cut was ended by it, though never polled again
+    /// to say so: its connection was closed, or its client went away. Counted as cut.
+    fn drop(&mut self) {
+        if !self.ended && self.cut_token.is_cancelled() {
+            self.cut_count.fetch_add(1, Ordering::SeqCst);
+        }
     }
 }
 

@@ -19,7 +19,9 @@
 //!    they were published. Nothing is promised across publishers.
 //! 5. **Nobody waits for the slowest.** Each subscription has a buffer of a set size; when a
 //!    subscriber falls that far behind, further messages *for it* are dropped, counted and
-//!    logged (a "slow consumer"), and the publisher and the other subscribers go on.
+//!    logged (a "slow consumer"), and the publisher and the other subscribers go on. A
+//!    queue group's member is picked without looking at its buffer, so a stuck member goes
+//!    on being picked, and loses its share.
 
 mod memory;
 mod nats;
@@ -37,6 +39,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -73,6 +76,13 @@ pub enum BrokerError {
     /// The broker was drained (or its connection closed): it takes no more work.
     #[error("the broker is closed")]
     Closed,
+    /// A wait the broker bounds ran out: `operation` names it, `limit` is its bound. On NATS,
+    /// `publish` waits for room in the client's queue of commands, which fills while the
+    /// server is unreachable or stalled; a publish that gives up this way was not queued.
+    #[error(
+        "{operation} gave up after {limit:?}: the NATS server did not take it (unreachable or stalled?)"
+    )]
+    TimedOut { operation: String, limit: std::time::Duration },
     /// The NATS connection refused the request, or did not answer.
     #[error("NATS: {what}")]
     Nats {
@@ -101,7 +111,9 @@ pub trait Broker: Send + Sync + 'static {
     async fn flush(&self) -> Result<(), BrokerError>;
 
     /// Subscribes to `topic`; with `queue`, as a member of that queue group. Once this
-    /// returns, the subscription is in place: messages published after it arrive.
+    /// returns, the subscription is in place: messages published after it arrive, when
+    /// they are published through the same server. (In a NATS cluster the subscription
+    /// reaches the other servers a moment later; see `notes/broker.md`.)
     async fn subscribe(
         &self,
         topic: &str,
@@ -113,7 +125,14 @@ pub trait Broker: Send + Sync + 'static {
     async fn drain(&self) -> Result<(), BrokerError>;
 
     /// How many messages were dropped because a subscriber fell behind (see rule 5).
-    fn slow_consumer_drops(&self) -> u64;
+    fn slow_consumer_drops(&self) -> u64 {
+        *self.watch_slow_consumer_drops().borrow()
+    }
+
+    /// The same count as a watch, so a caller can wait for a drop to be counted instead of
+    /// polling: on NATS a drop is counted when the client's event about it is handled, a
+    /// moment after the message was dropped.
+    fn watch_slow_consumer_drops(&self) -> watch::Receiver<u64>;
 
     /// `memory` or `nats`, for logs.
     fn name(&self) -> &'static str;

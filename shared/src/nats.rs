@@ -80,6 +80,16 @@ impl NatsServer {
         self.dir.path().join("nats-server.log")
     }
 
+    /// The server's process id, so a test can pause it (`kill -STOP`) and see what clients
+    /// do with a server that is up but stalled. `None` when it is not running. (The child
+    /// this struct holds is the supervisor, not the server: the server writes its own id.)
+    #[cfg(any(test, feature = "testing"))]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref()?;
+        let written = std::fs::read_to_string(self.dir.path().join("nats-server.pid")).ok()?;
+        written.trim().parse().ok()
+    }
+
     /// Kills the server (clients see the connection drop); the store is kept.
     #[cfg(any(test, feature = "testing"))]
     pub async fn stop(&mut self) -> anyhow::Result<()> {
@@ -119,6 +129,8 @@ impl NatsServer {
             .arg(&store)
             .arg("--log")
             .arg(self.log_path())
+            .arg("--pid")
+            .arg(self.dir.path().join("nats-server.pid"))
             .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use futures::Stream;
 use futures::future::BoxFuture;
 use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::watch;
 
 use super::{
     Broker, BrokerError, DEFAULT_SUBSCRIPTION_CAPACITY, Headers, Message, Source, Subscription,
@@ -50,7 +51,7 @@ struct Topic {
 #[derive(Default)]
 struct Group {
     members: Vec<Member>,
-    /// Round robin: the member the next message tries first.
+    /// Round robin: the member the next message goes to.
     next: usize,
 }
 
@@ -70,7 +71,7 @@ struct Member {
 /// What belongs to one client rather than to the hub.
 struct Client {
     closed: AtomicBool,
-    slow_consumer_drops: AtomicU64,
+    slow_consumer_drops: watch::Sender<u64>,
     capacity: usize,
 }
 
@@ -95,7 +96,7 @@ impl MemoryBroker {
     fn on_hub(hub: Arc<Hub>, capacity: usize) -> Self {
         let client = Client {
             closed: AtomicBool::new(false),
-            slow_consumer_drops: AtomicU64::new(0),
+            slow_consumer_drops: watch::Sender::new(0),
             capacity,
         };
         MemoryBroker { hub, client: Arc::new(client) }
@@ -116,7 +117,7 @@ impl Default for MemoryBroker {
 fn offer(member: &Member, message: Envelope) -> Delivery {
     match member.tx.try_send(message) {
         Ok(()) => Delivery::Sent,
-        Err(TrySendError::Full(message)) => Delivery::Full(message),
+        Err(TrySendError::Full(_)) => Delivery::Full,
         Err(TrySendError::Closed(message)) => Delivery::Gone(message),
     }
 }
@@ -124,13 +125,17 @@ fn offer(member: &Member, message: Envelope) -> Delivery {
 enum Delivery {
     Sent,
     /// The member is behind by its whole buffer: a slow consumer.
-    Full(Envelope),
+    Full,
     /// The member unsubscribed: it is removed from the table.
     Gone(Envelope),
 }
 
 fn count_drop(member: &Member, topic: &str) {
-    let dropped = member.client.slow_consumer_drops.fetch_add(1, Ordering::Relaxed) + 1;
+    let mut dropped = 0;
+    member.client.slow_consumer_drops.send_modify(|count| {
+        *count += 1;
+        dropped = *count;
+    });
     // One line for the first drop and then one per thousand: a log, not a flood.
     if dropped == 1 || dropped.is_multiple_of(1000) {
         tracing::warn!(topic, dropped, "slow consumer: a subscriber's buffer is full, dropping");
@@ -159,7 +164,7 @@ impl Broker for MemoryBroker {
         let message = Envelope { headers, payload };
         subscribers.plain.retain(|member| match offer(member, message.clone()) {
             Delivery::Sent => true,
-            Delivery::Full(_) => {
+            Delivery::Full => {
                 count_drop(member, topic);
                 true
             }
@@ -228,8 +233,8 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
-    fn slow_consumer_drops(&self) -> u64 {
-        self.client.slow_consumer_drops.load(Ordering::Relaxed)
+    fn watch_slow_consumer_drops(&self) -> watch::Receiver<u64> {
+        self.client.slow_consumer_drops.subscribe()
     }
 
     fn name(&self) -> &'static str {
@@ -237,31 +242,34 @@ impl Broker for MemoryBroker {
     }
 }
 
-/// One member of the group gets the message: the next in turn, or, if its buffer is full,
-/// the first after it with room. Only when every member is full is the message dropped.
+/// One member of the group gets the message: the next in turn, whether or not it has room.
+///
+/// This is what a NATS server does: it picks a member without knowing how full that
+/// member's client buffer is (it cannot: the buffer is in the client), and the client drops
+/// the message if the buffer is full. Offering it to the next member with room instead
+/// would make a stuck member lose nothing here and half its share on NATS. So a full member
+/// loses the message, counted for its client as any slow consumer's drop; only a member that
+/// has left is skipped.
 fn deliver_to_group(group: &mut Group, mut message: Envelope, topic: &str) {
-    let mut tries = 0;
-    while tries < group.members.len() {
+    while !group.members.is_empty() {
         let index = group.next % group.members.len();
         match offer(&group.members[index], message) {
             Delivery::Sent => {
                 group.next = index + 1;
                 return;
             }
-            Delivery::Full(back) => {
-                message = back;
+            Delivery::Full => {
+                count_drop(&group.members[index], topic);
                 group.next = index + 1;
-                tries += 1;
+                return;
             }
             Delivery::Gone(back) => {
-                // A member that unsubscribed: forget it and offer to the others.
+                // A member that unsubscribed: forget it; the one after it slides into
+                // `index`, and is offered the message next.
                 message = back;
                 group.members.remove(index);
             }
         }
-    }
-    if let Some(member) = group.members.first() {
-        count_drop(member, topic);
     }
 }
 

@@ -13,7 +13,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::Stream;
 use futures::future::BoxFuture;
+use tokio::sync::watch;
 
 use super::{
     Broker, BrokerError, DEFAULT_SUBSCRIPTION_CAPACITY, Headers, Message, Source, Subscription,
@@ -31,12 +32,23 @@ use super::{
 /// How long a round trip to the server may take before the broker gives up on it.
 const ROUND_TRIP_LIMIT: Duration = Duration::from_secs(10);
 
+/// How long `publish` may wait for the client to take a message.
+///
+/// async-nats hands each publish to its connection task through a queue of 2,048 commands
+/// and waits, without limit, for room in it. Room never comes while the server is down
+/// (the client is busy reconnecting) or stalled (the socket does not drain): publishes are
+/// queued until the queue is full, and then each one hangs, and so does the request that
+/// made it. Taking a message normally takes microseconds; five seconds without room means
+/// the connection is not working, and the caller is better told so.
+const PUBLISH_LIMIT: Duration = Duration::from_secs(5);
+
 /// A broker on one NATS connection. Cheap to clone (clones share the connection).
 #[derive(Clone)]
 pub struct NatsBroker {
     client: async_nats::Client,
-    slow_consumer_drops: Arc<AtomicU64>,
+    slow_consumer_drops: Arc<watch::Sender<u64>>,
     closed: Arc<AtomicBool>,
+    publish_limit: Duration,
 }
 
 impl NatsBroker {
@@ -50,7 +62,7 @@ impl NatsBroker {
         url: &str,
         capacity: usize,
     ) -> Result<Self, BrokerError> {
-        let slow_consumer_drops = Arc::new(AtomicU64::new(0));
+        let slow_consumer_drops = Arc::new(watch::Sender::new(0));
         let closed = Arc::new(AtomicBool::new(false));
         let (counter, draining) = (slow_consumer_drops.clone(), closed.clone());
         let client = async_nats::ConnectOptions::new()
@@ -69,7 +81,14 @@ impl NatsBroker {
                 ),
                 source: Some(error.into()),
             })?;
-        Ok(NatsBroker { client, slow_consumer_drops, closed })
+        Ok(NatsBroker { client, slow_consumer_drops, closed, publish_limit: PUBLISH_LIMIT })
+    }
+
+    /// Sets how long `publish` may wait for the client to take a message before it fails
+    /// with [`BrokerError::TimedOut`] (default: 5 s, the reason is at `PUBLISH_LIMIT`).
+    pub fn with_publish_limit(mut self, limit: Duration) -> Self {
+        self.publish_limit = limit;
+        self
     }
 
     /// The underlying connection, for what the broker does not cover (JetStream, requests).
@@ -86,16 +105,19 @@ impl NatsBroker {
     async fn round_trip(&self) -> Result<(), BrokerError> {
         use futures::StreamExt;
         let inbox = self.client.new_inbox();
-        let mut echo = self.client.subscribe(inbox.clone()).await.map_err(nats_error)?;
-        self.client.publish(inbox, Bytes::new()).await.map_err(nats_error)?;
-        match tokio::time::timeout(ROUND_TRIP_LIMIT, echo.next()).await {
-            Ok(Some(_)) => Ok(()),
-            Ok(None) => Err(BrokerError::Closed),
-            Err(_) => Err(BrokerError::Nats {
-                what: format!("no answer from the server within {ROUND_TRIP_LIMIT:?}"),
-                source: None,
-            }),
-        }
+        // The bound covers the whole trip: subscribing and publishing wait for room in the
+        // client's queue of commands just as `publish` does (see `PUBLISH_LIMIT`).
+        let trip = async {
+            let mut echo = self.client.subscribe(inbox.clone()).await.map_err(nats_error)?;
+            self.client.publish(inbox, Bytes::new()).await.map_err(nats_error)?;
+            echo.next().await.map(drop).ok_or(BrokerError::Closed)
+        };
+        tokio::time::timeout(ROUND_TRIP_LIMIT, trip).await.unwrap_or_else(|_| {
+            Err(BrokerError::TimedOut {
+                operation: "a round trip to the NATS server".into(),
+                limit: ROUND_TRIP_LIMIT,
+            })
+        })
     }
 
     fn check_open(&self) -> Result<(), BrokerError> {
@@ -104,10 +126,14 @@ impl NatsBroker {
 }
 
 /// The connection's events, as logs; slow-consumer drops are counted too.
-fn on_event(event: Event, slow_consumer_drops: &AtomicU64, draining: bool) {
+fn on_event(event: Event, slow_consumer_drops: &watch::Sender<u64>, draining: bool) {
     match event {
         Event::SlowConsumer(sid) => {
-            let dropped = slow_consumer_drops.fetch_add(1, Ordering::Relaxed) + 1;
+            let mut dropped = 0;
+            slow_consumer_drops.send_modify(|count| {
+                *count += 1;
+                dropped = *count;
+            });
             if dropped == 1 || dropped.is_multiple_of(1000) {
                 tracing::warn!(
                     sid,
@@ -140,14 +166,25 @@ impl Broker for NatsBroker {
         check_headers(&headers)?;
         self.check_open()?;
         let subject = topic.to_owned();
-        if headers.is_empty() {
-            self.client.publish(subject, payload).await.map_err(nats_error)
-        } else {
-            let mut map = HeaderMap::new();
-            for (name, value) in headers {
-                map.insert(name, value);
+        let taken = async {
+            if headers.is_empty() {
+                self.client.publish(subject, payload).await
+            } else {
+                let mut map = HeaderMap::new();
+                for (name, value) in headers {
+                    map.insert(name, value);
+                }
+                self.client.publish_with_headers(subject, map, payload).await
             }
-            self.client.publish_with_headers(subject, map, payload).await.map_err(nats_error)
+        };
+        // Dropping the wait at the bound leaves nothing half-sent: async-nats's queue takes a
+        // command whole or not at all.
+        match tokio::time::timeout(self.publish_limit, taken).await {
+            Ok(taken) => taken.map_err(nats_error),
+            Err(_) => Err(BrokerError::TimedOut {
+                operation: format!("publish to {topic:?}"),
+                limit: self.publish_limit,
+            }),
         }
     }
 
@@ -171,7 +208,9 @@ impl Broker for NatsBroker {
         }
         .map_err(nats_error)?;
         // Once the server has answered a round trip, it knows of the subscription, so a
-        // publish from any other connection after this returns reaches it.
+        // publish from any other connection to that server after this returns reaches it.
+        // Other servers of a cluster learn of it over their routes, later: no round trip
+        // on this connection can wait for that.
         self.round_trip().await?;
         let source = NatsSource { subscriber, topic: topic.into() };
         Ok(Subscription::new(topic, queue, Box::new(source)))
@@ -184,8 +223,8 @@ impl Broker for NatsBroker {
         self.client.drain().await.map_err(nats_error)
     }
 
-    fn slow_consumer_drops(&self) -> u64 {
-        self.slow_consumer_drops.load(Ordering::Relaxed)
+    fn watch_slow_consumer_drops(&self) -> watch::Receiver<u64> {
+        self.slow_consumer_drops.subscribe()
     }
 
     fn name(&self) -> &'static str {
