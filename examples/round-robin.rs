@@ -29,15 +29,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use microkit::PATIENCE;
 use microkit::backend::BackendArgs;
 use microkit::discovery::{Channels, LiveNodes};
-use microkit::proto::greeter::HelloRequest;
 use microkit::proto::greeter::greeter_client::GreeterClient;
+use microkit::proto::greeter::{GreetingsRequest, HelloReply, HelloRequest};
 use microkit::registry::{Node, Registry};
-use tonic::{Code, Status};
+use tokio::time::Instant;
+use tonic::{Code, Status, Streaming};
 
 // The server role and the client's loop, shared with the sharding example.
 #[path = "common/greeter_roles.rs"]
@@ -51,11 +52,29 @@ struct RoundRobin {
     /// calls and survive changes of the node list (go-micro's restarted per request).
     next: AtomicUsize,
     channels: Channels,
+    /// What a call does when the service has no node: gRPC's two answers.
+    when_none: WhenNoNode,
+    /// Each call's deadline, retry included; sent to the node as `grpc-timeout`.
+    deadline: Duration,
+}
+
+/// gRPC's two answers to "no node to send this call to": fail fast, its default, or wait
+/// for ready: wait, up to the call's deadline, for a node to appear.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WhenNoNode {
+    FailFast,
+    WaitForReady,
 }
 
 impl RoundRobin {
     fn new(nodes: LiveNodes) -> Self {
-        RoundRobin { nodes, next: AtomicUsize::new(0), channels: Channels::default() }
+        RoundRobin {
+            nodes,
+            next: AtomicUsize::new(0),
+            channels: Channels::default(),
+            when_none: WhenNoNode::FailFast,
+            deadline: PATIENCE,
+        }
     }
 
     /// The node whose turn it is; `Unavailable` naming the service when there is none.
@@ -71,13 +90,30 @@ impl RoundRobin {
         Ok(nodes[turn % nodes.len()].clone())
     }
 
-    /// Calls the next node; if it cannot be reached, tries the one after it, once.
-    /// (Safe here because SayHello can run twice without harm.)
+    /// [`RoundRobin::pick`], but under wait-for-ready an empty list is waited out, until
+    /// a node appears or the call's deadline passes.
+    async fn pick_ready(&self, deadline: Instant) -> Result<Node, Status> {
+        if self.when_none == WhenNoNode::WaitForReady {
+            let mut nodes = self.nodes.subscribe();
+            let appeared = tokio::time::timeout_at(deadline, nodes.wait_for(|n| !n.is_empty()));
+            if appeared.await.is_err() {
+                let (service, waited) = (self.nodes.service(), self.deadline);
+                return Err(Status::deadline_exceeded(format!(
+                    "no node of service \"{service}\" appeared within the call's {waited:?}"
+                )));
+            }
+        }
+        self.pick()
+    }
+
+    /// Calls the next node; if the call provably never reached it, tries the one after
+    /// it, once. (Even so, only because SayHello can run twice without harm.)
     async fn say_hello(&self, name: &str) -> Result<Served, Status> {
-        let first = self.pick()?;
-        let failure = match self.call(&first, name).await {
+        let deadline = Instant::now() + self.deadline;
+        let first = self.pick_ready(deadline).await?;
+        let failure = match self.call(&first, name, deadline).await {
             Ok(()) => return Ok(Served { node: first.id, retried_after: None }),
-            Err(status) if is_unreachable(&status) => status,
+            Err(status) if never_started(&status) => status,
             Err(status) => return Err(status),
         };
         tracing::info!(node = %first.id, "unreachable ({failure}); retrying on the next node");
@@ -85,13 +121,19 @@ impl RoundRobin {
         if second.id == first.id {
             return Err(failure); // the only node left is the one that failed
         }
-        self.call(&second, name).await?;
+        self.call(&second, name, deadline).await?;
         Ok(Served { node: second.id, retried_after: Some(first.id) })
     }
 
-    async fn call(&self, node: &Node, name: &str) -> Result<(), Status> {
+    async fn call(&self, node: &Node, name: &str, deadline: Instant) -> Result<(), Status> {
         let mut client = GreeterClient::new(self.channels.to(node)?);
-        let reply = client.say_hello(HelloRequest { name: name.to_owned() }).await?;
+        let mut request = tonic::Request::new(HelloRequest { name: name.to_owned() });
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Status::deadline_exceeded("the call's deadline passed before it was sent"));
+        }
+        request.set_timeout(left);
+        let reply = client.say_hello(request).await?;
         if reply.get_ref().node != node.id {
             return Err(Status::internal(format!(
                 "{} answered for {}",
@@ -109,9 +151,29 @@ struct Served {
     retried_after: Option<String>,
 }
 
-/// What a dead or vanished node looks like to a caller: worth one try elsewhere.
-fn is_unreachable(status: &Status) -> bool {
-    matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled)
+/// True when the call provably never reached a handler, so another node may take it:
+/// `Unavailable` (tonic's answer for a refused connection and for a stream the server
+/// refused, gRPC's code for "retry just this call"), or, among the status's causes, a
+/// connect error or a request hyper cancelled before sending it (its `is_canceled`: a
+/// connection that closed while the request still waited in the client's queue).
+///
+/// Not `Unknown` or `Cancelled` as such: tonic gives those to a connection cut mid-call,
+/// gRPC's status table to a handler that failed or was cancelled, and a server that cuts a
+/// call it has already run (waitgroup's drain deadline) answers `Cancelled`. The call may
+/// have done its work there, and a retry would do it twice.
+fn never_started(status: &Status) -> bool {
+    if status.code() == Code::Unavailable {
+        return true;
+    }
+    let mut cause = std::error::Error::source(status);
+    while let Some(error) = cause {
+        let unsent = error.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_canceled);
+        if unsent || error.is::<tonic::ConnectError>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 /// One process, the whole story: three nodes, one leaves, one joins, one crashes.
@@ -120,7 +182,7 @@ async fn demo(registry: &Arc<dyn Registry>, ttl: Duration) -> anyhow::Result<()>
     for name in ["greeter-a", "greeter-b", "greeter-c"] {
         nodes.insert(name, start_node(registry, name, ttl).await?);
     }
-    let client = RoundRobin::new(LiveNodes::watch_healthy(registry, SERVICE).await?);
+    let mut client = RoundRobin::new(LiveNodes::watch_healthy(registry, SERVICE).await?);
     client.nodes.wait_for_ids(&["greeter-a", "greeter-b", "greeter-c"], PATIENCE).await?;
     println!("{}", show_nodes(&client));
     println!("{}", calls(&client, 6).await?);
@@ -138,10 +200,18 @@ async fn demo(registry: &Arc<dyn Registry>, ttl: Duration) -> anyhow::Result<()>
     println!("{}", show_nodes(&client));
     println!("{}", calls(&client, 6).await?);
 
-    // A crash: no deregistration, the heartbeat just stops. Until the TTL runs out the
-    // registry still lists the node, and a call that picks it must go elsewhere.
+    // A crash: no deregistration, the heartbeat just stops. A stream open on greeter-c
+    // fails with it; it was running there, so it is not tried again elsewhere. Until the TTL
+    // runs out the registry still lists the node, and a call that picks it must go elsewhere.
+    let mut open = open_stream(&client, "greeter-c").await?;
     nodes.remove("greeter-c").unwrap().crash().await;
     println!("greeter-c crashed: still listed until its TTL runs out");
+    match tokio::time::timeout(PATIENCE, open.message()).await? {
+        Err(status) if !never_started(&status) => {
+            println!("a stream open on greeter-c failed with it: it had started, so no retry");
+        }
+        other => bail!("the stream on greeter-c did not fail with it: {other:?}"),
+    }
     for _ in 0..3 {
         println!("call{}", served(&client.say_hello("ada").await?));
     }
@@ -157,9 +227,29 @@ async fn demo(registry: &Arc<dyn Registry>, ttl: Duration) -> anyhow::Result<()>
     println!("greeter-a and greeter-d left");
     match client.say_hello("ada").await {
         Ok(served) => bail!("{} answered, but no node should be left", served.node),
-        Err(status) => println!("call{}", failed(&status)),
+        Err(status) => println!("call (fail fast){}", failed(&status)),
     }
+
+    // The same empty list under wait-for-ready: the call is polled first, so it is already
+    // waiting when greeter-e registers, and greeter-e answers it.
+    client.when_none = WhenNoNode::WaitForReady;
+    let (answer, node) =
+        tokio::join!(client.say_hello("ada"), start_node(registry, "greeter-e", ttl));
+    println!("call (wait for ready), while greeter-e joins{}", served(&answer?));
+    node?.stop().await?;
     Ok(())
+}
+
+/// A Greetings stream on the node `id` over the client's own connection to it, once its
+/// first reply is in: a call running on that node.
+async fn open_stream(client: &RoundRobin, id: &str) -> anyhow::Result<Streaming<HelloReply>> {
+    let node = client.nodes.current().into_iter().find(|n| n.id == id).context("not listed")?;
+    let mut greeter = GreeterClient::new(client.channels.to(&node)?);
+    // Far apart, so the stream is waiting for its second reply when the node goes.
+    let request = GreetingsRequest { name: "ada".into(), count: 0, interval_ms: 600_000 };
+    let mut open = greeter.greetings(request).await?.into_inner();
+    open.message().await?.context("the stream ended at once")?;
+    Ok(open)
 }
 
 /// `nodes of greeter: a, b, c`.
@@ -216,6 +306,13 @@ enum Role {
         /// Pause between calls.
         #[arg(long, default_value_t = 200)]
         interval_ms: u64,
+        /// With no node of the service, wait for one (up to the call's deadline) instead
+        /// of failing at once, gRPC's default.
+        #[arg(long)]
+        wait_for_ready: bool,
+        /// Each call's deadline, its wait for a node and its retry included.
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+        deadline_ms: u64,
     },
 }
 
@@ -224,8 +321,14 @@ async fn client(
     registry: &Arc<dyn Registry>,
     calls: u64,
     interval: Duration,
+    when_none: WhenNoNode,
+    deadline: Duration,
 ) -> anyhow::Result<()> {
-    let mut client = RoundRobin::new(roles::watch_healthy_service(registry).await?);
+    let nodes = roles::watch_healthy_service(registry).await?;
+    let mut client = RoundRobin { when_none, deadline, ..RoundRobin::new(nodes) };
+    if when_none == WhenNoNode::WaitForReady && client.nodes.current().is_empty() {
+        println!("no node of {SERVICE} yet: each call waits up to {deadline:?} for one");
+    }
     roles::call_until_stopped(calls, interval, async |_| {
         if client.nodes.has_changed() {
             println!("{}", show_nodes(&client));
@@ -248,8 +351,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 Role::Server(server) => {
                     roles::serve(&registry, &server.name, server.listen, ttl).await
                 }
-                Role::Client { calls, interval_ms } => {
-                    client(&registry, calls, Duration::from_millis(interval_ms)).await
+                Role::Client { calls, interval_ms, wait_for_ready, deadline_ms } => {
+                    let when_none = match wait_for_ready {
+                        true => WhenNoNode::WaitForReady,
+                        false => WhenNoNode::FailFast,
+                    };
+                    let (interval, deadline) =
+                        (Duration::from_millis(interval_ms), Duration::from_millis(deadline_ms));
+                    client(&registry, calls, interval, when_none, deadline).await
                 }
             }
         }
@@ -266,6 +375,8 @@ mod tests {
     use microkit::registered::Registered;
     use microkit::registry::MemoryRegistry;
     use microkit::server::RunningServer;
+    use tokio::sync::mpsc;
+    use tonic::transport::{Channel, Endpoint};
 
     const TTL: Duration = Duration::from_secs(5);
 
@@ -367,7 +478,178 @@ mod tests {
         let (_registry, mut nodes, client) = cluster(&["solo"]).await;
         nodes.pop().unwrap().crash().await;
         let status = client.say_hello("x").await.err().expect("no other node to try");
-        assert!(is_unreachable(&status), "{status:?}");
+        assert!(never_started(&status), "{status:?}");
+    }
+
+    /// A Greeter node that runs every call, counts it in `ran`, then answers `code` in
+    /// place of the reply: a handler that failed, or a call the server cut after it ran.
+    async fn failing_after_the_handler(code: Code, ran: Arc<AtomicUsize>) -> RunningServer {
+        let greeter = microkit::greeter::HelloGreeter::new("a").into_service();
+        let fail = tower::util::MapResponseLayer::new(move |_: http::Response<_>| {
+            ran.fetch_add(1, Ordering::SeqCst);
+            Status::new(code, "cut after the handler ran").into_http::<tonic::body::Body>()
+        });
+        RunningServer::start_with(move |incoming, stop| {
+            tonic::transport::Server::builder()
+                .layer(fail)
+                .add_service(greeter)
+                .serve_with_incoming_shutdown(incoming, stop)
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_call_that_reached_a_handler_is_not_retried_whatever_its_status() {
+        for code in [Code::Unknown, Code::Cancelled] {
+            let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+            let ran = Arc::new(AtomicUsize::new(0));
+            let a = failing_after_the_handler(code, ran.clone()).await;
+            registry.register(&Node::new(SERVICE, "a", a.addr()), TTL).await.unwrap();
+            let _b = start_node(&registry, "b", TTL).await.unwrap();
+            // No health watch: the failing node answers every call, health's too, with `code`.
+            let client = RoundRobin::new(LiveNodes::watch(&registry, SERVICE).await.unwrap());
+            client.nodes.wait_for_ids(&["a", "b"], PATIENCE).await.unwrap();
+
+            let status = client.say_hello("x").await.err().expect("a's answer, not b's");
+            assert_eq!(status.code(), code, "{status:?}");
+            assert_eq!(ran.load(Ordering::SeqCst), 1, "the handler ran once, on a only");
+            // No turn went to a retry: the next call is b's.
+            assert_eq!(client.say_hello("x").await.unwrap().node, "b");
+        }
+    }
+
+    /// A Greeter node that reports each call's arrival on `arrived` and never answers it:
+    /// every call to it stays in flight, the load a balancer should steer around.
+    async fn holding_every_call(arrived: mpsc::UnboundedSender<()>) -> RunningServer {
+        let greeter = microkit::greeter::HelloGreeter::new("slow").into_service();
+        let hold = tower::util::MapFutureLayer::new(move |answer| {
+            let _ = arrived.send(());
+            async move {
+                std::future::pending::<()>().await;
+                answer.await
+            }
+        });
+        RunningServer::start_with(move |incoming, stop| {
+            tonic::transport::Server::builder()
+                .layer(hold)
+                .add_service(greeter)
+                .serve_with_incoming_shutdown(incoming, stop)
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Sends `calls` calls one after the other through `channel` to a holding node and a
+    /// fine one; answers how many the holding node got (and holds).
+    async fn calls_held<T>(
+        channel: T,
+        calls: usize,
+        arrived: &mut mpsc::UnboundedReceiver<()>,
+    ) -> usize
+    where
+        T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
+        T::Future: Send,
+        T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        <T::ResponseBody as http_body::Body>::Error: Into<tonic::codegen::StdError> + Send,
+        T::Error: Into<tonic::codegen::StdError>,
+    {
+        let mut held = Vec::new();
+        for _ in 0..calls {
+            let mut client = GreeterClient::new(channel.clone());
+            let mut call = tokio::spawn(async move {
+                client.say_hello(HelloRequest::default()).await.map(|r| r.into_inner().node)
+            });
+            let turn = tokio::time::timeout(PATIENCE, async {
+                tokio::select! {
+                    Some(()) = arrived.recv() => None,
+                    answered = &mut call => Some(answered.unwrap().unwrap()),
+                }
+            });
+            match turn.await.expect("each call is answered or held") {
+                Some(node) => assert_eq!(node, "fine"),
+                None => held.push(call),
+            }
+        }
+        held.iter().for_each(tokio::task::JoinHandle::abort);
+        held.len()
+    }
+
+    /// tonic's `balance_list` runs tower's p2c, but its connections report a load of 0, so
+    /// p2c picks at random: about half the calls go to a node that holds them all. Over
+    /// endpoints that count their calls in flight, p2c keeps off it after the first.
+    #[tokio::test]
+    async fn p2c_is_load_aware_only_over_endpoints_that_measure_their_load() {
+        use tower::balance::p2c::Balance;
+        use tower::buffer::Buffer;
+        use tower::discover::Change;
+        use tower::load::{CompleteOnResponse, PendingRequestsDiscover};
+        const CALLS: usize = 30;
+
+        let (report, mut arrived) = mpsc::unbounded_channel();
+        let slow = holding_every_call(report).await;
+        let fine = microkit::greeter::serve("fine").await.unwrap();
+        let endpoint = |server: &RunningServer| Endpoint::from_shared(server.url()).unwrap();
+
+        let tonic_balanced = Channel::balance_list([endpoint(&slow), endpoint(&fine)].into_iter());
+        let at_random = calls_held(tonic_balanced, CALLS, &mut arrived).await;
+        // Binomial(30, 1/2): 1 or fewer happens about once in 30 million runs.
+        assert!(at_random >= 2, "tonic's balancer held {at_random} of {CALLS} calls");
+
+        // Each endpoint counts its calls in flight; p2c sends to the less busy of two.
+        let endpoints = [("slow", &slow), ("fine", &fine)].map(|(key, server)| {
+            Ok::<_, std::convert::Infallible>(Change::Insert(key, endpoint(server).connect_lazy()))
+        });
+        let discover = PendingRequestsDiscover::new(
+            futures::stream::iter(endpoints),
+            CompleteOnResponse::default(),
+        );
+        let load_aware = Buffer::new(Balance::new(discover), 64);
+        let by_load = calls_held(load_aware, CALLS, &mut arrived).await;
+        eprintln!(
+            "measured: of {CALLS} calls, balance_list held {at_random}, p2c by load {by_load}"
+        );
+        assert!(by_load <= 1, "at most the first tie goes to the busy node: {by_load}");
+    }
+
+    #[test]
+    fn only_what_never_reached_a_handler_counts_as_never_started() {
+        assert!(never_started(&Status::unavailable("connection refused")));
+        for code in [Code::Unknown, Code::Cancelled, Code::DeadlineExceeded, Code::Internal] {
+            assert!(!never_started(&Status::new(code, "")), "{code:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn with_no_node_fail_fast_fails_at_once_and_wait_for_ready_waits_for_one() {
+        let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+        let mut client = RoundRobin::new(LiveNodes::watch(&registry, SERVICE).await.unwrap());
+        let status = client.say_hello("x").await.err().unwrap();
+        assert_eq!(status.code(), Code::Unavailable, "gRPC's default: fail fast");
+
+        client.when_none = WhenNoNode::WaitForReady;
+        // The call is polled first: it waits, then the node registers and answers it.
+        let (answer, node) =
+            tokio::join!(client.say_hello("x"), start_node(&registry, "late", TTL));
+        assert_eq!(answer.unwrap().node, "late");
+        node.unwrap().stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn wait_for_ready_gives_up_at_the_calls_deadline() {
+        let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+        let nodes = LiveNodes::watch(&registry, SERVICE).await.unwrap();
+        let deadline = Duration::from_millis(200);
+        let client =
+            RoundRobin { when_none: WhenNoNode::WaitForReady, deadline, ..RoundRobin::new(nodes) };
+        let started = Instant::now();
+        let status = client.say_hello("x").await.err().unwrap();
+        assert!(started.elapsed() >= deadline, "it waited: {:?}", started.elapsed());
+        assert_eq!(status.code(), Code::DeadlineExceeded);
+        assert_eq!(
+            status.message(),
+            "no node of service \"greeter\" appeared within the call's 200ms"
+        );
     }
 
     #[tokio::test]
@@ -392,6 +674,8 @@ mod tests {
     #[test]
     fn bad_flags_are_refused() {
         assert!(Args::try_parse_from(["round-robin", "--ttl-ms", "5"]).is_err());
+        let zero = ["round-robin", "client", "--deadline-ms", "0"];
+        assert!(Args::try_parse_from(zero).is_err(), "a call needs some time");
         assert!(Args::try_parse_from(["round-robin", "server"]).is_err(), "--name is required");
     }
 }

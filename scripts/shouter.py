@@ -2,9 +2,10 @@
 """A plain HTTP program that joins the system through the sidecar.
 
 It knows HTTP, JSON and the sidecar's URL: nothing of gRPC, the registry or Rust. It
-registers itself with `POST /registry`, repeats that as its heartbeat, answers
-`POST /upper` and `POST /greet` (which calls the Greeter through the sidecar), and
-deregisters with `DELETE /registry/...` when stopped (SIGTERM or ctrl-c).
+registers itself with `POST /registry` (the answer holds the service's token), repeats
+that with the token as its heartbeat, answers `POST /upper` and `POST /greet` (which
+calls the Greeter through the sidecar), and deregisters with `DELETE /registry/...` and
+the token when stopped (SIGTERM or ctrl-c).
 
     python3 scripts/shouter.py --sidecar http://127.0.0.1:8090
 
@@ -23,12 +24,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 SERVICE = "shouter"
 
 
-def sidecar_request(sidecar, method, path, body=None):
+def sidecar_request(sidecar, method, path, body=None, token=None):
     """One JSON request to the sidecar; returns (status, decoded JSON answer)."""
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        sidecar + path, data=data, method=method, headers={"content-type": "application/json"}
-    )
+    headers = {"content-type": "application/json"}
+    if token is not None:
+        headers["authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(sidecar + path, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=5) as answer:
             return answer.status, json.loads(answer.read() or b"null")
@@ -85,6 +87,8 @@ def main():
     status, answer = sidecar_request(sidecar, "POST", "/registry", join)
     if status != 200:
         sys.exit(f"registering through {sidecar} failed: {status} {answer}")
+    # The service's name is ours now: renewing or leaving takes the token it came with.
+    token = answer["token"]
 
     stopping = threading.Event()
 
@@ -92,7 +96,7 @@ def main():
         # Registering again before the TTL runs out is the heartbeat: only this program
         # knows it is alive, so the sidecar leaves the job to it.
         while not stopping.wait(args.ttl / 3):
-            sidecar_request(sidecar, "POST", "/registry", join)
+            sidecar_request(sidecar, "POST", "/registry", join, token)
 
     def stop(signum, frame):
         stopping.set()
@@ -104,7 +108,7 @@ def main():
     print(f"{SERVICE}/{args.id} registered through {sidecar}, serving on {address}", flush=True)
     server.serve_forever()
 
-    status, answer = sidecar_request(sidecar, "DELETE", f"/registry/{SERVICE}/{args.id}")
+    status, answer = sidecar_request(sidecar, "DELETE", f"/registry/{SERVICE}/{args.id}", None, token)
     print(f"{SERVICE}/{args.id} deregistered: {status}", flush=True)
 
 

@@ -46,6 +46,18 @@ async fn python_through_sidecar() {
     assert_eq!(nodes.1[0]["id"], "shouter-test");
     assert_eq!(nodes.1[0]["metadata"]["protocol"], "http");
 
+    // Another local program cannot add a node to a service that is not its own: not to the
+    // Python program's (it lacks the token), not to the Greeter (registered without the
+    // sidecar). Either would have received a share of that service's calls.
+    let address = nodes.1[0]["address"].as_str().unwrap().to_owned();
+    for (service, expected) in [("shouter", 403), ("greeter", 409)] {
+        let join = json!({"service": service, "id": "0-evil", "address": address});
+        let answer = request(&url, Method::POST, "/registry", &join.to_string()).await;
+        assert_eq!(answer.0, expected, "{service}: {answer:?}");
+    }
+    let listed = request(&url, Method::GET, "/registry/greeter", "").await.1;
+    assert_eq!(listed.as_array().unwrap().len(), 1, "only greeter-1: {listed}");
+
     // Called through the sidecar: the answer is the Python program's own.
     let answer = request(&url, Method::POST, "/shouter/upper", r#"{"text":"from rust"}"#).await;
     assert_eq!(answer, (200, json!({"text": "FROM RUST", "by": "shouter-test"})));

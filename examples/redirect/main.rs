@@ -48,10 +48,12 @@ const ALLOWED_HOST: &str = "docs.example.org";
 /// How long the `links` node stays listed without a heartbeat.
 const TTL: Duration = Duration::from_secs(10);
 
-/// Targets a visitor could put into `/links/login?next=...`: two fair, the rest attacks.
-const LOGIN_TARGETS: [&str; 14] = [
+/// Targets a visitor could put into `/links/login?next=...`: the first three fair (one not
+/// ASCII, which leaves percent-encoded), the rest attacks.
+const LOGIN_TARGETS: [&str; 15] = [
     "/pages/account",
     "https://docs.example.org/start",
+    "/pages/日本",
     "https://elsewhere.example/",
     "//elsewhere.example",
     "/\\elsewhere.example",
@@ -65,6 +67,10 @@ const LOGIN_TARGETS: [&str; 14] = [
     "data:text/html,hi",
     "elsewhere.example",
 ];
+
+/// How many of [`LOGIN_TARGETS`] are fair.
+#[cfg(test)]
+const FAIR: usize = 3;
 
 /// What the one-process run saw, for the tests to check.
 #[derive(Debug, PartialEq, Eq)]
@@ -249,10 +255,11 @@ mod tests {
     #[tokio::test]
     async fn only_the_fair_login_targets_redirect_and_the_next_flag_is_tried_last() {
         let story = demo(Arc::new(MemoryRegistry::new()), Some("//x.example")).await.unwrap();
-        let (fair, attacks) = story.attempts.split_at(2);
+        let (fair, attacks) = story.attempts.split_at(FAIR);
         assert_eq!(seen(&fair[0].1), (302, Some("/links/pages/account")));
         assert_eq!(seen(&fair[1].1), (302, Some("https://docs.example.org/start")));
-        assert_eq!(attacks.len(), LOGIN_TARGETS.len() - 2 + 1);
+        assert_eq!(seen(&fair[2].1), (302, Some("/links/pages/%E6%97%A5%E6%9C%AC")));
+        assert_eq!(attacks.len(), LOGIN_TARGETS.len() - FAIR + 1);
         for (target, answer) in attacks {
             assert_eq!(seen(answer), (400, None), "{target:?}");
             assert!(answer.body.starts_with("refused redirect: "), "{target:?}: {}", answer.body);

@@ -21,6 +21,7 @@
 //! Prints `tests/golden/sidecar.txt`; explained in `notes/sidecar.md`.
 
 mod grpc;
+mod owners;
 mod sidecar;
 
 use std::sync::Arc;
@@ -54,15 +55,21 @@ async fn demo(server: &HttpServer, subscriber: Arc<dyn Broker>) -> anyhow::Resul
 
     println!("a plain HTTP program joins through the sidecar:");
     let shouter = HttpServer::start(shouter(client.base.clone())).await?;
-    let join =
-        json!({ "service": "shouter", "id": "shouter-1", "address": shouter.addr().to_string() });
-    // The address changes every run, so it is left out of what is printed.
-    client
-        .send(Method::POST, "/registry", &join.to_string(), "{..shouter-1 and its address..}")
-        .await?;
+    let address = shouter.addr().to_string();
+    let join = json!({ "service": "shouter", "id": "shouter-1", "address": address });
+    // The address and the token change every run, so they are left out of what is printed.
+    let token = client.register(&join.to_string(), "{..shouter-1 and its address..}").await?;
     client.get_ids("/registry/shouter").await?;
     client.post("/shouter/upper", r#"{"text":"quiet please"}"#).await?;
     client.post("/shouter/greet", r#"{"name":"eve"}"#).await?;
+
+    println!("another program tries to take a share of its callers:");
+    let second = json!({ "service": "shouter", "id": "shouter-2", "address": address });
+    let shown = "{..shouter-2, without shouter's token..}";
+    client.send(Method::POST, "/registry", &second.to_string(), shown).await?;
+    let evil = json!({ "service": "greeter", "id": "0-evil", "address": address });
+    let shown = "{..greeter/0-evil, to take Greeter calls..}";
+    client.send(Method::POST, "/registry", &evil.to_string(), shown).await?;
 
     println!("an asynchronous request: publish through the sidecar");
     let mut shouts = subscriber.subscribe("shouts", None).await?;
@@ -88,7 +95,8 @@ async fn demo(server: &HttpServer, subscriber: Arc<dyn Broker>) -> anyhow::Resul
     client.post("/broker/no%20spaces", "{}").await?;
 
     println!("the program leaves:");
-    client.send(Method::DELETE, "/registry/shouter/shouter-1", "", "").await?;
+    let leave = "/registry/shouter/shouter-1";
+    client.send_with(Method::DELETE, leave, "", "(with its token)", Some(&token)).await?;
     client.post("/shouter/upper", r#"{"text":"anyone?"}"#).await?;
     shouter.shutdown().await?;
     Ok(())
@@ -142,15 +150,37 @@ impl Caller {
         body: &str,
         shown: &str,
     ) -> anyhow::Result<()> {
-        let (status, answer) = self.exchange(method.clone(), path, body).await?;
+        self.send_with(method, path, body, shown, None).await
+    }
+
+    /// [`Caller::send`], with the service's token when one is given.
+    async fn send_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: &str,
+        shown: &str,
+        token: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let (status, answer) = self.exchange(method.clone(), path, body, token).await?;
         let shown = if shown.is_empty() { String::new() } else { format!(" {shown}") };
         println!("  {method} {path}{shown} -> {status} {answer}");
         Ok(())
     }
 
+    /// Registers a program, printing the answer with its token hidden; answers the token.
+    async fn register(&self, body: &str, shown: &str) -> anyhow::Result<String> {
+        let (status, answer) = self.exchange(Method::POST, "/registry", body, None).await?;
+        let mut answer: Value = serde_json::from_str(&answer).context("a JSON answer")?;
+        let token = answer["token"].as_str().context("no token in the answer")?.to_owned();
+        answer["token"] = Value::from("<its token>");
+        println!("  POST /registry {shown} -> {status} {answer}");
+        Ok(token)
+    }
+
     /// Lists a service's nodes, printing only their ids: addresses change every run.
     async fn get_ids(&self, path: &str) -> anyhow::Result<()> {
-        let (status, answer) = self.exchange(Method::GET, path, "").await?;
+        let (status, answer) = self.exchange(Method::GET, path, "", None).await?;
         let nodes: Vec<Node> = serde_json::from_str(&answer).context("a node list")?;
         let ids: Vec<String> = nodes
             .iter()
@@ -167,12 +197,16 @@ impl Caller {
         method: Method,
         path: &str,
         body: &str,
+        token: Option<&str>,
     ) -> anyhow::Result<(u16, String)> {
-        let request = http::Request::builder()
+        let mut request = http::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(body.to_owned()))?;
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request.body(Body::from(body.to_owned()))?;
         let response = tokio::time::timeout(PATIENCE, self.http.send(request))
             .await
             .context("the sidecar timed out")??;

@@ -5,12 +5,13 @@
 //!   plain HTTP node gets the same JSON POSTed to `/<method>`.
 //! - `POST /registry`, `DELETE /registry/<service>/<id>`, `GET /registry/<service>`:
 //!   register, deregister and list nodes for a program that cannot speak to the registry.
+//!   A service's first registrant gets a token that every later change to it needs
+//!   (`owners.rs`).
 //! - `POST /broker/<topic>`: publish the body, an asynchronous request: the answer (202)
 //!   means the broker has the message, not that anyone has handled it.
 //!
 //! Every error is JSON, `{"error": "..."}` ([`JsonError`]), naming what went wrong.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,9 +29,9 @@ use microkit::http::Forwarder;
 use microkit::registry::{MAX_TTL, Node, Registry, RegistryError};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::time::Instant;
 
 use crate::grpc;
+use crate::owners::{self, Registrations};
 
 /// The largest request body accepted, in bytes; bigger ones get 413.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -52,9 +53,8 @@ pub struct Sidecar {
     channels: Channels,
     /// The turn of the next call: calls rotate over a service's nodes, sorted by id.
     turn: Arc<AtomicUsize>,
-    /// The programs registered through this sidecar, and when each expires unless it
-    /// registers again: what [`MAX_REGISTRATIONS`] counts.
-    held: Arc<Mutex<HashMap<(String, String), Instant>>>,
+    /// The programs registered through this sidecar, and who owns each service name.
+    held: Arc<Mutex<Registrations>>,
 }
 
 impl Sidecar {
@@ -122,39 +122,10 @@ async fn call_http(
     })
 }
 
-/// The most programs the sidecar keeps registered at once: one sidecar serves one host's
-/// programs, and a loop that registers new ids must not fill the registry.
-pub const MAX_REGISTRATIONS: usize = 100;
-
 /// The longest service, node id, method or topic name, in bytes. NATS carries names in
 /// subjects and drops a connection whose control line passes 4 KiB: a long name must be a
 /// 400 here, not a lost connection there.
 pub const MAX_NAME: usize = 128;
-
-impl Sidecar {
-    /// Counts a registration of `service/id` for `ttl`, unless the sidecar is full.
-    fn hold(&self, service: &str, id: &str, ttl: Duration) -> Result<(), JsonError> {
-        let now = Instant::now();
-        let mut held = self.held.lock().unwrap();
-        held.retain(|_, expires| *expires > now);
-        let key = (service.to_owned(), id.to_owned());
-        if !held.contains_key(&key) && held.len() >= MAX_REGISTRATIONS {
-            return Err(JsonError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!(
-                    "the sidecar holds {MAX_REGISTRATIONS} registrations, its limit: \
-                     deregister one or wait for one to expire"
-                ),
-            ));
-        }
-        held.insert(key, now + ttl);
-        Ok(())
-    }
-
-    fn release(&self, service: &str, id: &str) {
-        self.held.lock().unwrap().remove(&(service.to_owned(), id.to_owned()));
-    }
-}
 
 /// What a program sends to join.
 #[derive(Debug, Deserialize)]
@@ -175,8 +146,10 @@ fn default_ttl() -> u64 {
 
 /// `POST /registry`: registers a plain HTTP program. Its heartbeat is its own job: it
 /// POSTs again before its TTL runs out, because only it knows that it is still alive.
+/// The first registration of a service answers a token; the others must send it.
 async fn register(
     State(sidecar): State<Sidecar>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, JsonError> {
     let join: Join = serde_json::from_slice(&body?)
@@ -205,46 +178,44 @@ async fn register(
         let ttl = join.ttl_secs;
         return Err(JsonError::bad_request(format!("ttl_secs must be 1 to {max_ttl}, not {ttl}")));
     }
-    // A program may renew its own registration (same id, same address), never take over
-    // a node that another program runs: its callers would reach the wrong program.
-    let listed = sidecar.registry.nodes(&join.service).await?;
-    if let Some(other) = listed.iter().find(|n| n.id == join.id)
-        && !(is_program(other) && other.address == join.address)
-    {
-        let (service, id, address) = (&join.service, &join.id, &other.address);
-        return Err(JsonError::new(
-            StatusCode::CONFLICT,
-            format!("{service}/{id} is another program's node (at {address}): choose another id"),
-        ));
-    }
+    // Only the service's first registrant may add to it or renew it: anyone else's node
+    // would receive a share of its callers.
+    let listed = listed_ids(&sidecar, &join.service).await?;
     let ttl = Duration::from_secs(join.ttl_secs);
-    sidecar.hold(&join.service, &join.id, ttl)?;
+    let names = (join.service.as_str(), join.id.as_str());
+    let token =
+        sidecar.held.lock().unwrap().admit(names, ttl, owners::bearer(&headers), &listed)?;
     let mut node = Node::new(&join.service, &join.id, &join.address);
     node.metadata.insert(PROTOCOL.to_owned(), HTTP.to_owned());
     if let Err(e) = sidecar.registry.register(&node, ttl).await {
-        sidecar.release(&join.service, &join.id);
+        sidecar.held.lock().unwrap().release(&join.service, &join.id);
         return Err(e.into());
     }
     let registered = format!("{}/{}", join.service, join.id);
-    Ok(Json(json!({ "registered": registered, "ttl_secs": join.ttl_secs })))
+    let mut answer = json!({ "registered": registered, "ttl_secs": join.ttl_secs });
+    if let Some(token) = token {
+        answer["token"] = Value::String(token);
+    }
+    Ok(Json(answer))
 }
 
-/// `DELETE /registry/<service>/<id>`: a graceful leave.
+async fn listed_ids(sidecar: &Sidecar, service: &str) -> Result<Vec<String>, JsonError> {
+    Ok(sidecar.registry.nodes(service).await?.into_iter().map(|n| n.id).collect())
+}
+
+/// `DELETE /registry/<service>/<id>`: a graceful leave, with the service's token.
 async fn deregister(
     State(sidecar): State<Sidecar>,
     Path((service, id)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Result<Json<Value>, JsonError> {
     check_name("service", &service)?;
     check_name("id", &id)?;
-    let listed = sidecar.registry.nodes(&service).await?;
-    if listed.iter().any(|n| n.id == id && !is_program(n)) {
-        return Err(JsonError::new(
-            StatusCode::CONFLICT,
-            format!("{service}/{id} is another program's node: only programs leave through here"),
-        ));
-    }
+    let listed = listed_ids(&sidecar, &service).await?;
+    let names = (service.as_str(), id.as_str());
+    sidecar.held.lock().unwrap().may_leave(names, owners::bearer(&headers), &listed)?;
     sidecar.registry.deregister(&service, &id).await?;
-    sidecar.release(&service, &id);
+    sidecar.held.lock().unwrap().release(&service, &id);
     Ok(Json(json!({ "deregistered": format!("{service}/{id}") })))
 }
 
@@ -389,6 +360,8 @@ mod tests {
     use microkit::registry::MemoryRegistry;
     use tower::ServiceExt;
 
+    use crate::owners::MAX_REGISTRATIONS;
+
     /// A sidecar router over a fresh registry, and that registry.
     fn sidecar() -> (Router, Arc<dyn Registry>) {
         let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
@@ -402,7 +375,22 @@ mod tests {
         path: &str,
         body: impl Into<Body>,
     ) -> (StatusCode, Value) {
-        let request = Request::builder().method(method).uri(path).body(body.into()).unwrap();
+        call_with(router, method, path, body, None).await
+    }
+
+    /// [`call`], with `authorization: Bearer <token>` when a token is given.
+    async fn call_with(
+        router: &Router,
+        method: Method,
+        path: &str,
+        body: impl Into<Body>,
+        token: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request.body(body.into()).unwrap();
         let response = router.clone().oneshot(request).await.unwrap();
         let status = response.status();
         let text = body_text(response.into_body(), 1 << 20).await;
@@ -541,14 +529,18 @@ mod tests {
         let (router, _) = sidecar();
         let join = r#"{"service":"py","id":"py-1","address":"127.0.0.1:9","ttl_secs":5}"#;
         let (status, answer) = call(&router, Method::POST, "/registry", join).await;
+        let token = answer["token"].as_str().expect("the first registrant gets a token");
+        assert_eq!(token.len(), 32, "a v4 UUID's 128 bits, in hex: {token}");
         assert_eq!(
-            (status, answer),
-            (StatusCode::OK, json!({"registered": "py/py-1", "ttl_secs": 5}))
+            (status, answer.clone()),
+            (StatusCode::OK, json!({"registered": "py/py-1", "ttl_secs": 5, "token": token}))
         );
         let (_, nodes) = call(&router, Method::GET, "/registry/py", Body::empty()).await;
         assert_eq!(nodes[0]["address"], "127.0.0.1:9");
         assert_eq!(nodes[0]["metadata"]["protocol"], "http");
-        let (status, _) = call(&router, Method::DELETE, "/registry/py/py-1", Body::empty()).await;
+        let leave = "/registry/py/py-1";
+        let (status, _) =
+            call_with(&router, Method::DELETE, leave, Body::empty(), Some(token)).await;
         assert_eq!(status, StatusCode::OK);
         let (_, nodes) = call(&router, Method::GET, "/registry/py", Body::empty()).await;
         assert_eq!(nodes, json!([]));
@@ -591,9 +583,11 @@ mod tests {
     async fn a_program_that_stops_re_registering_expires() {
         let (router, _) = sidecar();
         let join = r#"{"service":"py","id":"py-1","address":"127.0.0.1:9","ttl_secs":3}"#;
-        call(&router, Method::POST, "/registry", join).await;
+        let (_, answer) = call(&router, Method::POST, "/registry", join).await;
+        let token = answer["token"].as_str();
         tokio::time::sleep(Duration::from_secs(2)).await;
-        call(&router, Method::POST, "/registry", join).await; // its heartbeat
+        let (status, _) = call_with(&router, Method::POST, "/registry", join, token).await; // its heartbeat
+        assert_eq!(status, StatusCode::OK);
         tokio::time::sleep(Duration::from_secs(2)).await;
         let (_, nodes) = call(&router, Method::GET, "/registry/py", Body::empty()).await;
         assert_eq!(nodes.as_array().unwrap().len(), 1, "alive: it re-registered in time");
@@ -662,49 +656,81 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_program_cannot_take_over_or_remove_another_programs_node() {
+    async fn a_service_belongs_to_its_first_registrant() {
         let (router, registry) = sidecar();
+        // A gRPC service that joined the registry by itself: not the sidecar's to hand out.
         registry
             .register(&Node::new("greeter", "greeter-1", "127.0.0.1:7"), PATIENCE)
             .await
             .unwrap();
-        let (status, answer) =
-            call(&router, Method::POST, "/registry", join("greeter", "greeter-1", "127.0.0.1:9"))
-                .await;
+        let evil = join("greeter", "0-evil", "127.0.0.1:9");
+        let (status, answer) = call(&router, Method::POST, "/registry", evil).await;
         assert_eq!(status, StatusCode::CONFLICT, "{answer}");
-        assert!(error_of(&answer).starts_with("greeter/greeter-1 is another program's node"));
+        assert!(error_of(&answer).contains("belongs to its first registrant"), "{answer}");
         let (status, _) =
             call(&router, Method::DELETE, "/registry/greeter/greeter-1", Body::empty()).await;
         assert_eq!(status, StatusCode::CONFLICT);
-        assert_eq!(registry.nodes("greeter").await.unwrap()[0].address, "127.0.0.1:7");
+        let greeters = registry.nodes("greeter").await.unwrap();
+        assert_eq!(greeters.len(), 1, "no node added or removed: {greeters:?}");
 
-        // A program's own heartbeat is the same registration again; another address is not.
-        let mine = join("py", "py-1", "127.0.0.1:9");
-        for _ in 0..2 {
-            assert_eq!(
-                call(&router, Method::POST, "/registry", mine.clone()).await.0,
-                StatusCode::OK
-            );
+        // A program's service: its token adds and renews nodes, no token or another does not.
+        let (status, answer) =
+            call(&router, Method::POST, "/registry", join("py", "py-1", "127.0.0.1:9")).await;
+        assert_eq!(status, StatusCode::OK);
+        let token = answer["token"].as_str().unwrap().to_owned();
+        for wrong in [None, Some("guess"), Some(&token[1..])] {
+            let body = join("py", "py-evil", "127.0.0.1:10");
+            let (status, answer) = call_with(&router, Method::POST, "/registry", body, wrong).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{wrong:?}: {answer}");
+            assert!(error_of(&answer).contains("authorization: Bearer"), "{answer}");
+            let leave = "/registry/py/py-1";
+            let (status, _) = call_with(&router, Method::DELETE, leave, Body::empty(), wrong).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{wrong:?}");
         }
-        let theirs = join("py", "py-1", "127.0.0.1:10");
-        assert_eq!(call(&router, Method::POST, "/registry", theirs).await.0, StatusCode::CONFLICT);
+        let ids: Vec<String> =
+            registry.nodes("py").await.unwrap().into_iter().map(|n| n.id).collect();
+        assert_eq!(ids, ["py-1"]);
+        for (id, address) in [("py-1", "127.0.0.1:9"), ("py-2", "127.0.0.1:11")] {
+            let body = join("py", id, address);
+            let (status, answer) =
+                call_with(&router, Method::POST, "/registry", body, Some(&token)).await;
+            assert_eq!(status, StatusCode::OK, "{answer}");
+            assert_eq!(answer.get("token"), None, "a token is handed out once");
+        }
+
+        // Once its last node leaves, the name is free for the next first registrant.
+        for id in ["py-1", "py-2"] {
+            let leave = format!("/registry/py/{id}");
+            let (status, _) =
+                call_with(&router, Method::DELETE, &leave, Body::empty(), Some(&token)).await;
+            assert_eq!(status, StatusCode::OK);
+        }
+        let (status, answer) =
+            call(&router, Method::POST, "/registry", join("py", "py-3", "127.0.0.1:12")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_ne!(answer["token"].as_str(), Some(token.as_str()), "a new owner, a new token");
     }
 
     #[tokio::test]
     async fn registrations_are_bounded() {
         let (router, _) = sidecar();
+        let mut tokens = Vec::new();
         for i in 0..MAX_REGISTRATIONS {
-            let body = join("py", &format!("py-{i}"), "127.0.0.1:9");
-            assert_eq!(call(&router, Method::POST, "/registry", body).await.0, StatusCode::OK);
+            let body = join(&format!("py{i}"), "n", "127.0.0.1:9");
+            let (status, answer) = call(&router, Method::POST, "/registry", body).await;
+            assert_eq!(status, StatusCode::OK);
+            tokens.push(answer["token"].as_str().unwrap().to_owned());
         }
         let (status, answer) =
             call(&router, Method::POST, "/registry", join("py", "one-more", "127.0.0.1:9")).await;
         assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{answer}");
         assert!(error_of(&answer).contains(&MAX_REGISTRATIONS.to_string()), "{answer}");
         // Heartbeats of those it holds still pass, and a leave makes room.
-        let again = join("py", "py-0", "127.0.0.1:9");
-        assert_eq!(call(&router, Method::POST, "/registry", again).await.0, StatusCode::OK);
-        call(&router, Method::DELETE, "/registry/py/py-0", Body::empty()).await;
+        let again = join("py0", "n", "127.0.0.1:9");
+        let token = Some(tokens[0].as_str());
+        let (status, _) = call_with(&router, Method::POST, "/registry", again, token).await;
+        assert_eq!(status, StatusCode::OK);
+        call_with(&router, Method::DELETE, "/registry/py0/n", Body::empty(), token).await;
         let body = join("py", "one-more", "127.0.0.1:9");
         assert_eq!(call(&router, Method::POST, "/registry", body).await.0, StatusCode::OK);
     }
@@ -713,12 +739,13 @@ mod tests {
     async fn an_expired_registration_no_longer_counts() {
         let (router, _) = sidecar();
         for i in 0..MAX_REGISTRATIONS {
-            call(&router, Method::POST, "/registry", join("py", &format!("py-{i}"), "127.0.0.1:9"))
+            call(&router, Method::POST, "/registry", join(&format!("py{i}"), "n", "127.0.0.1:9"))
                 .await;
         }
         tokio::time::sleep(Duration::from_secs(6)).await; // past their TTL of 5 s
-        let body = join("py", "late", "127.0.0.1:9");
-        assert_eq!(call(&router, Method::POST, "/registry", body).await.0, StatusCode::OK);
+        let body = join("py0", "late", "127.0.0.1:9");
+        let (status, answer) = call(&router, Method::POST, "/registry", body).await;
+        assert_eq!(status, StatusCode::OK, "room again, and py0's name is free: {answer}");
     }
 
     #[tokio::test]
@@ -749,6 +776,11 @@ mod tests {
             (Method::POST, format!("/{long}/SayHello"), "{}".to_owned()),
             (Method::POST, format!("/shouter/{long}"), "{}".to_owned()),
             (Method::POST, "/shouter/a%20b".to_owned(), "{}".to_owned()),
+            // Decoded, each would change the URL the program is sent: a query, a fragment,
+            // another path.
+            (Method::POST, "/shouter/a%3Fx=injected".to_owned(), "{}".to_owned()),
+            (Method::POST, "/shouter/a%23x".to_owned(), "{}".to_owned()),
+            (Method::POST, "/shouter/a%2Fx".to_owned(), "{}".to_owned()),
             (Method::POST, "/shouter/..".to_owned(), "{}".to_owned()),
             (Method::GET, format!("/registry/{long}"), String::new()),
             (Method::DELETE, format!("/registry/py/{long}"), String::new()),

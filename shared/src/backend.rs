@@ -2,7 +2,8 @@
 //!
 //! One rule, the same in every example:
 //! 1. `NATS_URL` is set: connect to it (an unreachable URL is an error naming it, never a
-//!    silent fall-back: the user asked for that server).
+//!    silent fall-back: the user asked for that server). It may name a cluster, as a
+//!    comma-separated list (`nats://a:4222,nats://b:4222`, see [`server_list`]).
 //! 2. Else a `nats-server` binary is installed: start a private one (loopback, random port,
 //!    JetStream in a temporary folder, killed on exit).
 //! 3. Else: the memory backend (everything inside this one process), with one line on
@@ -161,11 +162,24 @@ async fn start_private() -> anyhow::Result<Backend> {
     Ok(Backend::Nats { client, url, server: Some(server) })
 }
 
+/// The servers a `NATS_URL` names: one URL, or several separated by commas, the convention
+/// of nats.go's `Connect` and the `nats` tool (spaces around an entry and empty entries are
+/// ignored, as there). Given every node of a cluster, a client connects to one that answers
+/// (async-nats tries them in random order, spreading clients over the nodes) and, when its
+/// node goes down, reconnects to another.
+pub fn server_list(url: &str) -> Vec<&str> {
+    url.split(',').map(str::trim).filter(|server| !server.is_empty()).collect()
+}
+
 /// Connects once, failing fast with a message that names the URL and what to do.
 pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
+    let servers = server_list(url);
+    if servers.is_empty() {
+        anyhow::bail!("{NATS_URL} {url:?} names no server: set it to e.g. nats://127.0.0.1:4222");
+    }
     async_nats::ConnectOptions::new()
         .connection_timeout(Duration::from_secs(3))
-        .connect(url)
+        .connect(servers)
         .await
         .with_context(|| {
             format!(
@@ -211,6 +225,40 @@ mod tests {
         let Backend::Nats { url, server: private, .. } = backend else { panic!("not NATS") };
         assert_eq!(url, server.url());
         assert!(private.is_none(), "no private server when a URL is given");
+    }
+
+    #[test]
+    fn a_url_list_is_split_on_commas_as_nats_go_splits_it() {
+        assert_eq!(server_list("nats://a:4222"), ["nats://a:4222"]);
+        assert_eq!(
+            server_list("nats://a:4222, nats://b:4222,,nats://c:4222,"),
+            ["nats://a:4222", "nats://b:4222", "nats://c:4222"]
+        );
+        assert!(server_list(" , ").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_list_naming_no_server_is_refused_saying_so() {
+        let error = args(BackendChoice::Nats).connect_with(Some(",")).await.err().unwrap();
+        assert!(error.to_string().contains("names no server"), "{error:#}");
+    }
+
+    #[tokio::test]
+    async fn a_url_list_reaches_a_cluster_whose_first_node_is_down() {
+        use futures::StreamExt;
+        let mut cluster = nats::NatsCluster::start(3).await.expect(nats::INSTALL_HINT);
+        cluster.nodes[0].stop().await.unwrap();
+        let list = cluster.urls().join(",");
+        let backend = args(BackendChoice::Auto).connect_with(Some(&list)).await.unwrap();
+        let Backend::Nats { client, url, server } = &backend else { panic!("not NATS") };
+        assert_eq!((url, server.is_none()), (&list, true));
+        client.flush().await.unwrap();
+        // The broker takes the same list: a message goes out and comes back through it.
+        let broker = backend.broker().await.unwrap();
+        let mut messages = broker.subscribe("list.check", None).await.unwrap();
+        broker.publish("list.check", Default::default(), "hi".into()).await.unwrap();
+        let message = tokio::time::timeout(crate::PATIENCE, messages.next()).await.unwrap();
+        assert_eq!(&message.unwrap().payload[..], b"hi");
     }
 
     #[tokio::test]

@@ -72,7 +72,7 @@ impl NatsBroker {
                 let (counter, draining) = (counter.clone(), draining.clone());
                 async move { on_event(event, &counter, draining.load(Ordering::Acquire)) }
             })
-            .connect(url)
+            .connect(crate::backend::server_list(url))
             .await
             .map_err(|error| BrokerError::Nats {
                 what: format!(
