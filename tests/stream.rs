@@ -163,8 +163,7 @@ async fn a_client_whose_server_froze_fails_within_its_deadline_instead_of_hangin
     // Its first call's deadline is 5 s (keepalive would end the connection within 10 s).
     assert!(waited >= Duration::from_secs(4), "it gave up before its deadline: {waited:?}");
     assert!(waited < Duration::from_secs(25), "it waited {waited:?} for a frozen server");
-    let timed_out = ["did not end within 5s", "Timeout expired"];
-    assert!(timed_out.iter().any(|why| stderr.contains(why)), "{stderr}");
+    assert!(stderr.contains("the call did not end within 5s"), "{stderr}");
 
     terminate(&server);
     let status = tokio::time::timeout(Duration::from_secs(10), server.wait())

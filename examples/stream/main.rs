@@ -208,7 +208,15 @@ fn deadline<T>(message: T) -> Request<T> {
 async fn within_deadline<T>(call: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     let expired =
         || Status::deadline_exceeded(format!("the call did not end within {CALL_DEADLINE:?}"));
-    tokio::time::timeout(CALL_DEADLINE, call).await.map_err(|_| expired())?
+    match tokio::time::timeout(CALL_DEADLINE, call).await {
+        Err(_) => Err(expired().into()),
+        // tonic's timer for the head (the same deadline) may fire first, as a `Cancelled`
+        // "Timeout expired": one deadline, one error.
+        Ok(Err(error)) if error.chain().any(|cause| cause.is::<tonic::TimeoutExpired>()) => {
+            Err(expired().into())
+        }
+        Ok(result) => result,
+    }
 }
 
 // ---- the client side: one function per stream shape ----
@@ -466,6 +474,32 @@ mod tests {
         assert!(waited >= KEEPALIVE_TIMEOUT, "ended after {waited:?}, before keepalive could");
         eprintln!("the silent stream ended after {waited:?}: {status:?}");
         // Not a graceful stop: the server's end of the relay is silent too, and would hold it.
+        server.crash().await;
+    }
+
+    #[tokio::test]
+    async fn the_deadline_ends_a_call_whose_stream_went_silent_after_its_head() {
+        let (server, _, _) = start().await;
+        let silence = CancellationToken::new();
+        let via = relay(server.addr(), silence.clone()).await;
+        let mut client =
+            GreeterClient::new(endpoint(format!("http://{via}")).unwrap().connect().await.unwrap());
+        let started = std::time::Instant::now();
+        let error = within_deadline(async {
+            let endless = GreetingsRequest { name: "ada".into(), count: 0, interval_ms: 5 };
+            let mut replies = client.greetings(deadline(endless)).await?.into_inner();
+            replies.message().await?.context("a first reply")?;
+            silence.cancel(); // the head and a reply came: only the body is left unbounded
+            while replies.message().await?.is_some() {}
+            anyhow::Ok(())
+        })
+        .await
+        .unwrap_err();
+        let status = error.downcast_ref::<Status>().expect("a status");
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+        // Keepalive would have ended it too, but later: the deadline came first.
+        let waited = started.elapsed();
+        assert!(waited < KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT, "ended after {waited:?}");
         server.crash().await;
     }
 
