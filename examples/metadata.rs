@@ -54,14 +54,19 @@ impl Interceptor for TraceEveryCall {
     }
 }
 
-/// A text value for an ASCII key. Stricter than the parser, which lets bytes above 127
-/// through even though the reading side's `to_str()` then refuses them.
+/// A text value for an ASCII key, by gRPC's rule (its spec of gRPC over HTTP/2):
+/// `ASCII-Value → 1*( %x20-%x7E )`, space and printable ASCII, and no space at either end,
+/// which a receiver "may strip". HTTP/2 is looser, and so is the parser: it lets a tab and
+/// bytes above 127 through, and a tab even reaches the server's `to_str()` intact.
 fn ascii(text: &str) -> Result<MetadataValue<Ascii>, Status> {
-    let not_ascii = || Status::invalid_argument(format!("not printable ASCII: {text:?}"));
-    if !text.is_ascii() {
-        return Err(not_ascii());
+    let refused = |why: &str| Status::invalid_argument(format!("{why}: {text:?}"));
+    if !text.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+        return Err(refused("not printable ASCII (gRPC allows space to '~')"));
     }
-    text.parse().map_err(|_| not_ascii())
+    if text.starts_with(' ') || text.ends_with(' ') {
+        return Err(refused("a space at either end, which gRPC lets a receiver strip"));
+    }
+    text.parse().map_err(|_| refused("not a metadata value"))
 }
 
 // ---- the server half: read what came, answer with metadata of its own ----
@@ -217,6 +222,8 @@ struct KeyRules {
     sent_as: String,
     /// Why a value with a line break is refused: ASCII values must be printable.
     multi_line_value: Option<String>,
+    /// Why [`ascii`] refuses a tab, which the parser (and HTTP/2) would let through.
+    tab_value: Option<String>,
     /// Why a binary value's key without `-bin` is refused: a separate type, checked on parse.
     binary_key_without_bin: Option<String>,
 }
@@ -226,6 +233,7 @@ fn key_rules() -> KeyRules {
     KeyRules {
         sent_as: key.as_str().to_owned(),
         multi_line_value: "two\nlines".parse::<MetadataValue<Ascii>>().err().map(|e| e.to_string()),
+        tab_value: ascii("a\tb").err().map(|status| status.message().to_owned()),
         binary_key_without_bin: MetadataKey::<Binary>::from_bytes(b"trace")
             .err()
             .map(|e| e.to_string()),
@@ -266,6 +274,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(why) = rules.multi_line_value {
         println!("refused as an ASCII value: \"two\\nlines\" ({why})");
     }
+    if let Some(why) = rules.tab_value {
+        println!("refused by gRPC's rule, though HTTP/2 would carry it: {why}");
+    }
     if let Some(why) = rules.binary_key_without_bin {
         println!("refused as a binary key: \"trace\" ({why})");
     }
@@ -290,7 +301,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
 #[derive(Parser, Debug)]
 #[command(about = "gRPC metadata: request headers, response headers, trailers")]
 struct Args {
-    /// The user name the client sends as `x-user-name` (printable ASCII, as the key needs).
+    /// The user name the client sends as `x-user-name` (printable ASCII, no space at either
+    /// end: gRPC's rule for a text value).
     #[arg(long, default_value = "john", value_parser = printable_ascii)]
     user: String,
 }
@@ -363,9 +375,28 @@ mod tests {
     #[test]
     fn only_printable_ascii_makes_a_text_value() {
         assert!(ascii("john").is_ok());
+        assert!(ascii("john smith").is_ok(), "a space inside is printable ASCII");
         for refused in ["zoë", "two\nlines"] {
             assert_eq!(ascii(refused).unwrap_err().code(), Code::InvalidArgument, "{refused:?}");
         }
+    }
+
+    #[test]
+    fn a_tab_or_a_space_at_either_end_is_refused_as_grpc_refuses_it() {
+        // HTTP/2 and tonic's parser both take these; gRPC's ASCII-Value does not.
+        assert!("a\tb".parse::<MetadataValue<Ascii>>().is_ok());
+        let refusal = |text| ascii(text).map(drop).map_err(|status| status.message().to_owned());
+        assert_eq!(
+            refusal("a\tb"),
+            Err(r#"not printable ASCII (gRPC allows space to '~'): "a\tb""#.into())
+        );
+        for edge in [" ada", "ada ", " "] {
+            let why = refusal(edge).unwrap_err();
+            assert!(why.starts_with("a space at either end"), "{edge:?}: {why}");
+        }
+        let error = Args::try_parse_from(["metadata", "--user", "a\tb"]).unwrap_err().to_string();
+        assert!(error.contains("not printable ASCII"), "{error}");
+        assert!(Args::try_parse_from(["metadata", "--user", "ada "]).is_err());
     }
 
     #[test]

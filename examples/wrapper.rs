@@ -22,7 +22,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
 use clap::Parser;
@@ -33,6 +32,7 @@ use microkit::greeter::HelloGreeter;
 use microkit::proto::greeter::greeter_client::GreeterClient;
 use microkit::proto::greeter::{GreetingsRequest, HelloRequest};
 use microkit::server::RunningServer;
+use tokio::sync::watch;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::{Interceptor, InterceptorLayer, Routes};
@@ -96,18 +96,43 @@ where
                 None => "grpc-status in trailers".to_owned(),
             };
             journal.note(0, format!("{name}: response head, {status}"));
-            Ok(response.map(|body| NoticeEnd { inner: body, name, journal: Some(journal) }))
+            // A trailers-only answer ended with its head: no end is left to wait for.
+            let pending = response.headers().get("grpc-status").is_none().then_some(journal);
+            Ok(response.map(|body| NoticeEnd { inner: body, end: End { name, journal: pending } }))
         })
     }
 }
 
 pin_project_lite::pin_project! {
-    /// A response body that notes when its end (the trailers) goes by.
+    /// A response body that notes its end: when the trailers go by, or when it is dropped
+    /// before them.
     struct NoticeEnd<B> {
         #[pin]
         inner: B,
-        name: &'static str,
-        journal: Option<Journal>,
+        end: End,
+    }
+}
+
+/// A response's end, noted once. Noting it only when the trailers pass would miss every call
+/// that never gets them: a client that drops a stream, a deadline that fires, a connection
+/// that breaks. The body is dropped then, so `Drop` notes those ends as "cancelled", and a
+/// duration or an in-flight count built on this end cannot leak on exactly those calls.
+struct End {
+    name: &'static str,
+    journal: Option<Journal>,
+}
+
+impl End {
+    fn note(&mut self, how: &str) {
+        if let Some(journal) = self.journal.take() {
+            journal.note(0, format!("{}: response end{how}", self.name));
+        }
+    }
+}
+
+impl Drop for End {
+    fn drop(&mut self) {
+        self.note(" (cancelled)");
     }
 }
 
@@ -125,8 +150,8 @@ impl<B: Body> Body for NoticeEnd<B> {
             Some(Ok(frame)) => frame.is_trailers(),
             Some(Err(_)) | None => true,
         };
-        if ended && let Some(journal) = this.journal.take() {
-            journal.note(0, format!("{}: response end", this.name));
+        if ended {
+            this.end.note("");
         }
         Poll::Ready(frame)
     }
@@ -145,16 +170,19 @@ impl<B: Body> Body for NoticeEnd<B> {
 /// The one token the server accepts. A real service would verify a signed token instead.
 const TOKEN: &str = "let-me-in";
 
-/// Why a token can be refused before it is sent: a text metadata value travels as an HTTP/2
-/// header, so it must be visible ASCII. tonic's parser lets bytes above 127 through, and the
-/// server's `to_str()` then cannot read them: `é` would arrive as no token at all.
-const VISIBLE_ASCII: &str = "a metadata value must be visible ASCII (space to '~')";
+/// Why a token can be refused before it is sent: gRPC's rule for a text metadata value
+/// (`ASCII-Value` in its spec of gRPC over HTTP/2), stricter than HTTP/2's. tonic's parser
+/// follows HTTP's: it lets bytes above 127 through, which the server's `to_str()` cannot read
+/// (`é` would arrive as no token at all), a tab, and a trailing space a receiver may strip.
+const VISIBLE_ASCII: &str =
+    "a metadata value must be visible ASCII (space to '~'), no space at either end";
 
 /// The `authorization` value for `token`, or a refusal that names the rule it breaks.
 fn bearer(token: &str) -> Result<MetadataValue<Ascii>, Status> {
     let header = format!("Bearer {token}");
+    let grpc_ascii = header.bytes().all(|b| (b' '..=b'~').contains(&b)) && !header.ends_with(' ');
     match header.parse() {
-        Ok(value) if header.bytes().all(|b| (b' '..=b'~').contains(&b)) => Ok(value),
+        Ok(value) if grpc_ascii => Ok(value),
         _ => Err(Status::invalid_argument(format!("token {token:?} not sent: {VISIBLE_ASCII}"))),
     }
 }
@@ -195,20 +223,22 @@ fn check_token(journal: Journal) -> impl Interceptor + Clone {
     }
 }
 
-/// What one side's wrappers noted during a call, with the depth of each wrapper.
+/// What one side's wrappers noted during a call, with the depth of each wrapper. A `watch`,
+/// so a test can wait for a note that comes after the call (the server's end of a stream the
+/// client cancelled).
 #[derive(Clone, Default)]
-struct Journal(Arc<Mutex<Vec<Note>>>);
+struct Journal(watch::Sender<Vec<Note>>);
 
 /// A wrapper's depth in its stack (0 is outermost) and what it noted.
 type Note = (usize, String);
 
 impl Journal {
     fn note(&self, depth: usize, what: impl Into<String>) {
-        self.0.lock().unwrap().push((depth, what.into()));
+        self.0.send_modify(|notes| notes.push((depth, what.into())));
     }
 
     fn take(&self) -> Vec<Note> {
-        std::mem::take(&mut *self.0.lock().unwrap())
+        self.0.send_replace(Vec::new())
     }
 }
 
@@ -444,10 +474,57 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_stream_the_client_cancels_has_its_end_noted_on_both_sides() {
+        let demo = Demo::start().await.unwrap();
+        let mut server_notes = demo.server_journal.0.subscribe();
+        let mut client = client_with_token(demo.channel.clone(), &demo.client, TOKEN.into());
+        let endless = GreetingsRequest { name: "ada".into(), count: 0, interval_ms: 5 };
+        let mut stream = client.greetings(endless).await.unwrap().into_inner();
+        for _ in 0..2 {
+            stream.message().await.unwrap().expect("an endless stream ended");
+        }
+        drop(stream); // the client goes away: no trailers will ever come
+        let cancelled = |side: &str| (0, format!("{side} log: response end (cancelled)"));
+        assert_eq!(demo.client.take().last(), Some(&cancelled("client")));
+        // The server's end comes when the reset reaches it and its body is dropped.
+        let noted = server_notes.wait_for(|notes| notes.contains(&cancelled("server")));
+        let noted = tokio::time::timeout(microkit::PATIENCE, noted).await.is_ok();
+        assert!(noted, "the server never noted the end: {:?}", demo.server_journal.take());
+        demo.server.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_timeout_layer_bounds_the_response_head_not_the_stream_after_it() {
+        let demo = Demo::start().await.unwrap();
+        let mut client = client_with_token(demo.channel.clone(), &demo.client, TOKEN.into());
+        // tonic keeps a per-call timeout with a timeout layer inside the channel, the same
+        // kind as tower's `TimeoutLayer`: it watches the future that yields the head.
+        let slow = GreetingsRequest { name: "ada".into(), count: 3, interval_ms: 1000 };
+        let mut request = Request::new(slow);
+        request.set_timeout(std::time::Duration::from_secs(1));
+        let started = std::time::Instant::now();
+        let replies: Vec<_> = client.greetings(request).await.unwrap().into_inner().collect().await;
+        assert!(started.elapsed() >= std::time::Duration::from_secs(2), "not a slow stream");
+        assert_eq!(replies.len(), 3, "{replies:?}");
+        assert!(replies.iter().all(Result::is_ok), "the stream outlived its timeout: {replies:?}");
+        demo.server.shutdown().await.unwrap();
+    }
+
     #[test]
     fn a_token_flag_that_is_not_visible_ascii_is_refused_naming_the_rule() {
         let error = Args::try_parse_from(["wrapper", "--token", "é"]).unwrap_err().to_string();
         assert!(error.contains("a metadata value must be visible ASCII"), "{error}");
+    }
+
+    #[test]
+    fn a_token_with_a_tab_or_a_trailing_space_is_refused_as_grpc_refuses_it() {
+        // Both would pass tonic's parser, and a tab would reach the server's `to_str()`.
+        for token in ["let\tme-in", "let-me-in ", ""] {
+            let status = bearer(token).unwrap_err();
+            assert!(status.message().contains("no space at either end"), "{token:?}: {status}");
+        }
+        assert!(bearer(TOKEN).is_ok());
     }
 
     #[tokio::test]

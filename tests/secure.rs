@@ -14,6 +14,7 @@ use microkit::proto::greeter::greeter_client::GreeterClient;
 use microkit::tls::Authority;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, ChildStdout};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -78,6 +79,40 @@ async fn a_connection_that_never_says_hello_is_cut_after_the_handshake_timeout()
     let (code, _, stderr) = stop(server, stdout).await;
     assert_eq!(code, Some(0));
     assert!(stderr.contains("the client never finished its handshake"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_real_client_is_served_at_once_past_a_crowd_of_silent_connections() {
+    let certs = tempfile::tempdir().unwrap();
+    let (server, stdout, addr) = start_server(certs.path()).await;
+    // Four times the 16 handshakes the server once ran at a time, each connected and silent.
+    let mut silent = Vec::new();
+    for _ in 0..64 {
+        silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let read = |file: &str| std::fs::read_to_string(certs.path().join(file)).unwrap();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.pem")))
+        .identity(Identity::from_pem(read("client.pem"), read("client.key")))
+        .domain_name("localhost");
+    let started = std::time::Instant::now();
+    let call = async {
+        let channel = Endpoint::from_shared(format!("https://{addr}"))?.tls_config(tls)?;
+        let mut greeter = GreeterClient::new(channel.connect().await?);
+        let reply = greeter.say_hello(HelloRequest { name: "ada".into() }).await?;
+        anyhow::Ok(reply.into_inner().message)
+    };
+    let reply = tokio::time::timeout(LIMIT, call).await.expect("no answer within 30 s");
+    let waited = started.elapsed();
+    assert_eq!(reply.unwrap(), "hello ada");
+    // A silent connection is cut after 5 s: a client that queued behind even one batch of
+    // them waited at least that long.
+    assert!(waited < Duration::from_secs(4), "the real client waited {waited:?}");
+    eprintln!("served after {waited:?}, past 64 silent connections");
+    drop(silent);
+    let (code, rest, stderr) = stop(server, stdout).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(rest.starts_with("stopped on SIGTERM: calls served 1,"), "{rest}");
 }
 
 /// Sends SIGTERM to `server`, and only to it; returns its exit code, stdout and stderr.

@@ -136,3 +136,39 @@ async fn a_second_stop_request_exits_1_at_once_while_a_stream_is_open() {
     let rest = stderr.next_line().await.unwrap().unwrap_or_default();
     assert_eq!(rest, "SIGTERM again: exiting at once");
 }
+
+/// Sends `signal` (`-STOP`, `-CONT`) to the server this test started, by its pid.
+fn send(server: &Child, signal: &str) {
+    let pid = server.id().expect("the server is running").to_string();
+    let status = std::process::Command::new("kill").args([signal, &pid]).status().unwrap();
+    assert!(status.success(), "kill {signal} {pid} failed");
+}
+
+#[tokio::test]
+async fn a_client_whose_server_froze_fails_within_its_deadline_instead_of_hanging() {
+    let (mut server, addr) = start_server().await;
+    // Frozen, not gone: the kernel still accepts the connection and acknowledges every byte,
+    // but no answer ever comes, and nothing closes. Without a deadline the client waited
+    // here for ever.
+    send(&server, "-STOP");
+    let mut client = example("stream");
+    client.args(["client", "--addr", &addr.to_string()]);
+    let started = Instant::now();
+    let output = run_within(client, Duration::from_secs(60)).await;
+    let waited = started.elapsed();
+    send(&server, "-CONT");
+
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    // Its first call's deadline is 5 s (keepalive would end the connection within 10 s).
+    assert!(waited >= Duration::from_secs(4), "it gave up before its deadline: {waited:?}");
+    assert!(waited < Duration::from_secs(25), "it waited {waited:?} for a frozen server");
+    assert!(stderr.contains("the call did not end within 5s"), "{stderr}");
+
+    terminate(&server);
+    let status = tokio::time::timeout(Duration::from_secs(10), server.wait())
+        .await
+        .expect("the server did not stop after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "the server exited {status:?} after SIGTERM");
+}

@@ -41,16 +41,18 @@ use microkit::proto::greeter::greeter_server::GreeterServer;
 use microkit::server::RunningServer;
 use microkit::tls::{Authority, Issued, Validity};
 use rustls::RootCertStore;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use rustls::server::{ServerConfig, WebPkiClientVerifier};
+use rustls::client::verify_server_name;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::server::{ParsedCertificate, ServerConfig, WebPkiClientVerifier};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{ClientTlsConfig, Endpoint, Server};
-use tonic::{Request, Status};
+use tonic::{Code, Request, Status};
 
 use refusal::{client_refusal, server_refusal};
 
@@ -59,6 +61,11 @@ const HOST: &str = "localhost";
 /// How long a new connection may take to finish its TLS handshake. A real client sends its
 /// hello at once; one that says nothing holds a socket and a task, so it is cut.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Handshakes under way at once, each a task of its own. The bound is what a crowd of silent
+/// peers can hold (a socket and a task each, for [`HANDSHAKE_TIMEOUT`]), and it must be far
+/// above what one attacker opens cheaply: at 16, sixteen idle sockets stalled every real
+/// client for 5 s, and 64 for 20 s, while the real ones waited behind them unaccepted.
+const HANDSHAKES: usize = 1024;
 
 /// What the client checks: a server certificate that chains to `ca` (and to no other CA:
 /// no system roots), names `HOST`, and is within its dates. The server listens on
@@ -109,12 +116,38 @@ async fn serve_tls(
     refusals: mpsc::UnboundedSender<String>,
     stop: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    // Handshakes run side by side: one slow client must not hold up the others.
-    let incoming = tcp
-        .map(move |tcp| handshake(acceptor.clone(), tcp, refusals.clone()))
-        .buffer_unordered(16)
-        .filter_map(std::future::ready);
-    Server::builder().add_routes(routes).serve_with_incoming_shutdown(incoming, stop).await
+    let (handshaken, incoming) = mpsc::channel(16);
+    // Each connection is accepted at once and its handshake spawned: a silent peer holds up
+    // only its own task, never the accepting of the next connection.
+    let accepting = async move {
+        let mut tcp = tcp;
+        // Dropped with this future when the server stops: every handshake left is aborted.
+        let mut handshakes = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                Some(_) = handshakes.join_next() => {} // one finished: room for another
+                next = tcp.next(), if handshakes.len() < HANDSHAKES => {
+                    let Some(tcp) = next else { return };
+                    let (acceptor, refusals) = (acceptor.clone(), refusals.clone());
+                    let handshaken = handshaken.clone();
+                    handshakes.spawn(async move {
+                        if let Some(tls) = handshake(acceptor, tcp, refusals).await {
+                            let _ = handshaken.send(tls).await; // gone only if tonic stopped
+                        }
+                    });
+                }
+            }
+        }
+    };
+    let serving = Server::builder()
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(ReceiverStream::new(incoming), stop);
+    tokio::pin!(serving);
+    tokio::select! {
+        served = &mut serving => served,
+        // The listener ended: serve what was handshaken, then stop with the channel.
+        () = accepting => serving.await,
+    }
 }
 
 /// One server-side handshake: the TLS stream, or `None` for a client that was refused.
@@ -137,18 +170,38 @@ async fn handshake(
     None
 }
 
+/// The clients a mutual-TLS server serves, by the name their certificate is issued for.
+const CLIENTS: &[&str] = &["client-1"];
+
+/// Which of `allowed` the client's certificate names. rustls has verified that certificate
+/// (chain to the CA, dates, `clientAuth` usage) before any call gets here, but not whose it
+/// is: every certificate the CA signed passes. Authorization is this check: the names in the
+/// certificate's SAN, compared by webpki's own name check (the one a client makes on a
+/// server's name), and a name that is not on the list is `PermissionDenied`.
+fn authorized(request: &Request<()>, allowed: &[&str]) -> Result<String, Status> {
+    let certs = request.peer_certs().filter(|certs| !certs.is_empty());
+    let certs = certs.ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+    let cert = ParsedCertificate::try_from(&certs[0])
+        .map_err(|_| Status::unauthenticated("the client certificate cannot be read"))?;
+    let names = |name: &&str| {
+        ServerName::try_from(*name).is_ok_and(|name| verify_server_name(&cert, &name).is_ok())
+    };
+    match allowed.iter().copied().find(names) {
+        Some(name) => Ok(name.to_owned()),
+        None => Err(Status::permission_denied("this client certificate is not on the list")),
+    }
+}
+
 /// The Greeter, counting in `verified` the calls that arrive with a verified client
-/// certificate. rustls has checked that certificate before any call gets here, so the
-/// interceptor sees facts, not claims.
+/// certificate whose name is on [`CLIENTS`].
 fn greeter(mutual: bool, verified: Arc<AtomicUsize>) -> Routes {
     let greeter = GreeterServer::with_interceptor(
         HelloGreeter::new("secure-node"),
         move |request: Request<()>| {
             if mutual {
-                match request.peer_certs() {
-                    Some(certs) if !certs.is_empty() => verified.fetch_add(1, Ordering::Relaxed),
-                    _ => return Err(Status::unauthenticated("a client certificate is required")),
-                };
+                let client = authorized(&request, CLIENTS)?;
+                tracing::info!(%client, "a call from an allowed client");
+                verified.fetch_add(1, Ordering::Relaxed);
             }
             Ok(request)
         },
@@ -206,6 +259,9 @@ async fn demo() -> anyhow::Result<()> {
         served(&mutual(&server_cert), Some(with_cert(&ca.client("client-1")?))).await?;
     println!("  client with a certificate from {}: {reply}", ca.name());
     println!("  calls that reached the handler with a verified client certificate: {verified}");
+    // Signed by the same CA, so rustls accepts it; only the list of clients refuses it.
+    let why = refused(&mutual(&server_cert), Some(with_cert(&ca.client("client-2")?))).await?;
+    println!("  refused, client certificate for a name not on the list: {why}");
     let why = refused(&mutual(&server_cert), Some(trusting(&ca))).await?;
     println!("  refused, client without a certificate: {why}");
     let why =
@@ -269,6 +325,15 @@ async fn refused(setup: &Setup<'_>, client: Option<ClientTlsConfig>) -> anyhow::
         Err(error) => error,
     };
     tracing::info!(error = format!("{error:#}"), "the client's error");
+    // The handshake passed, and the server refused the call itself: its status says why.
+    if let Some(status) = error.downcast_ref::<Status>()
+        && status.code() == Code::PermissionDenied
+    {
+        let why =
+            format!("the server refused the call: {:?} \"{}\"", status.code(), status.message());
+        server.running.shutdown().await?;
+        return Ok(why);
+    }
     // Every failed handshake fails on both sides; the side that refused knows why.
     let server_saw = server.next_refusal().await;
     server.running.shutdown().await?;
@@ -364,10 +429,21 @@ mod tests {
         let (ca, _) = authorities();
         let server_cert = ca.server(HOST).unwrap();
         let setup = Setup { identity: &server_cert, client_ca: Some(&ca) };
-        let tls = trusting(&ca).identity(ca.client("c").unwrap().identity());
+        let tls = trusting(&ca).identity(ca.client(CLIENTS[0]).unwrap().identity());
         let (reply, verified) = served(&setup, Some(tls)).await.unwrap();
         assert_eq!(reply, "hello ada, answered by secure-node");
         assert_eq!(verified, 1);
+    }
+
+    #[tokio::test]
+    async fn mutual_tls_refuses_a_client_the_same_ca_signed_for_a_name_not_on_the_list() {
+        let (ca, _) = authorities();
+        let stranger = ca.client("client-2").unwrap();
+        let why = refused_by_mutual_server(&ca, trusting(&ca).identity(stranger.identity()))
+            .await
+            .unwrap();
+        let denied = "PermissionDenied \"this client certificate is not on the list\"";
+        assert_eq!(why, format!("the server refused the call: {denied}"));
     }
 
     #[tokio::test]

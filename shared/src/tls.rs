@@ -104,14 +104,16 @@ impl Authority {
         self.issue(host, vec![host.to_owned()], ExtendedKeyUsagePurpose::ServerAuth, validity)
     }
 
-    /// A client certificate whose common name is `name`, for mutual TLS.
+    /// A client certificate for mutual TLS, issued for `name`: its common name, and a DNS
+    /// name in its SAN, which is what a server that authorizes clients by name checks
+    /// (webpki compares SAN names only, never the common name).
     pub fn client(&self, name: &str) -> Result<Issued, rcgen::Error> {
         self.client_valid(name, Validity::Current)
     }
 
     /// A client certificate for `name`, valid when `validity` says.
     pub fn client_valid(&self, name: &str, validity: Validity) -> Result<Issued, rcgen::Error> {
-        self.issue(name, Vec::new(), ExtendedKeyUsagePurpose::ClientAuth, validity)
+        self.issue(name, vec![name.to_owned()], ExtendedKeyUsagePurpose::ClientAuth, validity)
     }
 
     fn issue(

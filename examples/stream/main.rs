@@ -6,7 +6,9 @@
 //! requests; the client half-closes, only then the server answers once) and bidirectional (in
 //! turn; the client half-closes, the server sees the end and closes its side). Then the two
 //! ways a stream ends badly: the client goes away (the server notices and stops producing),
-//! and the server goes away (the client gets a clear status, not a hang).
+//! and the server goes away (the client gets a clear status, not a hang). A server that goes
+//! silent without closing is bounded too: a deadline per call ([`within_deadline`]) and
+//! HTTP/2 keepalive on the channel ([`endpoint`]).
 //!
 //! go-micro's example never half-closed (said "I am done sending" while still reading), and
 //! nothing showed what a server does when its client disappears.
@@ -19,14 +21,18 @@
 //! cargo run --example stream -- client --addr 127.0.0.1:50051
 //! ```
 //!
-//! Prints `tests/golden/stream.txt`; explained in `notes/stream.md`.
+//! Prints `tests/golden/stream.txt`; explained in `notes/stream.md`. The two roles are in
+//! `roles.rs`.
 
-use std::net::SocketAddr;
+// the server and client roles, for two terminals
+mod roles;
+
+use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use futures::Stream;
 use microkit::PATIENCE;
 use microkit::proto::greeter::greeter_client::GreeterClient;
@@ -35,9 +41,7 @@ use microkit::proto::greeter::{GreetingsRequest, HelloReply, HelloRequest, Names
 use microkit::server::RunningServer;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Channel, Server};
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status, Streaming};
 
 // ---- the server side: what it sees of each stream ----
@@ -171,13 +175,57 @@ impl Greeter for StreamGreeter {
     }
 }
 
+// ---- the client's bounds: a deadline per call, keepalive per connection ----
+
+/// How long one call of the client may take, request to end. tonic sends it as `grpc-timeout`
+/// ([`deadline`]) but keeps it only until the response head, so [`within_deadline`] keeps it.
+const CALL_DEADLINE: Duration = Duration::from_secs(5);
+/// After this long without a byte from the server, the client sends an HTTP/2 PING; a PING
+/// unanswered for [`KEEPALIVE_TIMEOUT`] ends the connection and every call on it. A peer that
+/// froze, or a path gone silent without closing, gives no other sign: TCP alone may wait
+/// for ever (a frozen peer's kernel still acknowledges every byte).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A channel to `url` with the client's bounds: connect within [`PATIENCE`]; PING even while
+/// no call is open, so a dead connection is found before a call is made on it.
+fn endpoint(url: String) -> anyhow::Result<Endpoint> {
+    Ok(Endpoint::from_shared(url)?
+        .connect_timeout(PATIENCE)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true))
+}
+
+/// `message` as a request that tells the server its deadline (`grpc-timeout`).
+fn deadline<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.set_timeout(CALL_DEADLINE);
+    request
+}
+
+/// Runs a whole call within [`CALL_DEADLINE`]; dropped at the deadline, it is cancelled.
+async fn within_deadline<T>(call: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    let expired =
+        || Status::deadline_exceeded(format!("the call did not end within {CALL_DEADLINE:?}"));
+    match tokio::time::timeout(CALL_DEADLINE, call).await {
+        Err(_) => Err(expired().into()),
+        // tonic's timer for the head (the same deadline) may fire first, as a `Cancelled`
+        // "Timeout expired": one deadline, one error.
+        Ok(Err(error)) if error.chain().any(|cause| cause.is::<tonic::TimeoutExpired>()) => {
+            Err(expired().into())
+        }
+        Ok(result) => result,
+    }
+}
+
 // ---- the client side: one function per stream shape ----
 
 /// One request, the replies as they come, until the server's clean end.
 async fn server_streaming(client: &mut GreeterClient<Channel>) -> anyhow::Result<Vec<HelloReply>> {
     println!("server streaming: one request, 3 replies");
     let request = GreetingsRequest { name: "ada".into(), count: 3, interval_ms: 0 };
-    let mut stream = client.greetings(request).await?.into_inner();
+    let mut stream = client.greetings(deadline(request)).await?.into_inner();
     let mut replies = Vec::new();
     // `message()` is `Ok(None)` at a clean end, `Err(status)` if the stream broke.
     while let Some(reply) = stream.message().await? {
@@ -193,7 +241,7 @@ async fn client_streaming(client: &mut GreeterClient<Channel>) -> anyhow::Result
     println!("client streaming: 3 names, then the client half-closes");
     // The request stream ends after its last item: that end *is* the half-close.
     let names = futures::stream::iter(["ada", "bo", "cy"].map(|n| HelloRequest { name: n.into() }));
-    let summary = client.collect_names(names).await?.into_inner();
+    let summary = client.collect_names(deadline(names)).await?.into_inner();
     println!("  client got the summary: {}", summary.message);
     Ok(summary)
 }
@@ -203,7 +251,7 @@ async fn bidirectional(client: &mut GreeterClient<Channel>) -> anyhow::Result<Ve
     println!("bidirectional: one name at a time, in turn");
     // Our sending half is a channel: we decide when to send, and dropping it half-closes.
     let (to_server, outgoing) = mpsc::channel(4);
-    let mut stream = client.chat(ReceiverStream::new(outgoing)).await?.into_inner();
+    let mut stream = client.chat(deadline(ReceiverStream::new(outgoing))).await?.into_inner();
     let mut replies = Vec::new();
     for name in ["ada", "bo"] {
         println!("  client sent {name}");
@@ -227,7 +275,7 @@ async fn bidirectional(client: &mut GreeterClient<Channel>) -> anyhow::Result<Ve
 async fn client_goes_away(client: &mut GreeterClient<Channel>) -> anyhow::Result<()> {
     println!("the client goes away from an endless stream");
     let endless = GreetingsRequest { name: "ada".into(), count: 0, interval_ms: 5 };
-    let mut replies = client.greetings(endless).await?.into_inner();
+    let mut replies = client.greetings(deadline(endless)).await?.into_inner();
     for _ in 0..3 {
         replies.message().await?.context("an endless stream ended")?;
     }
@@ -242,7 +290,7 @@ async fn client_goes_away(client: &mut GreeterClient<Channel>) -> anyhow::Result
 async fn server_goes_away() -> anyhow::Result<Option<Code>> {
     println!("the server goes away mid-stream");
     let server = microkit::greeter::serve("doomed").await?;
-    let mut client = GreeterClient::new(Channel::from_shared(server.url())?.connect().await?);
+    let mut client = GreeterClient::new(endpoint(server.url())?.connect().await?);
     let endless = GreetingsRequest { name: "ada".into(), count: 0, interval_ms: 5 };
     let mut replies = client.greetings(endless).await?.into_inner();
     for _ in 0..2 {
@@ -270,12 +318,13 @@ async fn server_goes_away() -> anyhow::Result<Option<Code>> {
 
 // ---- the story: every shape against one server, then a server that dies ----
 
-/// The steps the client role runs too: the three shapes, then a client that goes away.
+/// The steps the client role runs too: the three shapes, then a client that goes away. Each
+/// is one call, under its deadline.
 async fn client_steps(client: &mut GreeterClient<Channel>) -> anyhow::Result<()> {
-    server_streaming(client).await?;
-    client_streaming(client).await?;
-    bidirectional(client).await?;
-    client_goes_away(client).await
+    within_deadline(server_streaming(client)).await?;
+    within_deadline(client_streaming(client)).await?;
+    within_deadline(bidirectional(client)).await?;
+    within_deadline(client_goes_away(client)).await
 }
 
 /// The one-process run: a server on a free port, every client step against it, then a
@@ -284,7 +333,7 @@ async fn run() -> anyhow::Result<()> {
     let greeter = StreamGreeter::new();
     let mut seen = greeter.seen.subscribe();
     let server = RunningServer::start(tonic::service::Routes::new(greeter.into_service())).await?;
-    let mut client = GreeterClient::new(Channel::from_shared(server.url())?.connect().await?);
+    let mut client = GreeterClient::new(endpoint(server.url())?.connect().await?);
     client_steps(&mut client).await?;
     // Wait (capped) until the server has noticed, so the printed order is fixed.
     tokio::time::timeout(PATIENCE, seen.wait_for(|seen| seen.clients_gone > 0))
@@ -294,105 +343,21 @@ async fn run() -> anyhow::Result<()> {
     server_goes_away().await.map(drop)
 }
 
-// ---- the roles, and the command line ----
-
-/// How long the server role lets open streams finish once asked to stop: an endless stream
-/// would otherwise keep it running for ever.
-const DRAIN: Duration = Duration::from_secs(5);
-
-/// The `server` role: serve until a stop request, drain the streams in flight (for at most
-/// [`DRAIN`]), print what it saw, exit 0.
-async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
-    let greeter = StreamGreeter::new();
-    let seen = greeter.seen.subscribe();
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("listening on {addr}"))?;
-    let addr = listener.local_addr()?; // port 0 asked for any free port: say which
-    // Armed before the ready line: a signal that follows it is a stop request, not a kill.
-    let stop_requested = microkit::signal::stop_requested();
-    // On stderr: stdout holds only results, never addresses.
-    eprintln!("serving the streaming Greeter on {addr}; ctrl-c or SIGTERM to stop");
-    let stop = CancellationToken::new();
-    let health = microkit::health::Health::new(&[microkit::greeter::GREETER]);
-    let serving = tokio::spawn(
-        Server::builder()
-            .add_service(greeter.into_service())
-            .add_service(health.service())
-            .add_service(microkit::health::reflection())
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener),
-                stop.clone().cancelled_owned(),
-            ),
-    );
-
-    let signal = stop_requested.await?;
-    microkit::signal::exit_on_next();
-    // NOT_SERVING first, then end the Watch streams, which would hold the drain open.
-    health.set_serving(false).await;
-    health.close();
-    eprintln!("{signal}: letting open streams finish, for at most {DRAIN:?}");
-    stop.cancel();
-    match tokio::time::timeout(DRAIN, serving).await {
-        Ok(served) => served?.with_context(|| format!("serving on {addr}"))?,
-        Err(_) => tracing::warn!("streams still open after {DRAIN:?} are cut"),
-    }
-    let seen = seen.borrow();
-    println!(
-        "server stopped: names read {}, half-closes seen {}, clients gone mid-stream {}",
-        seen.names.len(),
-        seen.half_closes,
-        seen.clients_gone
-    );
-    Ok(())
-}
-
-/// The `client` role: every client step against a server that is already running.
-async fn client(addr: SocketAddr) -> anyhow::Result<()> {
-    let channel = Channel::from_shared(format!("http://{addr}"))?
-        .connect_timeout(PATIENCE)
-        .connect()
-        .await
-        .with_context(|| format!("no stream server at {addr}: start one with `stream server`"))?;
-    client_steps(&mut GreeterClient::new(channel)).await
-}
-
-#[derive(Parser, Debug)]
-#[command(
-    about = "gRPC streams: server-, client- and bidi-streaming, half-close, peers going away"
-)]
-struct Args {
-    #[command(subcommand)]
-    role: Option<Role>,
-}
-
-#[derive(Subcommand, Debug)]
-enum Role {
-    /// Serve the streaming Greeter until ctrl-c, SIGTERM or SIGHUP.
-    Server {
-        #[arg(long, default_value = "127.0.0.1:50051")]
-        addr: SocketAddr,
-    },
-    /// Run the three stream shapes and a client that goes away, against a running server.
-    Client {
-        #[arg(long, default_value = "127.0.0.1:50051")]
-        addr: SocketAddr,
-    },
-}
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     microkit::init_tracing();
-    microkit::report(match Args::parse().role {
+    microkit::report(match roles::Args::parse().role {
         None => run().await,
-        Some(Role::Server { addr }) => serve(addr).await,
-        Some(Role::Client { addr }) => client(addr).await,
+        Some(role) => roles::run(role).await,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use roles::{Args, Role, client};
+    use std::net::SocketAddr;
+    use tokio_util::sync::CancellationToken;
 
     /// A [`StreamGreeter`] on a free port, what it saw, and a client of it.
     async fn start() -> (RunningServer, watch::Receiver<Seen>, GreeterClient<Channel>) {
@@ -450,6 +415,92 @@ mod tests {
     #[tokio::test]
     async fn a_server_that_dies_mid_stream_is_an_error_not_a_clean_end() {
         assert_eq!(server_goes_away().await.unwrap(), Some(Code::Unknown));
+    }
+
+    /// A TCP relay to `target` that forwards until `silence` is cancelled, then forwards
+    /// nothing and closes nothing: a path that went silent (a frozen peer, a NAT that forgot
+    /// the connection). The sockets stay open until the test's runtime ends.
+    async fn relay(target: SocketAddr, silence: CancellationToken) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut outbound = tokio::net::TcpStream::connect(target).await.unwrap();
+                let silence = silence.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        () = silence.cancelled() => {}
+                    }
+                    std::future::pending::<()>().await; // holds both sockets, says nothing
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn keepalive_ends_a_stream_whose_path_went_silent_without_closing() {
+        let (server, _, _) = start().await;
+        let silence = CancellationToken::new();
+        let via = relay(server.addr(), silence.clone()).await;
+        let channel = endpoint(format!("http://{via}")).unwrap().connect().await.unwrap();
+        // An endless feed with no deadline: only keepalive can tell that nobody answers.
+        let endless = GreetingsRequest { name: "ada".into(), count: 0, interval_ms: 5 };
+        let mut replies =
+            GreeterClient::new(channel).greetings(endless).await.unwrap().into_inner();
+        replies.message().await.unwrap().expect("a first reply");
+        silence.cancel();
+        let started = std::time::Instant::now();
+        let bound = KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT;
+        let end = tokio::time::timeout(bound + PATIENCE, async {
+            loop {
+                match replies.message().await {
+                    Ok(Some(_)) => continue, // replies already on their way
+                    Ok(None) => return None,
+                    Err(status) => return Some(status),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!("the stream still waited {:?} after the path went silent", started.elapsed())
+        });
+        let status = end.expect("a clean end, though the server never finished");
+        let waited = started.elapsed();
+        // The PING goes out after KEEPALIVE_INTERVAL without a byte, and is given up on
+        // KEEPALIVE_TIMEOUT later; hyper then closes the connection, and the stream reads a
+        // broken pipe. Nothing else here would end it: the relay closes nothing.
+        assert!(waited >= KEEPALIVE_TIMEOUT, "ended after {waited:?}, before keepalive could");
+        eprintln!("the silent stream ended after {waited:?}: {status:?}");
+        // Not a graceful stop: the server's end of the relay is silent too, and would hold it.
+        server.crash().await;
+    }
+
+    #[tokio::test]
+    async fn the_deadline_ends_a_call_whose_stream_went_silent_after_its_head() {
+        let (server, _, _) = start().await;
+        let silence = CancellationToken::new();
+        let via = relay(server.addr(), silence.clone()).await;
+        let mut client =
+            GreeterClient::new(endpoint(format!("http://{via}")).unwrap().connect().await.unwrap());
+        let started = std::time::Instant::now();
+        let error = within_deadline(async {
+            let endless = GreetingsRequest { name: "ada".into(), count: 0, interval_ms: 5 };
+            let mut replies = client.greetings(deadline(endless)).await?.into_inner();
+            replies.message().await?.context("a first reply")?;
+            silence.cancel(); // the head and a reply came: only the body is left unbounded
+            while replies.message().await?.is_some() {}
+            anyhow::Ok(())
+        })
+        .await
+        .unwrap_err();
+        let status = error.downcast_ref::<Status>().expect("a status");
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+        // Keepalive would have ended it too, but later: the deadline came first.
+        let waited = started.elapsed();
+        assert!(waited < KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT, "ended after {waited:?}");
+        server.crash().await;
     }
 
     #[tokio::test]

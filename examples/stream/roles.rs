@@ -1,0 +1,100 @@
+//! The two-process version: a `server` that serves the streaming Greeter until a stop
+//! request, then drains and prints its tally, and a `client` that runs every step against it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use microkit::proto::greeter::greeter_client::GreeterClient;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+use crate::{StreamGreeter, client_steps, endpoint};
+
+/// How long the server role lets open streams finish once asked to stop: an endless stream
+/// would otherwise keep it running for ever.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// The `server` role: serve until a stop request, drain the streams in flight (for at most
+/// [`DRAIN`]), print what it saw, exit 0.
+async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
+    let greeter = StreamGreeter::new();
+    let seen = greeter.seen.subscribe();
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
+    let addr = listener.local_addr()?; // port 0 asked for any free port: say which
+    // Armed before the ready line: a signal that follows it is a stop request, not a kill.
+    let stop_requested = microkit::signal::stop_requested();
+    // On stderr: stdout holds only results, never addresses.
+    eprintln!("serving the streaming Greeter on {addr}; ctrl-c or SIGTERM to stop");
+    let stop = CancellationToken::new();
+    let health = microkit::health::Health::new(&[microkit::greeter::GREETER]);
+    let routes = health.mount(tonic::service::Routes::new(greeter.into_service()));
+    let incoming = TcpIncoming::from(listener);
+    let stopped = stop.clone().cancelled_owned();
+    let serving = tokio::spawn(
+        Server::builder().add_routes(routes).serve_with_incoming_shutdown(incoming, stopped),
+    );
+
+    let signal = microkit::signal::stopping(stop_requested, "draining").await?;
+    // NOT_SERVING first, then end the Watch streams, which would hold the drain open.
+    health.set_serving(false).await;
+    health.close();
+    eprintln!("{signal}: letting open streams finish, for at most {DRAIN:?}");
+    stop.cancel();
+    match tokio::time::timeout(DRAIN, serving).await {
+        Ok(served) => served?.with_context(|| format!("serving on {addr}"))?,
+        Err(_) => tracing::warn!("streams still open after {DRAIN:?} are cut"),
+    }
+    let seen = seen.borrow();
+    println!(
+        "server stopped: names read {}, half-closes seen {}, clients gone mid-stream {}",
+        seen.names.len(),
+        seen.half_closes,
+        seen.clients_gone
+    );
+    Ok(())
+}
+
+/// The `client` role: every client step against a server that is already running.
+pub async fn client(addr: SocketAddr) -> anyhow::Result<()> {
+    let channel = endpoint(format!("http://{addr}"))?
+        .connect()
+        .await
+        .with_context(|| format!("no stream server at {addr}: start one with `stream server`"))?;
+    client_steps(&mut GreeterClient::new(channel)).await
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    about = "gRPC streams: server-, client- and bidi-streaming, half-close, peers going away"
+)]
+pub struct Args {
+    #[command(subcommand)]
+    pub role: Option<Role>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Role {
+    /// Serve the streaming Greeter until ctrl-c, SIGTERM or SIGHUP.
+    Server {
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        addr: SocketAddr,
+    },
+    /// Run the three stream shapes and a client that goes away, against a running server.
+    Client {
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        addr: SocketAddr,
+    },
+}
+
+/// Runs `role`.
+pub async fn run(role: Role) -> anyhow::Result<()> {
+    match role {
+        Role::Server { addr } => serve(addr).await,
+        Role::Client { addr } => client(addr).await,
+    }
+}
