@@ -5,7 +5,8 @@
 //! stream instead of hanging it. Python's grpcio calls both of the example's services
 //! through it, with stubs it generates from the repository's protos, hears a node's refusals
 //! with their codes and messages, and checks the proxy's own health. Then the faults: a hung
-//! service, a loop through the registry, unknown names, connections that send nothing, the
+//! service, a loop through the registry, unknown names, connections that send nothing or
+//! answer no ping, the per-connection stream limit, the
 //! file limit, and a stop with calls that will not end.
 
 mod common;
@@ -33,6 +34,9 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 /// Only turns a hang into a failure.
 const PATIENCE: Duration = Duration::from_secs(30);
+/// Calls named "hold" that have reached the node (and now hang there), and a signal on each.
+static HELD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static HELD_CHANGED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 const GREETER: &str = "greeter.v1.Greeter";
 
 /// A Greeter that tells what reached it: the caller's metadata and deadline come back in
@@ -63,6 +67,11 @@ impl Greeter for Echo {
             "invalid" => return Err(Status::invalid_argument("the name is invalid")),
             "internal" => return Err(Status::internal("something broke inside")),
             "slow" => tokio::time::sleep(PATIENCE * 2).await,
+            "hold" => {
+                HELD.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                HELD_CHANGED.notify_waiters();
+                tokio::time::sleep(PATIENCE * 2).await
+            }
             _ => {}
         }
         let mut response = Response::new(HelloReply { message, node: "echo".into(), seq: 0 });
@@ -727,4 +736,82 @@ async fn a_stop_cuts_what_is_still_running_at_its_drain_deadline() {
         }
     });
     assert!(end.await.expect("the stream ends").is_err(), "a cut stream ends in an error");
+}
+
+/// A peer that made its request and then answers nothing, not even HTTP/2's pings (a
+/// machine that vanished looks like this): the proxy pings every 10 s and cuts the
+/// connection when a ping goes unanswered for 10 s more.
+#[tokio::test]
+async fn a_peer_that_answers_no_ping_is_cut() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let setup = setup(&[]).await;
+    let mut stream = tokio::net::TcpStream::connect(&setup.addr).await.unwrap();
+    // One request by hand, its headers HPACK-encoded without compression: a call the proxy
+    // refuses at once (no node), so the connection has done its first request and is idle.
+    let mut block = vec![0x83, 0x86]; // :method POST, :scheme http
+    for (index, value) in [(0x44, "/billing.v1.Billing/Charge"), (0x5f, "application/grpc")] {
+        block.extend([index, value.len() as u8]); // :path, content-type
+        block.extend(value.as_bytes());
+    }
+    block.extend([0x40, 2]); // te: trailers, a name of its own
+    block.extend(b"te");
+    block.push(8);
+    block.extend(b"trailers");
+    let mut sent = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    sent.extend([0, 0, 0, 4, 0, 0, 0, 0, 0]); // SETTINGS, empty
+    sent.extend(&(block.len() as u32).to_be_bytes()[1..]);
+    sent.extend([1, 0x5, 0, 0, 0, 1]); // HEADERS, END_STREAM | END_HEADERS, stream 1
+    sent.extend(block);
+    stream.write_all(&sent).await.unwrap();
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    let read =
+        tokio::time::timeout(Duration::from_secs(20) + PATIENCE, stream.read_to_end(&mut seen));
+    assert!(read.await.is_ok(), "a peer that answers no ping was never cut");
+    assert!(started.elapsed() >= Duration::from_secs(15), "cut after {:?}", started.elapsed());
+    // Its frames: the refusal's HEADERS on stream 1, and at least one PING.
+    let (mut at, mut types) = (0, Vec::new());
+    while at + 9 <= seen.len() {
+        let length = u32::from_be_bytes([0, seen[at], seen[at + 1], seen[at + 2]]) as usize;
+        types.push(seen[at + 3]);
+        at += 9 + length;
+    }
+    assert!(types.contains(&0x1) && types.contains(&0x6), "frame types {types:?}");
+}
+
+/// One connection may open 64 streams at once (HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS):
+/// with 64 calls hanging on it, a 65th waits for a stream, while another connection is
+/// served at once.
+#[tokio::test]
+async fn one_connection_opens_at_most_64_streams() {
+    let setup = setup(&[]).await;
+    let _node = echo_node(&setup.registry, "echo-1").await;
+    let one = Endpoint::from_shared(format!("http://{}", setup.addr)).unwrap().connect_lazy();
+    let hanging: Vec<_> = (0..64)
+        .map(|_| {
+            let mut greeter = GreeterClient::new(one.clone());
+            tokio::spawn(async move {
+                let _ = greeter.say_hello(hello("hold")).await;
+            })
+        })
+        .collect();
+    let all_held = async {
+        loop {
+            let changed = HELD_CHANGED.notified();
+            if HELD.load(std::sync::atomic::Ordering::SeqCst) >= 64 {
+                break;
+            }
+            changed.await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, all_held).await.expect("64 calls reach the node");
+    let mut other = GreeterClient::new(setup.channel.clone());
+    let status = tokio::time::timeout(PATIENCE, other.say_hello(hello("fail"))).await.unwrap();
+    assert_eq!(status.unwrap_err().code(), Code::NotFound, "another connection is served");
+    let mut sixty_fifth = GreeterClient::new(one.clone());
+    let waited = tokio::time::timeout(Duration::from_secs(3), sixty_fifth.say_hello(hello("fail")));
+    assert!(waited.await.is_err(), "a 65th stream opened on the same connection");
+    for call in hanging {
+        call.abort();
+    }
 }
