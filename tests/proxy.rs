@@ -6,8 +6,8 @@
 //! through it, with stubs it generates from the repository's protos, hears a node's refusals
 //! with their codes and messages, and checks the proxy's own health. Then the faults: a hung
 //! service, a loop through the registry, unknown names, connections that send nothing or
-//! answer no ping, the per-connection stream limit, the
-//! file limit, and a stop with calls that will not end.
+//! answer no ping, the per-connection stream limit, the file limit, and a stop with calls
+//! that will not end.
 
 mod common;
 

@@ -104,8 +104,9 @@ pub struct NatsInstance {
     task: JoinHandle<anyhow::Result<u64>>,
 }
 
-/// Starts an instance: endpoint `greeter.SayHello` in the queue group every instance joins,
-/// and the discovery subjects, answered by async-nats's `service` module (or its stand-in).
+/// Starts an instance: endpoint `transport-greeter.SayHello` in the queue group every
+/// instance joins, and the discovery subjects, answered by async-nats's `service` module (or
+/// its stand-in).
 pub async fn serve_over_nats(bus: &Bus, node: &str) -> anyhow::Result<NatsInstance> {
     let stop = CancellationToken::new();
     let stopping = stop.clone();
