@@ -720,6 +720,17 @@ async fn a_stop_cuts_what_is_still_running_at_its_drain_deadline() {
     let endless = GreetingsRequest { name: "x".into(), count: 0, interval_ms: 20 };
     let mut stream = greeter.greetings(endless).await.unwrap().into_inner();
     assert!(stream.message().await.unwrap().is_some());
+    // The proxy's own health, watched: NOT_SERVING as the stop begins, then the watch ends.
+    let mut statuses = Box::pin(microkit::health::watch(setup.channel.clone(), "").await.unwrap());
+    let first = statuses.next().await.unwrap().unwrap();
+    assert_eq!(first, microkit::health::WireStatus::Serving);
+    let watched = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some(Ok(status)) = statuses.next().await {
+            seen.push(status);
+        }
+        seen
+    });
     let started = Instant::now();
     let (last, ok) = setup.proxy.stop().await;
     let took = started.elapsed();
@@ -735,6 +746,8 @@ async fn a_stop_cuts_what_is_still_running_at_its_drain_deadline() {
         }
     });
     assert!(end.await.expect("the stream ends").is_err(), "a cut stream ends in an error");
+    let seen = tokio::time::timeout(PATIENCE, watched).await.unwrap().unwrap();
+    assert_eq!(seen, [microkit::health::WireStatus::NotServing]);
 }
 
 /// A peer that made its request and then answers nothing, not even HTTP/2's pings (a
