@@ -29,6 +29,12 @@ use crate::propagation::{ClientLayer, ServerLayer, TracedBroker};
 
 pub const TOPIC: &str = "greeted";
 
+/// The greeter's name in the registry. Other topics register greeters too, and the notes
+/// run them all against one NATS: a plain `greeter` here would pick up whichever topic's
+/// node the registry lists first. Spans and metrics still say `greeter`: they name the
+/// role inside this trace, not a registry entry.
+pub const GREETER: &str = "trace-greeter";
+
 /// A gRPC server with both layers: trace outermost, so the span covers what is counted.
 async fn serve_grpc<S>(
     service: &'static str,
@@ -80,7 +86,7 @@ pub async fn greeter(
         tracer: tracer.clone(),
     };
     let server = serve_grpc("greeter", tracer, GreeterServer::new(greeter)).await?;
-    Ok(Registered::new(registry, server, "greeter", "greeter-1", ttl).await?)
+    Ok(Registered::new(registry, server, GREETER, "greeter-1", ttl).await?)
 }
 
 struct MiddleGreeter {
@@ -162,7 +168,7 @@ pub async fn gateway(
     port: u16,
 ) -> anyhow::Result<HttpServer> {
     let gateway = Arc::new(Gateway {
-        greeter: LiveNodes::watch_listed(registry, "greeter").await?,
+        greeter: LiveNodes::watch_listed(registry, GREETER).await?,
         channels: Channels::default(),
         client_layer: propagate.then(|| ClientLayer(tracer.clone())),
     });
