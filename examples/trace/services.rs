@@ -35,6 +35,15 @@ pub const TOPIC: &str = "greeted";
 /// role inside this trace, not a registry entry.
 pub const GREETER: &str = "trace-greeter";
 
+/// The methods of `greeter.v1.Greeter`, both gRPC servers here serve: the only values
+/// their `method` label takes besides `other` (a caller can send any path).
+const GREETER_METHODS: &[&str] = &[
+    "greeter.v1.Greeter/SayHello",
+    "greeter.v1.Greeter/Greetings",
+    "greeter.v1.Greeter/CollectNames",
+    "greeter.v1.Greeter/Chat",
+];
+
 /// A gRPC server with both layers: trace outermost, so the span covers what is counted.
 async fn serve_grpc<S>(
     service: &'static str,
@@ -51,7 +60,8 @@ where
     S::Response: axum::response::IntoResponse,
     S::Future: Send + 'static,
 {
-    let layers = ServiceBuilder::new().layer(ServerLayer(tracer.clone())).layer(RedLayer(service));
+    let red = RedLayer::grpc(service, GREETER_METHODS);
+    let layers = ServiceBuilder::new().layer(ServerLayer(tracer.clone())).layer(red);
     Ok(RunningServer::start_with(move |incoming, stop| {
         Server::builder()
             .layer(layers)
@@ -175,7 +185,11 @@ pub async fn gateway(
     let router = axum::Router::new()
         .route("/hello", get(hello))
         .with_state(gateway)
-        .layer(ServiceBuilder::new().layer(ServerLayer(tracer.clone())).layer(RedLayer("gateway")))
+        .layer(
+            ServiceBuilder::new()
+                .layer(ServerLayer(tracer.clone()))
+                .layer(RedLayer::http("gateway")),
+        )
         .merge(crate::metrics::route());
     Ok(HttpServer::start_on(std::net::SocketAddr::from(([127, 0, 0, 1], port)), router).await?)
 }
