@@ -47,7 +47,9 @@ use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-const SERVICE: &str = "greeter";
+/// The registry name of this topic's nodes: its own, because every topic's roles may run
+/// against one NATS, and another topic's client looking up `greeter` must not reach them.
+const SERVICE: &str = "health-greeter";
 
 /// Keeps `health` equal to what the node needs: SERVING while `dependency` (a server that
 /// reports its own health) does, NOT_SERVING while it does not or cannot be reached.

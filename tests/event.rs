@@ -80,7 +80,10 @@ async fn the_audit_process_gets_the_logins_it_missed_while_stopped() {
     // A stop request, unlike the kill: each finishes what it has in hand, prints its
     // tally and exits 0.
     terminate(&audit);
-    assert_eq!(next_line(&mut audit_out).await, format!("audit: {taken} events taken, 0 skipped"));
+    assert_eq!(
+        next_line(&mut audit_out).await,
+        format!("audit: {taken} events taken, 0 skipped, 0 duplicates dropped")
+    );
     assert!(tokio::time::timeout(LIMIT, audit.wait()).await.unwrap().unwrap().success());
     terminate(&serve);
     assert_eq!(next_line(&mut serve_out).await, "served: 3 accepted, 0 refused");

@@ -1,7 +1,8 @@
 //! The health example's `node` role as a process, seen from outside: a standard Health
 //! `Watch` sees SERVING, then NOT_SERVING when the node is asked to stop, then the end of
 //! the stream as it drains; and Python's grpcio, with no code generated from our protos,
-//! checks its health and calls SayHello through reflection alone.
+//! checks its health and calls SayHello through reflection alone. And a node of this topic
+//! beside the trace topic's services on one NATS takes none of their calls.
 
 mod common;
 
@@ -84,4 +85,60 @@ async fn python_client() {
          SayHello: hello python from greeter-py\n"
     );
     terminate(&node);
+}
+
+/// The trace topic's gateway, greeter and directory on the NATS where a health node runs,
+/// under an id that sorts before the trace greeter's: had both topics registered the same
+/// service name, the gateway would have called the health node first.
+#[tokio::test]
+async fn a_health_node_beside_the_trace_topic_gets_none_of_its_calls() {
+    tokio::time::timeout(LIMIT, two_topics()).await.expect("the two topics timed out");
+}
+
+async fn two_topics() {
+    let nats = microkit::nats::NatsServer::start().await.expect("this test needs nats-server");
+    let mut children = Vec::new();
+    let mut ready = Vec::new();
+    for (topic, args) in [
+        ("health", &["node", "--id", "greeter-0"][..]),
+        ("trace", &["directory"]),
+        ("trace", &["greeter"]),
+        ("trace", &["gateway"]),
+    ] {
+        let mut command = common::example(topic);
+        command.args(args).env("NATS_URL", nats.url());
+        let mut child = command.spawn().expect("starting a role");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        ready.push(common::next_line(&mut lines).await);
+        // Keep reading, so no role blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        children.push(child);
+    }
+    // "greeter serving on <addr>, metrics on http://<addr>/metrics"
+    let metrics = ready[2].split("metrics on ").nth(1).expect("the greeter's metrics").to_owned();
+    let gateway = ready[3].strip_prefix("gateway listening on ").expect("the gateway").to_owned();
+
+    // The gateway says it listens once it has seen every greeter listed: no probing needed.
+    let http = microkit::http::Forwarder::new();
+    let get = async |url: String| {
+        let request = http::Request::get(url).body(axum::body::Body::empty()).unwrap();
+        let response = http.send(request).await.expect("an answer");
+        let status = response.status().as_u16();
+        (status, microkit::http::body_text(response.into_body(), 1 << 20).await)
+    };
+    for n in 0..5 {
+        let answer = get(format!("{gateway}/hello?name=n{n}")).await;
+        assert_eq!(answer, (200, format!("hello n{n}")));
+    }
+    let (status, scrape) = get(metrics).await;
+    assert_eq!(status, 200);
+    let counted = r#"requests_total{service="greeter",method="greeter.v1.Greeter/SayHello"} "#;
+    let reached = scrape.lines().find_map(|line| line.strip_prefix(counted)).map(str::trim);
+    assert_eq!(reached, Some("5"), "calls that reached the trace greeter, of 5:\n{scrape}");
+
+    for child in &mut children {
+        terminate(child);
+        let status = child.wait().await.unwrap();
+        assert!(status.success(), "a role stopped with {status}");
+    }
 }

@@ -99,11 +99,11 @@ impl Serving {
     }
 }
 
-/// The ids of the `greeter` nodes, as another process sees them in the NATS registry.
+/// The ids of the `shutdown-greeter` nodes, as another process sees them in the NATS registry.
 async fn greeter_ids(nats_url: &str) -> Vec<String> {
     let backend = BackendArgs { backend: BackendChoice::Nats };
     let backend = backend.connect_with(Some(nats_url)).await.expect("reaching the test's NATS");
-    let nodes = backend.registry().nodes("greeter").await.expect("reading the registry");
+    let nodes = backend.registry().nodes("shutdown-greeter").await.expect("reading the registry");
     nodes.into_iter().map(|node| node.id).collect()
 }
 

@@ -11,9 +11,9 @@
 //! message. On the memory backend the stream is a list and a cursor per consumer name,
 //! which is exactly what JetStream keeps for us, minus the disk and the server.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -40,6 +40,11 @@ pub const MAX_EVENT_BYTES: usize = 64 * 1024;
 /// How long the stream remembers an event's `(source, id)` to drop a second copy: a client
 /// retrying within this window after an unanswered request stores its event once.
 pub const DEDUP_WINDOW: Duration = Duration::from_secs(120);
+/// How many events a durable consumer remembers having handled, to drop a second delivery
+/// of one. A redelivery comes soon after the first (a lost ack, a restart), so the latest
+/// 10,000 are plenty here, and the memory stays bounded (about 1 MB of keys) however long
+/// the consumer runs.
+pub const REMEMBERED: usize = 10_000;
 
 /// Why an event was not stored, or not surely: each asks the sender for something else.
 #[derive(Debug, thiserror::Error)]
@@ -49,9 +54,15 @@ pub enum PublishError {
     /// Nothing was sent (the client is not connected), so nothing can arrive later.
     #[error("NATS is unreachable, so the event was not stored")]
     Unreachable,
-    /// Sent, but the confirmation did not come: it may be stored. Sending it again with the
-    /// same id is safe (de-duplicated), and the only way to know.
-    #[error("JetStream did not confirm the event, so it may or may not be stored")]
+    /// Sent, but the confirmation did not come: it may be stored now, or later (a paused
+    /// server answers when it resumes). Sending it again with the same id is safe
+    /// (de-duplicated), and the only way to know.
+    #[error(
+        "unknown whether the event was stored: it was sent, and JetStream did not confirm it \
+         in time; sending it again with the same source and id is safe, a copy within {}s \
+         is dropped",
+        DEDUP_WINDOW.as_secs()
+    )]
     Unconfirmed(#[source] JetStreamError),
     #[error("the event was not stored")]
     NotStored(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -60,6 +71,41 @@ pub enum PublishError {
 pub struct EventBus {
     broker: Arc<dyn Broker>,
     store: Store,
+    /// Per durable consumer name, what it has handled: kept here rather than in each
+    /// [`Durable`], so a consumer bound again in this process still knows.
+    handled: Mutex<HashMap<String, Arc<Mutex<Handled>>>>,
+}
+
+/// The `(source, id)` of the last [`REMEMBERED`] events a consumer handled, oldest first,
+/// and how many deliveries it dropped as duplicates of one of them.
+#[derive(Default)]
+pub struct Handled {
+    keys: HashSet<String>,
+    order: VecDeque<String>,
+    duplicates: u64,
+}
+
+impl Handled {
+    /// True the first time `key` comes; a later time it is counted as a duplicate.
+    fn first_time(&mut self, key: String) -> bool {
+        if self.keys.contains(&key) {
+            self.duplicates += 1;
+            return false;
+        }
+        if self.order.len() == REMEMBERED
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.keys.remove(&oldest);
+        }
+        self.keys.insert(key.clone());
+        self.order.push_back(key);
+        true
+    }
+}
+
+/// What spots a duplicate: unique per source, as CloudEvents requires of `id`.
+fn key_of(event: &Event) -> String {
+    format!("{} {}", event.source(), event.id())
 }
 
 enum Store {
@@ -112,7 +158,7 @@ impl EventBus {
                 Store::JetStream(Box::new(jetstream))
             }
         };
-        Ok(EventBus { broker, store })
+        Ok(EventBus { broker, store, handled: Mutex::default() })
     }
 
     /// Publishes an event for both kinds of consumer, and returns once the stream has it:
@@ -123,7 +169,7 @@ impl EventBus {
         if json.len() > MAX_EVENT_BYTES {
             return Err(PublishError::TooLarge { size: json.len() });
         }
-        let (payload, key) = (Bytes::from(json), format!("{} {}", event.source(), event.id()));
+        let (payload, key) = (Bytes::from(json), key_of(event));
         match &self.store {
             Store::JetStream(jetstream) => {
                 // A publish while disconnected is queued in the client and sent on
@@ -167,6 +213,7 @@ impl EventBus {
 
     /// Forgets a durable consumer, so a demo run starts from a clean slate.
     pub async fn forget(&self, name: &str) -> anyhow::Result<()> {
+        self.handled.lock().unwrap().remove(name);
         match &self.store {
             Store::JetStream(jetstream) => {
                 let stream = jetstream.get_stream(STREAM).await?;
@@ -185,7 +232,8 @@ impl EventBus {
     /// Binds to the durable consumer `name`, creating it (from now on) if it is new, or
     /// resuming it where its last acknowledgement left it.
     pub async fn durable(&self, name: &str) -> anyhow::Result<Durable> {
-        match &self.store {
+        let handled = self.handled.lock().unwrap().entry(name.to_owned()).or_default().clone();
+        let source = match &self.store {
             Store::JetStream(jetstream) => {
                 let stream = jetstream.get_stream(STREAM).await?;
                 let consumer = stream
@@ -201,21 +249,27 @@ impl EventBus {
                         },
                     )
                     .await?;
-                Ok(Durable::JetStream(Box::new(consumer)))
+                Source::JetStream(Box::new(consumer))
             }
             Store::Memory(stream) => {
                 stream.send_modify(|memory| {
                     let end = memory.events.len();
                     memory.cursors.entry(name.to_owned()).or_insert(end);
                 });
-                Ok(Durable::Memory { stream: stream.clone(), name: name.to_owned() })
+                Source::Memory { stream: stream.clone(), name: name.to_owned() }
             }
-        }
+        };
+        Ok(Durable { source, handled })
     }
 }
 
-/// A durable consumer, bound.
-pub enum Durable {
+/// A durable consumer, bound: where its events come from, and what it already handled.
+pub struct Durable {
+    source: Source,
+    handled: Arc<Mutex<Handled>>,
+}
+
+enum Source {
     JetStream(Box<jetstream::consumer::Consumer<pull::Config>>),
     Memory { stream: watch::Sender<MemoryStream>, name: String },
 }
@@ -223,48 +277,73 @@ pub enum Durable {
 impl Durable {
     /// Takes up to `max` events, waiting at most `within` for them to arrive: each goes to
     /// `handle` (`None`: a payload that is not a CloudEvent), then is acknowledged. Returns
-    /// how many it took, which is fewer than `max` only when `within` ran out.
+    /// how many it handled, which is fewer than `max` only when `within` ran out.
     ///
     /// Acknowledging after handling is what makes this at-least-once: a consumer that dies
-    /// between the two gets the event again, so handlers must tolerate a duplicate (the
-    /// CloudEvent's `id` is there to spot one).
+    /// between the two, or whose ack the server lost (a server killed before it wrote the
+    /// ack down), gets the event again. So an event whose `(source, id)` was handled already
+    /// is acknowledged, counted in [`Durable::duplicates`], and not handled again.
     pub async fn take(
         &self,
         max: usize,
         within: Duration,
         mut handle: impl FnMut(Option<Event>),
     ) -> anyhow::Result<usize> {
+        let deadline = tokio::time::Instant::now() + within;
         let mut taken = 0;
-        match self {
-            Durable::JetStream(consumer) => {
-                // One pull request for up to `max`, held by the server until they are there
-                // or `within` ends: a wait on the server, not a poll.
-                let batch = consumer.batch().max_messages(max).expires(within);
-                let mut batch = batch.messages().await?;
-                while let Some(message) = batch.next().await {
-                    let message = message.map_err(|e| anyhow::anyhow!(e))?;
-                    handle(decode(&message.payload));
-                    // Wait for the server to confirm the ack: then a restart cannot replay it.
-                    message.double_ack().await.map_err(|e| anyhow::anyhow!(e))?;
-                    taken += 1;
+        let mut once = |payload: &[u8]| match decode(payload) {
+            Some(event) if !self.handled.lock().unwrap().first_time(key_of(&event)) => 0,
+            event => {
+                handle(event);
+                1
+            }
+        };
+        match &self.source {
+            Source::JetStream(consumer) => {
+                // One pull request for what is still wanted, held by the server until it is
+                // there or the deadline: a wait on the server, not a poll. Another follows
+                // only when duplicates took up places in the last one.
+                while taken < max {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    if left < Duration::from_millis(10) {
+                        break;
+                    }
+                    let batch = consumer.batch().max_messages(max - taken).expires(left);
+                    let mut batch = batch.messages().await?;
+                    let mut delivered = 0;
+                    while let Some(message) = batch.next().await {
+                        let message = message.map_err(|e| anyhow::anyhow!(e))?;
+                        delivered += 1;
+                        taken += once(&message.payload);
+                        // Wait for the server to confirm the ack: then a restart cannot
+                        // replay it (unless the server loses it, hence `once`).
+                        message.double_ack().await.map_err(|e| anyhow::anyhow!(e))?;
+                    }
+                    if delivered == 0 {
+                        break; // the pull expired with nothing: `within` ran out
+                    }
                 }
             }
-            Durable::Memory { stream, name } => {
-                let deadline = tokio::time::Instant::now() + within;
+            Source::Memory { stream, name } => {
                 let mut stored = stream.subscribe();
                 while taken < max {
                     let next = stored.wait_for(|stream| stream.next_for(name).is_some());
                     let Ok(next) = tokio::time::timeout_at(deadline, next).await else { break };
                     let payload = next?.next_for(name).cloned().expect("waited for it");
-                    handle(decode(&payload));
+                    taken += once(&payload);
                     stream.send_modify(|stream| {
                         *stream.cursors.entry(name.clone()).or_default() += 1
                     });
-                    taken += 1;
                 }
             }
         }
         Ok(taken)
+    }
+
+    /// How many deliveries this consumer (under its name, in this process) dropped as
+    /// duplicates of an event it had handled.
+    pub fn duplicates(&self) -> u64 {
+        self.handled.lock().unwrap().duplicates
     }
 }
 

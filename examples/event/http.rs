@@ -108,8 +108,9 @@ async fn ingest(
 }
 
 /// What CloudEvents 1.0 asks of an event that the SDK's parser does not check: this
-/// endpoint speaks 1.0 only (the SDK also reads 0.3), `id` and `source` are non-empty,
-/// and extension names are lower-case ASCII letters and digits.
+/// endpoint speaks 1.0 only (the SDK also reads 0.3), `id` and `source` are non-empty, so
+/// is `subject` when it is there (the spec: "if present, MUST be a non-empty string"), and
+/// extension names are lower-case ASCII letters and digits.
 pub fn check(event: &Event) -> Result<(), String> {
     if event.specversion() != SpecVersion::V10 {
         return Err(format!("specversion {} is not 1.0", event.specversion()));
@@ -120,6 +121,9 @@ pub fn check(event: &Event) -> Result<(), String> {
     if event.source().is_empty() {
         return Err("source must not be empty".to_owned());
     }
+    if event.subject().is_some_and(str::is_empty) {
+        return Err("subject must not be empty when present".to_owned());
+    }
     for (name, _) in event.iter_extensions() {
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) {
             return Err(format!("extension name {name:?} is not lower-case letters and digits"));
@@ -129,18 +133,28 @@ pub fn check(event: &Event) -> Result<(), String> {
 }
 
 async fn accept(bus: &EventBus, event: Event) -> Result<Accepted, ApiError> {
-    bus.publish(&event).await.map_err(|error| {
-        let status = match &error {
-            PublishError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            PublishError::Unconfirmed(_) => StatusCode::GATEWAY_TIMEOUT,
-            PublishError::Unreachable | PublishError::NotStored(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-        };
-        let reason = format!("{:#}", anyhow::Error::from(error));
-        tracing::warn!(reason, "an event was not accepted");
-        ApiError::new(status, reason)
-    })?;
+    bus.publish(&event).await.map_err(|error| not_accepted(&event, error))?;
     // 202: stored for delivery. Whoever consumes it does so later, elsewhere.
     Ok((StatusCode::ACCEPTED, event.id().to_owned()))
+}
+
+/// The answer to an event the bus did not take, or did not surely take. A 504 is not a
+/// "no": the event went out and may be stored, so its reason names the event (a login's
+/// id was made here, and the client has no other way to learn it) and says that sending
+/// the same event again is safe.
+pub fn not_accepted(event: &Event, error: PublishError) -> ApiError {
+    let status = match &error {
+        PublishError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        PublishError::Unconfirmed(_) => StatusCode::GATEWAY_TIMEOUT,
+        PublishError::Unreachable | PublishError::NotStored(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let reason = format!("{:#}", anyhow::Error::from(error));
+    let reason = match status {
+        StatusCode::GATEWAY_TIMEOUT => {
+            format!("event {} from {}: {reason}", event.id(), event.source())
+        }
+        _ => reason,
+    };
+    tracing::warn!(reason, "an event was not accepted");
+    ApiError::new(status, reason)
 }

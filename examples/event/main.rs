@@ -129,6 +129,8 @@ async fn login(router: &Router, user: &str, method: &str) -> anyhow::Result<Stat
 struct Told {
     notifier: (Vec<String>, Vec<String>),
     audit: (Vec<String>, Vec<String>),
+    /// Deliveries the durable consumer dropped: an event it had already handled.
+    duplicates: u64,
 }
 
 impl Told {
@@ -152,6 +154,10 @@ impl Told {
         let lost_by_audit = total - seen_by_audit.len() - audited.len();
         println!(
             "lost: notifier {lost_by_notifier} of {total} events, audit {lost_by_audit} of {total}"
+        );
+        println!(
+            "duplicates: audit dropped {} (a delivery of an event id it had handled)",
+            self.duplicates
         );
     }
 }
@@ -208,7 +214,11 @@ async fn run_all_here(backend: &Backend) -> anyhow::Result<Told> {
     let notified = notifier.users(1).await?;
     let audited = take_users(&audit, 3).await?;
     notifier.handler.stop().await;
-    let told = Told { notifier: (seen_by_notifier, notified), audit: (seen_by_audit, audited) };
+    let told = Told {
+        notifier: (seen_by_notifier, notified),
+        audit: (seen_by_audit, audited),
+        duplicates: audit.duplicates(),
+    };
     told.print_outcome();
     Ok(told)
 }

@@ -92,6 +92,8 @@ pub async fn audit(bus: &EventBus) -> anyhow::Result<()> {
             }
         }
     }
-    println!("audit: {taken} events taken, {skipped} skipped");
+    // Duplicates are caught within this run only: its memory of handled ids ends with it.
+    let duplicates = consumer.duplicates();
+    println!("audit: {taken} events taken, {skipped} skipped, {duplicates} duplicates dropped");
     Ok(())
 }

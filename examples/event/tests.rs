@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use super::*;
+use bytes::Bytes;
 use clap::Parser;
 use futures::StreamExt;
 use microkit::backend::{BackendArgs, BackendChoice};
@@ -27,6 +28,7 @@ fn assert_the_story_holds(told: &Told) {
     let before = users(&["ada", "grace", "barbara"]);
     assert_eq!(told.notifier, (before.clone(), users(&["dennis"])));
     assert_eq!(told.audit, (before, users(&["ken", "margaret", "dennis"])));
+    assert_eq!(told.duplicates, 0);
 }
 
 #[tokio::test]
@@ -144,6 +146,42 @@ async fn the_durable_consumer_loses_nothing_across_a_nats_server_restart() {
     assert_eq!(received, published, "every event once, in order: 0 lost, 0 duplicated");
 }
 
+/// Two deliveries of one event, as a redelivery after a lost ack looks to a consumer: the
+/// same CloudEvent stored twice, here by publishing it straight to the stream without the
+/// `Nats-Msg-Id` that the bus's own publish would add.
+#[tokio::test]
+async fn a_second_delivery_of_an_event_is_dropped_and_counted() {
+    let server = NatsServer::start().await.expect(INSTALL_HINT);
+    let backend = nats_backend(&server).await;
+    let bus = EventBus::connect(&backend).await.unwrap();
+    let audit = bus.durable(AUDIT).await.unwrap();
+    let Backend::Nats { client, .. } = &backend else { panic!("not NATS") };
+    let jetstream = async_nats::jetstream::new(client.clone());
+    let (twice, once) = (login_event("twice"), login_event("once"));
+    for event in [&twice, &twice, &once] {
+        let json = Bytes::from(serde_json::to_vec(event).unwrap());
+        jetstream.publish(bus::SUBJECT, json).await.unwrap().await.unwrap();
+    }
+    let mut ids = Vec::new();
+    let record = |e: Option<Event>| ids.extend(e.map(|e| e.id().to_owned()));
+    assert_eq!(audit.take(2, PATIENCE, record).await.unwrap(), 2);
+    assert_eq!(ids, [twice.id(), once.id()], "each event handled once");
+    assert_eq!(audit.duplicates(), 1);
+
+    // Bound again in this process, the consumer still knows what it handled: `once` comes
+    // again (dropped), then a new event (handled).
+    let after = login_event("after");
+    for event in [&once, &after] {
+        let json = Bytes::from(serde_json::to_vec(event).unwrap());
+        jetstream.publish(bus::SUBJECT, json).await.unwrap().await.unwrap();
+    }
+    let again = bus.durable(AUDIT).await.unwrap();
+    let mut ids = Vec::new();
+    let record = |e: Option<Event>| ids.extend(e.map(|e| e.id().to_owned()));
+    assert_eq!(again.take(1, PATIENCE, record).await.unwrap(), 1);
+    assert_eq!((ids, again.duplicates()), (vec![after.id().to_owned()], 2));
+}
+
 #[tokio::test]
 async fn the_roles_need_a_shared_server() {
     // A role explains what to do instead of running alone on a backend nobody else shares.
@@ -217,6 +255,24 @@ async fn a_503_means_not_stored_and_a_retried_id_is_stored_once() {
     assert_eq!(take(2).await, ["sso-1", "sso-3"], "a retried id is stored once");
 }
 
+#[test]
+fn a_504_says_the_outcome_is_unknown_and_a_retry_with_the_same_id_is_safe() {
+    use async_nats::jetstream::context::{PublishError as JetStreamError, PublishErrorKind};
+    let event = serde_json::from_str(&sso_login("sso-9", "ada")).unwrap();
+    let timed_out = JetStreamError::new(PublishErrorKind::TimedOut);
+    let answer = http::not_accepted(&event, bus::PublishError::Unconfirmed(timed_out));
+    assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
+    let reason = answer.reason;
+    assert!(reason.starts_with("event sso-9 from /sso: unknown whether"), "{reason}");
+    assert!(reason.contains("again with the same source and id is safe"), "{reason}");
+    assert!(!reason.contains("not stored"), "{reason}");
+
+    // Nothing sent: then, and only then, "not stored".
+    let answer = http::not_accepted(&event, bus::PublishError::Unreachable);
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(answer.reason.contains("not stored"), "{}", answer.reason);
+}
+
 #[tokio::test]
 async fn a_retried_id_is_stored_once_in_memory_too() {
     let bus = Arc::new(EventBus::connect(&memory_backend().await).await.unwrap());
@@ -239,6 +295,10 @@ async fn what_the_cloudevents_spec_forbids_is_refused() {
     for (body, reason) in [
         (format!(r#"{{"specversion":"1.0","id":"","source":"/s","type":"{ty}"}}"#), "id"),
         (format!(r#"{{"specversion":"1.0","id":"x","source":"","type":"{ty}"}}"#), "source"),
+        (
+            format!(r#"{{"specversion":"1.0","id":"x","source":"/s","type":"{ty}","subject":""}}"#),
+            "subject",
+        ),
         (format!(r#"{{"specversion":"0.3","id":"x","source":"/s","type":"{ty}"}}"#), "0.3"),
         (
             format!(r#"{{"specversion":"1.0","id":"x","source":"/s","type":"{ty}","Tenant":"a"}}"#),

@@ -45,8 +45,9 @@ use roles::Settings;
 
 mod roles;
 
-/// The service this node registers under.
-const SERVICE: &str = "greeter";
+/// The service this node registers under: a name of this topic's own, since every topic's
+/// roles may share one NATS, and a client of another topic's `greeter` must not find it.
+const SERVICE: &str = "shutdown-greeter";
 /// How long the registry keeps the node without a heartbeat.
 const TTL: Duration = Duration::from_secs(3);
 /// The cap on talking to the registry while stopping: a stop must not hang on it.

@@ -1,5 +1,9 @@
 //! RED metrics (rate, errors, duration) per service and method, from one tower layer on
 //! every server, through the `metrics` facade to Prometheus text on `/metrics`.
+//!
+//! Every label value is a series the process keeps for ever, so a label comes only from a
+//! set the server fixes: the route that matched and a standard HTTP method, or a gRPC
+//! method the server implements. Whatever else a caller sends is counted as `other`.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -7,12 +11,13 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::Router;
+use axum::extract::MatchedPath;
 use axum::routing::get;
 use futures::future::BoxFuture;
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::propagation::{failure, span_name};
+use crate::propagation::failure;
 
 /// Latency buckets in seconds: a histogram keeps counts per bucket, not every duration.
 const BUCKETS: [f64; 8] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0];
@@ -31,21 +36,79 @@ pub fn route() -> Router {
     Router::new().route("/metrics", get(|| async { recorder().render() }))
 }
 
+/// The label of whatever is outside the closed set: one series for all of it.
+pub const OTHER: &str = "other";
+
+/// The methods HTTP defines (RFC 9110, and PATCH). HTTP lets a client send any token as
+/// a method, and hyper passes it on: each made-up one would start a dozen new series.
+const STANDARD_METHODS: [Method; 9] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::CONNECT,
+    Method::OPTIONS,
+    Method::TRACE,
+    Method::PATCH,
+];
+
 /// The layer: counts every request of `service`, its failures, and times it.
-#[derive(Clone)]
-pub struct RedLayer(pub &'static str);
+#[derive(Clone, Copy)]
+pub struct RedLayer {
+    service: &'static str,
+    methods: Methods,
+}
+
+/// Where a request's `method` label may come from.
+#[derive(Clone, Copy)]
+enum Methods {
+    /// An axum router: a standard method and the route that matched (`GET /hello`).
+    Http,
+    /// A gRPC server: the full names of the methods it implements.
+    Grpc(&'static [&'static str]),
+}
+
+impl RedLayer {
+    /// For an axum router. Put it on with `Router::layer`, so that it runs after routing
+    /// and sees the route that matched (a request no route matched is `other`).
+    pub fn http(service: &'static str) -> Self {
+        RedLayer { service, methods: Methods::Http }
+    }
+
+    /// For a gRPC server whose methods are `methods` (`greeter.v1.Greeter/SayHello`).
+    pub fn grpc(service: &'static str, methods: &'static [&'static str]) -> Self {
+        RedLayer { service, methods: Methods::Grpc(methods) }
+    }
+
+    /// The `method` label of `request`: a value from the closed set, or [`OTHER`].
+    pub fn label<B>(&self, request: &Request<B>) -> String {
+        match self.methods {
+            Methods::Grpc(methods) => {
+                let path = request.uri().path().trim_start_matches('/');
+                methods.iter().find(|&&m| m == path).unwrap_or(&OTHER).to_string()
+            }
+            Methods::Http => {
+                let standard = STANDARD_METHODS.contains(request.method());
+                let method = if standard { request.method().as_str() } else { OTHER };
+                let route = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
+                format!("{method} {}", route.unwrap_or(OTHER))
+            }
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct Red<S> {
     inner: S,
-    service: &'static str,
+    layer: RedLayer,
 }
 
 impl<S> tower::Layer<S> for RedLayer {
     type Service = Red<S>;
     fn layer(&self, inner: S) -> Red<S> {
         recorder(); // counting starts once the recorder is in place
-        Red { inner, service: self.0 }
+        Red { inner, layer: *self }
     }
 }
 
@@ -63,7 +126,8 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let labels = [("service", self.service.to_owned()), ("method", span_name(&request))];
+        let labels =
+            [("service", self.layer.service.to_owned()), ("method", self.layer.label(&request))];
         let started = Instant::now();
         let response = self.inner.call(request);
         Box::pin(async move {
@@ -119,6 +183,62 @@ pub fn parse(scrape: &str) -> BTreeMap<(String, String), Counts> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::body::Body;
+    use tower::{Layer, ServiceExt};
+
+    /// The `method` labels of `service`'s `requests_total` series, and their count.
+    fn series_of(service: &str) -> BTreeMap<String, u64> {
+        let scrape = recorder().render();
+        let found = parse(&scrape).into_iter().filter(|((s, _), _)| s == service);
+        found.map(|((_, method), counts)| (method, counts.requests)).collect()
+    }
+
+    #[tokio::test]
+    async fn made_up_http_methods_and_paths_add_no_series() {
+        let router = Router::new()
+            .route("/hello", get(|| async { "hi" }))
+            .layer(RedLayer::http("red-http-test"));
+        let mut requests = Vec::new();
+        for n in 0..300 {
+            let (method, path) = match n % 3 {
+                0 => (format!("MADE{n}"), format!("/made/{n}")),
+                1 => ("GET".to_owned(), format!("/made/{n}")),
+                _ => (format!("MADE{n}"), "/hello".to_owned()),
+            };
+            requests.push((method, path));
+        }
+        requests.push(("GET".to_owned(), "/hello".to_owned()));
+        for (method, path) in requests {
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            let request = Request::builder().method(method).uri(path).body(Body::empty());
+            router.clone().oneshot(request.unwrap()).await.unwrap();
+        }
+        let series = series_of("red-http-test");
+        let expected =
+            [("GET /hello", 1), ("GET other", 100), ("other /hello", 100), ("other other", 100)];
+        let expected: BTreeMap<String, u64> =
+            expected.into_iter().map(|(m, n)| (m.to_owned(), n)).collect();
+        assert_eq!(series, expected, "four series, whatever the callers made up");
+    }
+
+    #[tokio::test]
+    async fn grpc_methods_the_server_does_not_implement_are_one_series() {
+        const METHODS: &[&str] = &["greeter.v1.Greeter/SayHello"];
+        // A server that answers every path as tonic answers an unknown method.
+        let unimplemented = tower::service_fn(|_: Request<Body>| async {
+            let response = Response::builder().header("grpc-status", "12").body(Body::empty());
+            Ok::<_, std::convert::Infallible>(response.unwrap())
+        });
+        let red = RedLayer::grpc("red-grpc-test", METHODS).layer(unimplemented);
+        let paths = (0..200).map(|n| format!("/made.up.Service{n}/Method{n}"));
+        for path in paths.chain(["/greeter.v1.Greeter/SayHello".to_owned()]) {
+            let request = Request::post(path).header("content-type", "application/grpc");
+            red.clone().oneshot(request.body(Body::empty()).unwrap()).await.unwrap();
+        }
+        let series = series_of("red-grpc-test");
+        let expected = [("greeter.v1.Greeter/SayHello".to_owned(), 1), ("other".to_owned(), 200)];
+        assert_eq!(series, BTreeMap::from(expected));
+    }
 
     #[test]
     fn a_scrape_is_read_per_service_and_method() {

@@ -29,6 +29,21 @@ use crate::propagation::{ClientLayer, ServerLayer, TracedBroker};
 
 pub const TOPIC: &str = "greeted";
 
+/// The greeter's name in the registry. Other topics register greeters too, and the notes
+/// run them all against one NATS: a plain `greeter` here would pick up whichever topic's
+/// node the registry lists first. Spans and metrics still say `greeter`: they name the
+/// role inside this trace, not a registry entry.
+pub const GREETER: &str = "trace-greeter";
+
+/// The methods of `greeter.v1.Greeter`, both gRPC servers here serve: the only values
+/// their `method` label takes besides `other` (a caller can send any path).
+const GREETER_METHODS: &[&str] = &[
+    "greeter.v1.Greeter/SayHello",
+    "greeter.v1.Greeter/Greetings",
+    "greeter.v1.Greeter/CollectNames",
+    "greeter.v1.Greeter/Chat",
+];
+
 /// A gRPC server with both layers: trace outermost, so the span covers what is counted.
 async fn serve_grpc<S>(
     service: &'static str,
@@ -45,7 +60,8 @@ where
     S::Response: axum::response::IntoResponse,
     S::Future: Send + 'static,
 {
-    let layers = ServiceBuilder::new().layer(ServerLayer(tracer.clone())).layer(RedLayer(service));
+    let red = RedLayer::grpc(service, GREETER_METHODS);
+    let layers = ServiceBuilder::new().layer(ServerLayer(tracer.clone())).layer(red);
     Ok(RunningServer::start_with(move |incoming, stop| {
         Server::builder()
             .layer(layers)
@@ -80,7 +96,7 @@ pub async fn greeter(
         tracer: tracer.clone(),
     };
     let server = serve_grpc("greeter", tracer, GreeterServer::new(greeter)).await?;
-    Ok(Registered::new(registry, server, "greeter", "greeter-1", ttl).await?)
+    Ok(Registered::new(registry, server, GREETER, "greeter-1", ttl).await?)
 }
 
 struct MiddleGreeter {
@@ -162,14 +178,18 @@ pub async fn gateway(
     port: u16,
 ) -> anyhow::Result<HttpServer> {
     let gateway = Arc::new(Gateway {
-        greeter: LiveNodes::watch_listed(registry, "greeter").await?,
+        greeter: LiveNodes::watch_listed(registry, GREETER).await?,
         channels: Channels::default(),
         client_layer: propagate.then(|| ClientLayer(tracer.clone())),
     });
     let router = axum::Router::new()
         .route("/hello", get(hello))
         .with_state(gateway)
-        .layer(ServiceBuilder::new().layer(ServerLayer(tracer.clone())).layer(RedLayer("gateway")))
+        .layer(
+            ServiceBuilder::new()
+                .layer(ServerLayer(tracer.clone()))
+                .layer(RedLayer::http("gateway")),
+        )
         .merge(crate::metrics::route());
     Ok(HttpServer::start_on(std::net::SocketAddr::from(([127, 0, 0, 1], port)), router).await?)
 }

@@ -20,6 +20,7 @@ use microkit::http::{ApiError, Forwarder};
 use microkit::registry::{Node, Registry};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::dashboard::{Feed, MAX_VIEWERS};
 use crate::policy::AllowList;
 
 /// Web services register under this one registry name, each node labelled with its own
@@ -66,13 +67,16 @@ pub struct Gateway {
     pub redirects: Arc<AllowList>,
     /// The bounds on a websocket spliced through to a node.
     pub sockets: SpliceTimeouts,
+    /// The front page's live picture, made once for all its viewers.
+    pub feed: Feed,
 }
 
 impl Gateway {
     pub fn new(registry: Arc<dyn Registry>) -> Self {
         let redirects = Arc::new(AllowList::new(&[]));
         let (forwarder, sockets) = (Forwarder::new(), SpliceTimeouts::default());
-        Gateway { registry, forwarder, next: Arc::default(), redirects, sockets }
+        let feed = Feed::new(MAX_VIEWERS);
+        Gateway { registry, forwarder, next: Arc::default(), redirects, sockets, feed }
     }
 
     /// Discovery: every registered web service with its nodes, by name, as the registry

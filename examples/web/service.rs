@@ -20,8 +20,9 @@ use serde::{Deserialize, Serialize};
 /// The most greetings one websocket may ask for: every request is bounded work.
 pub const MAX_COUNT: u32 = 100;
 
-/// The registry name of the gRPC service the websocket bridges to.
-pub const GREETER: &str = "greeter";
+/// The registry name of the gRPC service the websocket bridges to: this topic's own, since
+/// other topics register greeters of their own on the same NATS.
+pub const GREETER: &str = "web-greeter";
 
 /// How long a new websocket may stay silent before the page's request arrives. The page
 /// sends it the moment the socket opens, so a real client needs milliseconds; 5 s covers a
@@ -307,7 +308,7 @@ pub mod tests {
 
         // No Greeter registered: the page is told which service is missing.
         let (_, code, reason) = stream_once(registry(), r#"{"name":"a","count":2}"#).await;
-        assert_eq!((code, reason.as_str()), (1013, "no node for service greeter"));
+        assert_eq!((code, reason.as_str()), (1013, "no node for service web-greeter"));
     }
 
     #[tokio::test]
@@ -352,6 +353,6 @@ pub mod tests {
         })
         .await
         .expect("the stalled stream must be closed");
-        assert_eq!(closed, (1013, "greeter sent nothing for 0.3s".to_owned()));
+        assert_eq!(closed, (1013, "web-greeter sent nothing for 0.3s".to_owned()));
     }
 }

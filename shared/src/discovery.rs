@@ -54,13 +54,27 @@ impl LiveNodes {
     /// A watch reports the nodes already registered a moment after it starts: a client
     /// that called at once would find none and fail its first call. This waits (at most
     /// [`crate::PATIENCE`]) for that first snapshot.
+    ///
+    /// It waits for the listed nodes to be *present*, not for the list to be exactly them:
+    /// the watch runs on while the registry is listed, so a node that joins in between is
+    /// shown too, and waiting for the list without it would wait for ever. A listed node
+    /// that leaves before the watch shows it is still waited for, and the wait then ends
+    /// with an error naming it.
     pub async fn watch_listed(registry: &Arc<dyn Registry>, service: &str) -> anyhow::Result<Self> {
         let live = Self::watch(registry, service).await?;
         let listed: Vec<String> =
             registry.nodes(service).await?.into_iter().map(|n| n.id).collect();
-        let listed: Vec<&str> = listed.iter().map(String::as_str).collect();
-        live.wait_for_ids(&listed, crate::PATIENCE).await?;
-        Ok(live)
+        let mut nodes = live.nodes.clone();
+        let present = |shown: &Vec<Node>| listed.iter().all(|id| shown.iter().any(|n| &n.id == id));
+        let limit = crate::PATIENCE;
+        match tokio::time::timeout(limit, nodes.wait_for(present)).await {
+            Ok(Ok(_)) => Ok(live),
+            _ => anyhow::bail!(
+                "the registry did not show nodes {listed:?} of {service} within {limit:?} \
+                 (it shows {:?})",
+                live.current().iter().map(|n| n.id.clone()).collect::<Vec<_>>()
+            ),
+        }
     }
 
     /// Starts watching `service` in `registry`, and the health of each of its nodes: the

@@ -37,8 +37,8 @@ fn tracer(ratio: f64) -> (SdkTracerProvider, SdkTracer) {
 }
 
 async fn serve_traced(tracer: &SdkTracer) -> RunningServer {
-    let layers =
-        ServiceBuilder::new().layer(ServerLayer(tracer.clone())).layer(RedLayer("greeter"));
+    let red = RedLayer::grpc("greeter", &["greeter.v1.Greeter/SayHello"]);
+    let layers = ServiceBuilder::new().layer(ServerLayer(tracer.clone())).layer(red);
     let greeter = HelloGreeter::new("traced").into_service();
     RunningServer::start_with(move |incoming, stop| {
         Server::builder()
