@@ -189,7 +189,8 @@ pub fn reflection() -> tonic_reflection::server::v1::ServerReflectionServer<
     impl tonic_reflection::server::v1::ServerReflection,
 > {
     let inner = reflection_builder().build_v1().expect("the descriptors build.rs encoded decode");
-    let inner = tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(inner);
+    let inner =
+        tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(inner);
     tonic_reflection::server::v1::ServerReflectionServer::new(ReflectionV1 { inner })
 }
 
@@ -331,15 +332,18 @@ mod tests {
 
     #[tokio::test]
     async fn a_reflection_miss_is_an_error_response_on_a_stream_that_stays_open() {
+        use tonic_reflection::pb::v1::ServerReflectionRequest;
         use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
         use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
         use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-        use tonic_reflection::pb::v1::ServerReflectionRequest;
 
         let server = RunningServer::start(Routes::default()).await.unwrap();
         let channel = tonic::transport::Channel::from_shared(server.url()).unwrap();
         let mut client = ServerReflectionClient::new(channel.connect().await.unwrap());
-        let ask = |request| ServerReflectionRequest { host: String::new(), message_request: Some(request) };
+        let ask = |request| ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(request),
+        };
         let requests = futures::stream::iter([
             ask(MessageRequest::FileContainingSymbol("no.such.Symbol".into())),
             ask(MessageRequest::FileByFilename("no/such.proto".into())),
@@ -353,7 +357,8 @@ mod tests {
             .map(|answer| answer.unwrap().message_response.unwrap())
             .collect()
             .await;
-        let [missed_symbol, missed_file, MessageResponse::ListServicesResponse(listed)] = &answers[..]
+        let [missed_symbol, missed_file, MessageResponse::ListServicesResponse(listed)] =
+            &answers[..]
         else {
             panic!("three answers, the last a list: {answers:?}");
         };
