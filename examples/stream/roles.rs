@@ -8,8 +8,6 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use microkit::proto::greeter::greeter_client::GreeterClient;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 
 use crate::{StreamGreeter, client_steps, endpoint};
 
@@ -33,10 +31,10 @@ async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let health = microkit::health::Health::new(&[microkit::greeter::GREETER]);
     let routes = health.mount(tonic::service::Routes::new(greeter.into_service()));
-    let incoming = TcpIncoming::from(listener);
+    let incoming = microkit::server::Incoming::from(listener);
     let stopped = stop.clone().cancelled_owned();
     let serving = tokio::spawn(
-        Server::builder().add_routes(routes).serve_with_incoming_shutdown(incoming, stopped),
+        microkit::server::builder().add_routes(routes).serve_with_incoming_shutdown(incoming, stopped),
     );
 
     let signal = microkit::signal::stopping(stop_requested, "draining").await?;

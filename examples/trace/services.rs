@@ -20,7 +20,7 @@ use microkit::registered::Registered;
 use microkit::registry::Registry;
 use microkit::server::RunningServer;
 use opentelemetry_sdk::trace::SdkTracer;
-use tonic::transport::{Channel, Server};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tower::{Layer as _, ServiceBuilder};
 
@@ -63,7 +63,7 @@ where
     let red = RedLayer::grpc(service, GREETER_METHODS);
     let layers = ServiceBuilder::new().layer(ServerLayer(tracer.clone())).layer(red);
     Ok(RunningServer::start_with(move |incoming, stop| {
-        Server::builder()
+        microkit::server::builder()
             .layer(layers)
             .add_service(svc)
             .serve_with_incoming_shutdown(incoming, stop)

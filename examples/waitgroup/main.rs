@@ -35,7 +35,7 @@ use microkit::proto::greeter::greeter_server::{Greeter, GreeterServer};
 use microkit::proto::greeter::{GreetingsRequest, HelloReply, HelloRequest, NamesSummary};
 use microkit::server::RunningServer;
 use tokio::task::JoinSet;
-use tonic::transport::{Channel, Server};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use wait_group::{Draining, WaitGroup};
@@ -74,7 +74,7 @@ async fn run(args: &Args) -> anyhow::Result<Tally> {
         // The connections pass through the group too: a call whose client stopped reading
         // can only be ended by closing its connection.
         let connections = layer.connections(incoming);
-        Server::builder()
+        microkit::server::builder()
             .layer(layer)
             .add_service(GreeterServer::new(greeter))
             .add_service(checks)

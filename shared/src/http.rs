@@ -128,6 +128,12 @@ impl Drop for HttpServer {
 }
 
 /// The accept loop: one task per connection, each told to finish when `stop` fires.
+///
+/// Connections come through [`Incoming`](crate::server::Incoming), as on the gRPC servers:
+/// a failed accept pauses the loop instead of spinning it, and a connection that has sent
+/// no complete request within the header timeout is closed (hyper's own header timeout
+/// starts only once it has sniffed the protocol, so it never saw a client that sent nothing
+/// or only `P`).
 async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
@@ -139,32 +145,32 @@ async fn serve(
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
+    // A ping after half the header timeout without a frame, and half of it for the answer:
+    // a peer that stopped reading is gone within the header timeout.
     builder
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
-        .keep_alive_interval(limits.header_timeout)
-        .keep_alive_timeout(limits.header_timeout);
+        .keep_alive_interval(limits.header_timeout / 2)
+        .keep_alive_timeout(limits.header_timeout / 2);
+    let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut incoming = crate::server::Incoming::new(listener, limits.header_timeout, open);
     let mut connections = tokio::task::JoinSet::new();
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                // Out of file descriptors, or a connection reset before it was accepted: the
-                // listener itself is fine, so keep serving after a breath.
-                Err(error) => {
-                    tracing::warn!("accept failed: {error}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
+        let connection = tokio::select! {
+            accepted = futures::StreamExt::next(&mut incoming) => match accepted {
+                Some(Ok(connection)) => connection,
+                // `Incoming` pauses and logs failed accepts itself; it yields no error.
+                Some(Err(_)) => continue,
+                None => break,
             },
             () = stop.cancelled() => break,
         };
-        let _ = stream.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
         let builder = builder.clone();
         let stop = stop.clone();
         connections.spawn(async move {
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let connection =
+                builder.serve_connection_with_upgrades(TokioIo::new(connection), service);
             tokio::pin!(connection);
             let result = tokio::select! {
                 result = connection.as_mut() => result,
@@ -175,13 +181,13 @@ async fn serve(
                 }
             };
             if let Err(error) = result {
-                tracing::debug!(%peer, "connection ended: {error}");
+                tracing::debug!("connection ended: {error}");
             }
         });
         // Reap finished connections so the set holds only live ones.
         while connections.try_join_next().is_some() {}
     }
-    drop(listener);
+    drop(incoming);
     let drained = tokio::time::timeout(limits.drain_deadline, async {
         while connections.join_next().await.is_some() {}
     })
@@ -272,15 +278,40 @@ impl Default for Forwarder {
 }
 
 /// Headers about one hop's connection, not the message: a proxy must not pass them on
-/// (RFC 9110, section 7.6.1). `host` is dropped too so the client names the node instead.
-const HOP_BY_HOP: [HeaderName; 6] = [
-    header::CONNECTION,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
+/// (RFC 9110, section 7.6.1, which names `Proxy-Connection`, `Keep-Alive`, `TE`,
+/// `Transfer-Encoding` and `Upgrade`; `Trailer` and `Proxy-Authorization` are for this hop
+/// too). Every field that `Connection` names goes with them: [`strip_hop_by_hop`].
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    // Not hop-by-hop, but the client must name the node instead of the gateway.
+    "host",
 ];
+
+/// Removes from `headers` the hop-by-hop fields and every field their `Connection` names
+/// (`Connection: close, x-secret` takes `X-Secret` with it), as a proxy must before it
+/// forwards a message either way.
+fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
 
 impl Forwarder {
     pub fn new() -> Self {
@@ -305,19 +336,14 @@ impl Forwarder {
             },
         )?;
         *request.uri_mut() = uri;
-        let headers = request.headers_mut();
-        for name in HOP_BY_HOP.iter().chain([&header::HOST]) {
-            headers.remove(name);
-        }
+        strip_hop_by_hop(request.headers_mut());
         let response = self
             .client
             .request(request)
             .await
             .map_err(|source| ForwardError::Unreachable { address: address.to_owned(), source })?;
         let (mut parts, body) = response.into_parts();
-        for name in &HOP_BY_HOP {
-            parts.headers.remove(name);
-        }
+        strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, Body::new(body)))
     }
 
@@ -397,6 +423,16 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_connection_that_sends_nothing_or_only_p_is_closed_after_the_header_timeout() {
+        let server = echo_server(SHORT).await;
+        for sent in [&b""[..], b"P", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"] {
+            let mut stream = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+            stream.write_all(sent).await.unwrap();
+            closed_within(&mut stream, Duration::from_secs(3)).await;
+        }
+    }
+
+    #[tokio::test]
     async fn an_idle_kept_alive_connection_is_closed() {
         let server = echo_server(SHORT).await;
         let mut stream = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
@@ -444,6 +480,45 @@ mod tests {
         assert_eq!(response.status(), 200);
         let text = body_text(response.into_body(), 1024).await;
         assert_eq!(text, "/echo?x=1 host-is-node=true connection=false");
+        server.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn fields_named_by_connection_and_keep_alive_stop_at_the_gateway_both_ways() {
+        let node = Router::new().route(
+            "/echo",
+            get(|request: Request<Body>| async move {
+                let mut names: Vec<&str> =
+                    request.headers().keys().map(|name| name.as_str()).collect();
+                names.sort();
+                let answer = Response::builder()
+                    .header(header::CONNECTION, "x-node-internal")
+                    .header("x-node-internal", "1")
+                    .header("keep-alive", "timeout=5")
+                    .header("x-node-public", "1");
+                answer.body(Body::from(names.join(","))).unwrap()
+            }),
+        );
+        let server = HttpServer::start(node).await.unwrap();
+        let request = Request::get("http://gateway.local/echo")
+            .header(header::CONNECTION, "keep-alive, X-Gateway-Secret")
+            .header("keep-alive", "timeout=5")
+            .header("x-gateway-secret", "s3cret")
+            .header("x-public", "1")
+            .body(Body::empty())
+            .unwrap();
+        let address = server.addr().to_string();
+        let response = Forwarder::new().forward(&address, "/echo", request).await.unwrap();
+        let mut answered: Vec<&str> = response
+            .headers()
+            .keys()
+            .map(|name| name.as_str())
+            .filter(|n| n.starts_with("x-") || *n == "keep-alive" || *n == "connection")
+            .collect();
+        answered.sort();
+        assert_eq!(answered, ["x-node-public"], "the answer's hop-by-hop fields reach the client");
+        let seen = body_text(response.into_body(), 1024).await;
+        assert_eq!(seen, "host,x-public", "the node saw the gateway's hop-by-hop fields");
         server.shutdown().await.unwrap();
     }
 
