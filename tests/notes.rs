@@ -2,7 +2,9 @@
 //! code its example really holds; every relative link in the notes (the Chinese article and
 //! the glossary included) and the README points at a file that exists (and a heading or a
 //! line that exists); both articles cover every topic, and the Chinese questions table has a
-//! row for every row of the English one.
+//! row for every row of the English one. The Chinese edition (`notes/zh/`) has a twin of every
+//! note that follows the English as it is now, shows the same code and output, and keeps the
+//! glossary's fixed renderings.
 
 mod common;
 
@@ -138,22 +140,22 @@ fn slug(heading: &str) -> String {
 
 #[test]
 fn both_articles_link_every_topic_note() {
-    for (article, prefix) in [("notes/README.md", ""), ("notes/zh/README.md", "../")] {
+    // Both link the notes of their own language, which sit beside them.
+    for article in ["notes/README.md", "notes/zh/README.md"] {
         let text = std::fs::read_to_string(root().join(article)).unwrap();
         // A topic whose note is not written yet is tests/examples.rs's to report.
         let missing: Vec<String> = topics()
             .into_iter()
             .filter(|t| root().join("notes").join(format!("{t}.md")).is_file())
-            .filter(|t| !text.contains(&format!("]({prefix}{t}.md)")))
+            .filter(|t| !text.contains(&format!("]({t}.md)")))
             .collect();
         assert!(missing.is_empty(), "{article} does not link these notes: {missing:?}");
     }
 }
 
 /// The rows of the questions table: the table under the heading that starts with
-/// `heading`, each row reduced to the notes it links (`wrapper.md#which-order`, with any
-/// `../` dropped), in order. Links within the article itself are left out: each language
-/// has its own headings.
+/// `heading`, each row reduced to the notes it links (`wrapper.md`), in order. Headings are
+/// left out (each language has its own), and so are links within the article itself.
 fn question_rows(article: &str, heading: &str) -> Vec<Vec<String>> {
     let text = std::fs::read_to_string(root().join(article)).unwrap();
     let section = text
@@ -167,7 +169,7 @@ fn question_rows(article: &str, heading: &str) -> Vec<Vec<String>> {
             link_targets(row)
                 .into_iter()
                 .filter(|t| t.contains(".md"))
-                .map(|t| t.trim_start_matches("../").to_owned())
+                .map(|t| t.split('#').next().unwrap().to_owned())
                 .collect()
         })
         .collect()
@@ -287,4 +289,181 @@ fn excerpts_are_found_across_elisions_and_indentation_only() {
     assert!(!holds(source, &["let a = 1;", "let c = 3;"]), "lines must be consecutive");
     assert!(!holds(source, &["let c = 3;", "// ...", "let a = 1;"]), "runs keep their order");
     assert!(!holds(source, &["let a = 2;"]));
+}
+
+// ---- the Chinese edition ----
+
+/// How a Chinese note begins: which English note it translates, and that note's sha256 at
+/// the revision the translation follows.
+fn marker(name: &str, english: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, english);
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("<!-- translation of notes/{name}, sha256 {hex} -->")
+}
+
+/// The notes of one folder (not its subfolders), by file name, sorted.
+fn notes_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "md"))
+        .map(|p| p.file_name().unwrap().to_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn every_note_has_a_chinese_twin_that_follows_the_english_as_it_is_now() {
+    let mut problems = Vec::new();
+    for name in notes_in(&root().join("notes")) {
+        let english = std::fs::read(root().join("notes").join(&name)).unwrap();
+        let Ok(chinese) = std::fs::read_to_string(root().join("notes/zh").join(&name)) else {
+            problems.push(format!("notes/{name} has no Chinese twin notes/zh/{name}"));
+            continue;
+        };
+        let expected = marker(&name, &english);
+        match chinese.lines().next() {
+            Some(first) if first == expected => {}
+            Some(first) if first.starts_with("<!-- translation of notes/") => {
+                problems.push(format!(
+                    "notes/{name} changed since notes/zh/{name} was brought in step with it: \
+                 translate the change, then make its first line\n  {expected}"
+                ))
+            }
+            _ => problems.push(format!("notes/zh/{name} does not begin with\n  {expected}")),
+        }
+    }
+    for name in notes_in(&root().join("notes/zh")) {
+        if !root().join("notes").join(&name).is_file() {
+            problems.push(format!("notes/zh/{name} translates no English note"));
+        }
+    }
+    assert!(problems.is_empty(), "the Chinese edition is out of step:\n{}", problems.join("\n"));
+}
+
+/// The fenced blocks of a Markdown text (code, quoted output, diagrams), each with its
+/// lines' leading indentation removed (a block inside a list item is indented).
+fn fenced_blocks(markdown: &str) -> Vec<Vec<&str>> {
+    let mut blocks = Vec::new();
+    let mut current: Option<Vec<&str>> = None;
+    for line in markdown.lines() {
+        let line = line.trim_start();
+        match (&mut current, line.starts_with("```")) {
+            (None, true) => current = Some(vec![line]),
+            (Some(block), true) => {
+                block.push(line);
+                blocks.push(current.take().unwrap());
+            }
+            (Some(block), false) => block.push(line),
+            (None, false) => {}
+        }
+    }
+    blocks
+}
+
+#[test]
+fn a_chinese_note_shows_the_same_code_output_and_diagrams_as_its_english_twin() {
+    let mut differ = Vec::new();
+    for name in notes_in(&root().join("notes/zh")) {
+        let Ok(english) = std::fs::read_to_string(root().join("notes").join(&name)) else {
+            continue; // the twin test reports it
+        };
+        let chinese = std::fs::read_to_string(root().join("notes/zh").join(&name)).unwrap();
+        if fenced_blocks(&english) != fenced_blocks(&chinese) {
+            differ.push(name);
+        }
+    }
+    assert!(
+        differ.is_empty(),
+        "these Chinese notes' code blocks, quoted output or diagrams are not byte for byte \
+         their English twin's: {differ:?}"
+    );
+}
+
+/// The glossary's table of fixed renderings (`## 译名表` in `notes/zh/glossary.md`): the
+/// renderings every Chinese note uses, and the ones it never uses.
+fn renderings() -> (Vec<String>, Vec<String>) {
+    let glossary = std::fs::read_to_string(root().join("notes/zh/glossary.md")).unwrap();
+    let table = glossary.split("\n## 译名表").nth(1).expect("notes/zh/glossary.md has ## 译名表");
+    let is_han = |c: char| ('\u{4e00}'..='\u{9fff}').contains(&c);
+    let han_words = |cell: &str| -> Vec<String> {
+        cell.split(|c: char| !is_han(c)).filter(|w| !w.is_empty()).map(str::to_owned).collect()
+    };
+    let (mut fixed, mut never) = (Vec::new(), Vec::new());
+    for row in table.lines().filter(|l| l.starts_with('|')).skip(2) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        if let [_, _, rendering, avoided, ..] = cells[..] {
+            fixed.extend(han_words(rendering));
+            never.extend(han_words(avoided));
+        }
+    }
+    (fixed, never)
+}
+
+/// `text` without its fenced blocks and inline code, which quote code, not prose.
+fn prose(text: &str) -> String {
+    let mut out = String::new();
+    let mut in_block = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            in_block = !in_block;
+            continue;
+        }
+        if !in_block {
+            for (i, part) in line.split('`').enumerate() {
+                if i % 2 == 0 {
+                    out.push_str(part);
+                }
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Where `prose` uses `avoided`, except inside a fixed rendering that contains it (链路 is
+/// never a tunnel's link, yet 链路追踪 is tracing).
+fn misuses(prose: &str, avoided: &str, fixed: &[String]) -> usize {
+    prose
+        .match_indices(avoided)
+        .filter(|(at, _)| {
+            !fixed.iter().filter(|f| f.contains(avoided)).any(|f| {
+                let offset = f.find(avoided).unwrap();
+                at.checked_sub(offset).is_some_and(|start| prose[start..].starts_with(f.as_str()))
+            })
+        })
+        .count()
+}
+
+#[test]
+fn the_chinese_notes_keep_the_glossarys_fixed_renderings() {
+    let (fixed, never) = renderings();
+    assert!(!never.is_empty(), "the table of renderings lists no rendering to avoid");
+    let mut problems = Vec::new();
+    for name in notes_in(&root().join("notes/zh")) {
+        let text = std::fs::read_to_string(root().join("notes/zh").join(&name)).unwrap();
+        // The table itself names what to avoid.
+        let text = text.split("\n## 译名表").next().unwrap();
+        let prose = prose(text);
+        for avoided in &never {
+            let n = misuses(&prose, avoided, &fixed);
+            if n > 0 {
+                problems.push(format!("notes/zh/{name}: {avoided} ({n}x)"));
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "renderings the glossary's table (notes/zh/glossary.md, ## 译名表) rules out:\n{}",
+        problems.join("\n")
+    );
+}
+
+#[test]
+fn a_fixed_rendering_that_contains_an_avoided_word_is_not_a_misuse() {
+    let fixed = vec!["链路追踪".to_owned(), "隧道连接".to_owned()];
+    assert_eq!(misuses("两个节点之间的链路断了", "链路", &fixed), 1);
+    assert_eq!(misuses("链路追踪把调用串起来", "链路", &fixed), 0);
+    assert_eq!(misuses("链路追踪之外，链路还指别的", "链路", &fixed), 1);
 }

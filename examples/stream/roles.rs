@@ -34,7 +34,9 @@ async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
     let incoming = microkit::server::Incoming::from(listener);
     let stopped = stop.clone().cancelled_owned();
     let serving = tokio::spawn(
-        microkit::server::builder().add_routes(routes).serve_with_incoming_shutdown(incoming, stopped),
+        microkit::server::builder()
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, stopped),
     );
 
     let signal = microkit::signal::stopping(stop_requested, "draining").await?;
