@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 use common::hostile::{self, H2};
 use common::roles::{At, Endpoint, Protocol, Role, Running, nodes, roles, spawn};
 use microkit::nats::{INSTALL_HINT, NatsServer};
+use microkit::proto::greeter::{HelloReply, HelloRequest};
+use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
@@ -44,6 +46,8 @@ const SERVED_WITHIN: Duration = microkit::PATIENCE;
 /// Streams opened per flooding connection, and connections per flood.
 const FLOOD_STREAMS: usize = 400;
 const FLOOD_CONNECTIONS: usize = 2;
+/// Requests in flight at once in a flood of a NATS service.
+const NATS_FLOOD: usize = 2000;
 /// Idle connections of each kind per listener.
 const IDLE_EACH: usize = 16;
 /// How long the CPU and the log of a server at its file limit are watched, and what it
@@ -81,6 +85,7 @@ impl Listener {
             Protocol::Http { .. } => "HTTP",
             Protocol::Tunnel => "tunnel",
             Protocol::Tls { .. } => "TLS",
+            Protocol::NatsService { subject } => return format!("NATS {subject}"),
         };
         format!("{kind} {}", self.addr)
     }
@@ -88,8 +93,8 @@ impl Listener {
     /// Whether a well-behaved client, on a fresh connection, is served within `limit`.
     async fn serves(&self, limit: Duration) -> bool {
         match &self.protocol {
-            Protocol::Grpc { path } => match connect(self.addr, limit).await {
-                Some(stream) => hostile::grpc_call(stream, path, limit).await,
+            Protocol::Grpc { path, message } => match connect(self.addr, limit).await {
+                Some(stream) => hostile::grpc_call(stream, path, message, limit).await,
                 None => false,
             },
             Protocol::Http { path } => hostile::http_get(self.addr, path, limit).await.is_some(),
@@ -105,6 +110,18 @@ impl Listener {
                 command.args(["client", "--connect", &addr, "--certs", &certs, "--name", "b"]);
                 exits_ok(command, limit).await
             }
+            Protocol::NatsService { subject } => {
+                let Some(nats) = nats_client(self.addr, limit).await else { return false };
+                let hello = HelloRequest { name: "battery".into() }.encode_to_vec();
+                let asked = nats.request(subject.to_string(), hello.into());
+                match tokio::time::timeout(limit, asked).await {
+                    Ok(Ok(reply)) => HelloReply::decode(reply.payload).is_ok_and(|r| {
+                        reply.headers.is_none_or(|h| h.get("Nats-Service-Error").is_none())
+                            && !r.message.is_empty()
+                    }),
+                    _ => false,
+                }
+            }
         }
     }
 
@@ -113,7 +130,7 @@ impl Listener {
     /// finished its start.
     async fn hold_a_call(&self) -> Option<TcpStream> {
         match &self.protocol {
-            Protocol::Grpc { path } => {
+            Protocol::Grpc { path, .. } => {
                 let mut h2 = H2::connect(self.addr).await.ok()?;
                 let mut out = Vec::new();
                 h2.open_call(path, &mut out);
@@ -132,12 +149,18 @@ impl Listener {
                 Some(stream)
             }
             Protocol::Tunnel | Protocol::Tls { .. } => TcpStream::connect(self.addr).await.ok(),
+            Protocol::NatsService { .. } => None,
         }
     }
 }
 
 async fn connect(addr: SocketAddr, limit: Duration) -> Option<TcpStream> {
     tokio::time::timeout(limit, TcpStream::connect(addr)).await.ok()?.ok()
+}
+
+async fn nats_client(addr: SocketAddr, limit: Duration) -> Option<async_nats::Client> {
+    let connecting = async_nats::connect(format!("nats://{addr}"));
+    tokio::time::timeout(limit, connecting).await.ok()?.ok()
 }
 
 async fn exits_ok(command: tokio::process::Command, limit: Duration) -> bool {
@@ -209,6 +232,7 @@ async fn attack(row: Role, one_at_a_time: &Semaphore) -> Report {
                 let node = listed.await.into_iter().find(|node| &node.id == id);
                 node.and_then(|node| node.address.parse().ok())
             }
+            At::Nats => url.as_deref().and_then(|u| u.trim_start_matches("nats://").parse().ok()),
         };
         match addr {
             Some(addr) => listeners.push(Listener { protocol: protocol.clone(), addr }),
@@ -240,6 +264,9 @@ async fn attack(row: Role, one_at_a_time: &Semaphore) -> Report {
 
 /// HTTP/1.1 on a gRPC port, and garbage on every port: closed, and the next client served.
 async fn malformed(listener: &Listener, report: &mut Report) {
+    if let Protocol::NatsService { subject } = listener.protocol {
+        return malformed_request(listener, subject, report).await;
+    }
     let mut inputs = vec![("garbage", hostile::garbage())];
     if let Protocol::Grpc { .. } = listener.protocol {
         inputs.push(("HTTP/1.1", b"GET / HTTP/1.1\r\nHost: battery\r\n\r\n".to_vec()));
@@ -261,6 +288,55 @@ async fn malformed(listener: &Listener, report: &mut Report) {
     }
 }
 
+/// A request whose payload is no message: answered (an error), and the next one served.
+async fn malformed_request(listener: &Listener, subject: &str, report: &mut Report) {
+    let Some(nats) = nats_client(listener.addr, LIMIT).await else {
+        report.failures.push(format!("{}: cannot reach NATS", listener.label()));
+        return;
+    };
+    let asked = nats.request(subject.to_owned(), hostile::garbage().into());
+    let answered = tokio::time::timeout(SERVED_WITHIN, asked).await;
+    report.check(matches!(answered, Ok(Ok(_))), || {
+        format!("{}: no answer to a request that is no message", listener.label())
+    });
+    let served = listener.serves(SERVED_WITHIN).await;
+    report.check(served, || format!("{}: the request after garbage not served", listener.label()));
+}
+
+/// Requests sent all at once, none awaited before the next: what they cost the service.
+async fn request_flood(
+    listener: &Listener,
+    subject: &str,
+    pid: u32,
+    rss_bound_kib: u64,
+    report: &mut Report,
+) {
+    let Some(nats) = nats_client(listener.addr, LIMIT).await else {
+        report.failures.push(format!("{}: cannot reach NATS", listener.label()));
+        return;
+    };
+    let before = hostile::rss_kib(pid);
+    let hello = bytes::Bytes::from(HelloRequest { name: "flood".into() }.encode_to_vec());
+    let asked = (0..NATS_FLOOD).map(|_| {
+        let request = nats.request(subject.to_owned(), hello.clone());
+        tokio::time::timeout(LIMIT, request)
+    });
+    let answers = futures::future::join_all(asked).await;
+    let after = hostile::rss_kib(pid);
+    let answered = answers.iter().filter(|a| matches!(a, Ok(Ok(_)))).count();
+    report.figures.push(format!(
+        "{}: {NATS_FLOOD} requests at once, {answered} answered, RSS {} -> {} MiB",
+        listener.label(),
+        before / 1024,
+        after / 1024
+    ));
+    report.check(after.saturating_sub(before) <= rss_bound_kib, || {
+        format!("{}: RSS grew {} KiB under the flood", listener.label(), after - before)
+    });
+    let served = listener.serves(SERVED_WITHIN).await;
+    report.check(served, || format!("{}: not served after the flood", listener.label()));
+}
+
 /// Streams past the server's limit on HTTP/2 connections: how many it holds open at once
 /// on each, and what they cost it.
 async fn flood(
@@ -271,13 +347,16 @@ async fn flood(
     report: &mut Report,
 ) {
     let request = match listener.protocol {
-        Protocol::Grpc { path } => hostile::grpc_request(path),
+        Protocol::Grpc { path, .. } => hostile::grpc_request(path),
         Protocol::Http { path } => hostile::header_block(&[
             (":method", "GET"),
             (":scheme", "http"),
             (":path", path),
             (":authority", "battery"),
         ]),
+        Protocol::NatsService { subject } => {
+            return request_flood(listener, subject, pid, rss_bound_kib, report).await;
+        }
         Protocol::Tunnel | Protocol::Tls { .. } => return,
     };
     let before = hostile::rss_kib(pid);
@@ -389,7 +468,9 @@ async fn idle(
     let before = hostile::rss_kib(pid);
     let start = Instant::now();
     let mut waits = Vec::new();
-    for listener in listeners {
+    let listeners: Vec<&Listener> =
+        listeners.iter().filter(|l| !matches!(l.protocol, Protocol::NatsService { .. })).collect();
+    for listener in &listeners {
         let mut kinds: Vec<(&str, Vec<u8>)> =
             vec![("nothing", vec![]), ("one byte", b"P".to_vec())];
         if let Protocol::Grpc { .. } | Protocol::Http { .. } = listener.protocol {
@@ -412,7 +493,7 @@ async fn idle(
     let opened = waits.len();
     let during = hostile::rss_kib(pid);
     // Held connections must not keep others out: a client arriving now is served.
-    for listener in listeners {
+    for listener in &listeners {
         let served = listener.serves(SERVED_WITHIN).await;
         report.check(served, || {
             format!("{}: a client not served while idle connections are held", listener.label())
@@ -428,7 +509,7 @@ async fn idle(
         before / 1024,
         during / 1024
     ));
-    for listener in listeners {
+    for listener in &listeners {
         let label = listener.label();
         let mine: Vec<_> = results.iter().filter(|(l, _, _)| *l == label).collect();
         let shut = mine.iter().filter(|(_, _, closed)| closed.is_some()).count();

@@ -83,9 +83,13 @@ pub fn grpc_request(path: &str) -> Vec<u8> {
     ])
 }
 
-/// One gRPC message with an empty protobuf body: a valid request for any method whose
-/// fields all have defaults (a health check of the whole server, a hello to nobody).
-pub const EMPTY_MESSAGE: [u8; 5] = [0, 0, 0, 0, 0];
+/// `message` framed as gRPC frames it: uncompressed, its length, then the bytes.
+pub fn grpc_message(message: &[u8]) -> Vec<u8> {
+    let mut framed = vec![0];
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(message);
+    framed
+}
 
 /// One frame as read: type, flags, stream id, payload.
 #[derive(Debug)]
@@ -168,18 +172,19 @@ impl H2 {
     }
 }
 
-/// One gRPC call to `path` with an empty message, over `io` (a fresh connection):
-/// true when a reply message came back within `limit`.
+/// One gRPC call to `path` with `message` (encoded protobuf), over `io` (a fresh
+/// connection): true when a reply message came back within `limit`.
 pub async fn grpc_call<S: AsyncRead + AsyncWrite + Unpin>(
     mut io: S,
     path: &str,
+    message: &[u8],
     limit: Duration,
 ) -> bool {
     let call = async {
         let mut out = PREFACE.to_vec();
         out.extend(frame(SETTINGS, 0, 0, &[]));
         out.extend(frame(HEADERS, END_HEADERS, 1, &grpc_request(path)));
-        out.extend(frame(DATA, END_STREAM, 1, &EMPTY_MESSAGE));
+        out.extend(frame(DATA, END_STREAM, 1, &grpc_message(message)));
         io.write_all(&out).await.ok()?;
         loop {
             let frame = read_frame(&mut io).await?;

@@ -47,8 +47,9 @@ pub enum Ready {
 #[derive(Clone, Debug)]
 pub enum Protocol {
     /// gRPC over cleartext HTTP/2. `path` is a unary method the server answers: a call to it
-    /// with a body is served, and one whose body never comes stays open (a long call).
-    Grpc { path: &'static str },
+    /// with `message` (encoded protobuf) is served, and one whose body never comes stays open
+    /// (a long call).
+    Grpc { path: &'static str, message: &'static [u8] },
     /// HTTP/1.1 or HTTP/2 (hyper's auto builder). `path` answers a GET.
     Http { path: &'static str },
     /// The tunnel's own link protocol; a call through it is made by `tunnel node-a`.
@@ -56,6 +57,9 @@ pub enum Protocol {
     /// gRPC with mutual TLS; a call is made by `secure client` with the certificates the
     /// server wrote to `certs`.
     Tls { certs: PathBuf },
+    /// A NATS service endpoint: requests on `subject` carry a `HelloRequest`. Its address is
+    /// the NATS server's.
+    NatsService { subject: &'static str },
 }
 
 /// Where a listener's address is found.
@@ -65,6 +69,8 @@ pub enum At {
     Ready(usize),
     /// The address the role registered for this (service, id).
     Registry(&'static str, String),
+    /// The role's NATS server.
+    Nats,
 }
 
 #[derive(Clone, Debug)]
@@ -160,6 +166,13 @@ impl Role {
         self
     }
 
+    /// A NATS service endpoint on the role's NATS server.
+    pub fn serves_on_nats(mut self, subject: &'static str) -> Self {
+        let protocol = Protocol::NatsService { subject };
+        self.serves.push(Endpoint { protocol, at: At::Nats });
+        self
+    }
+
     pub fn with(mut self, companion: Role) -> Self {
         self.companions.push(companion);
         self
@@ -171,8 +184,11 @@ impl Role {
 }
 
 const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
-const GRPC: Protocol = Protocol::Grpc { path: HEALTH_CHECK };
-const SAY_HELLO: Protocol = Protocol::Grpc { path: "/greeter.v1.Greeter/SayHello" };
+/// An empty `HealthCheckRequest`: the health of the whole server.
+const GRPC: Protocol = Protocol::Grpc { path: HEALTH_CHECK, message: b"" };
+/// A `HelloRequest` with a name (field 1, "battery"): some greeters refuse an empty one.
+const SAY_HELLO: Protocol =
+    Protocol::Grpc { path: "/greeter.v1.Greeter/SayHello", message: b"\x0a\x07battery" };
 const LIVE: Protocol = Protocol::Http { path: "/health/live" };
 
 /// Every long-running role, its names made unique with `tag` (a signal's name, or the
@@ -311,7 +327,8 @@ pub fn roles(tag: &str, certs: &std::path::Path) -> Vec<Role> {
         .serves(Protocol::Tls { certs: PathBuf::from(&certs) }, 0),
         role("transport", &["serve", "--id", &transport], Own, Stdout("serving SayHello"))
             .registers("greeter", &transport)
-            .serves_listed(GRPC, "greeter", &transport),
+            .serves_listed(GRPC, "greeter", &transport)
+            .serves_on_nats("greeter.SayHello"),
     ]
 }
 
