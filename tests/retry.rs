@@ -133,6 +133,22 @@ async fn the_deadline_shrinks_from_process_to_process_and_runs_out_at_c() {
     }
 }
 
+/// The client's deadline rules the whole chain, however long: no channel caps it below
+/// what the `grpc-timeout` header tells every hop.
+#[tokio::test]
+async fn a_deadline_longer_than_five_seconds_is_kept_to_the_end() {
+    let nats = NatsServer::start().await.expect("this test needs nats-server");
+    let hops = chain(&nats, &["--work-ms", "6000"]).await;
+    assert_eq!(client(&nats, &["--deadline-ms", "8000"]).await, "client: done by c\n");
+    for hop in hops {
+        let id = hop.id;
+        let (exit, rest) = hop.stop().await;
+        assert!(exit.success(), "{id}: {exit:?}");
+        let replied = format!("{id}: 1 started, 1 replied, 0 out of time, 0 failed, 0 cancelled");
+        assert_eq!(rest.last(), Some(&replied), "{id}: {rest:?}");
+    }
+}
+
 #[tokio::test]
 async fn the_roles_refuse_to_run_without_a_shared_nats() {
     let mut command = example("retry");

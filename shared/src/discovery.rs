@@ -209,6 +209,11 @@ impl Drop for HealthWatcher {
     }
 }
 
+/// How long a node may stay silent during a call before [`Channels`] gives it up: a ping
+/// after half of it without a frame from the node, and half of it for the answer. A live
+/// node answers a ping at once, however long its handler works.
+const PEER_SILENCE: Duration = Duration::from_secs(5);
+
 /// One lazily connected channel per node address.
 #[derive(Clone, Default)]
 pub struct Channels {
@@ -218,6 +223,12 @@ pub struct Channels {
 impl Channels {
     /// The channel to `node`, created on first use. It connects on the first call and
     /// reconnects by itself; a call to a dead node fails fast with `Unavailable`.
+    ///
+    /// How long a call may take is its own deadline (`Request::set_timeout`, sent as
+    /// `grpc-timeout`), never a cap of the channel's: tonic would apply the shorter of the
+    /// two while the header still told every hop the longer one, and report its own timer
+    /// as `Cancelled`. A node that vanishes mid-call (a host cut off) is found by HTTP/2
+    /// keepalive instead: no answer to a ping within 5 s of silence fails the call.
     pub fn to(&self, node: &Node) -> Result<Channel, tonic::Status> {
         let mut channels = self.by_address.lock().unwrap();
         if let Some(channel) = channels.get(&node.address) {
@@ -228,7 +239,8 @@ impl Channels {
                 tonic::Status::invalid_argument(format!("bad address {}: {e}", node.address))
             })?
             .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(5));
+            .http2_keep_alive_interval(PEER_SILENCE / 2)
+            .keep_alive_timeout(PEER_SILENCE / 2);
         let channel = endpoint.connect_lazy();
         channels.insert(node.address.clone(), channel.clone());
         Ok(channel)

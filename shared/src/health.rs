@@ -155,7 +155,19 @@ impl HealthApi for HealthEndpoint {
         &self,
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<WatchStream>, Status> {
-        let statuses = self.inner.watch(request).await?.into_inner();
+        let statuses: WatchStream = match self.inner.watch(request).await {
+            Ok(statuses) => Box::pin(statuses.into_inner()),
+            // gRPC's health protocol: "If the requested service is unknown when the call is
+            // received, the server must send a message setting the status field to
+            // SERVICE_UNKNOWN but must not terminate the call." tonic-health ends it with
+            // NOT_FOUND instead. A service cannot become known later here (a `Health`
+            // reports the services it was made with), so nothing follows but the drain.
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                let unknown = HealthCheckResponse { status: WireStatus::ServiceUnknown.into() };
+                Box::pin(futures::stream::iter([Ok(unknown)]).chain(futures::stream::pending()))
+            }
+            Err(status) => return Err(status),
+        };
         // A change waiting to be sent goes out before the end: a watcher of a stopping
         // server always sees its NOT_SERVING, however fast the drain follows it.
         let watch = futures::stream::unfold(
@@ -176,15 +188,95 @@ impl HealthApi for HealthEndpoint {
 pub fn reflection() -> tonic_reflection::server::v1::ServerReflectionServer<
     impl tonic_reflection::server::v1::ServerReflection,
 > {
-    reflection_builder().build_v1().expect("the descriptors build.rs encoded decode")
+    let inner = reflection_builder().build_v1().expect("the descriptors build.rs encoded decode");
+    let inner =
+        tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(inner);
+    tonic_reflection::server::v1::ServerReflectionServer::new(ReflectionV1 { inner })
 }
 
 /// The same, as v1alpha: the version grpcio-reflection's Python client still asks for.
 fn reflection_v1alpha() -> tonic_reflection::server::v1alpha::ServerReflectionServer<
     impl tonic_reflection::server::v1alpha::ServerReflection,
 > {
-    reflection_builder().build_v1alpha().expect("the descriptors build.rs encoded decode")
+    let inner =
+        reflection_builder().build_v1alpha().expect("the descriptors build.rs encoded decode");
+    let inner =
+        tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient::new(inner);
+    tonic_reflection::server::v1alpha::ServerReflectionServer::new(ReflectionV1alpha { inner })
 }
+
+/// tonic-reflection's service, asked one request at a time, so that a miss (an unknown
+/// file or symbol) is answered as reflection.proto says, with an `ErrorResponse` on the
+/// stream, which stays open for the next request. tonic-reflection itself ends the whole
+/// stream with the error status. Each request is one in-process call to it (no socket:
+/// its server is the client's transport), in order, so answers keep the requests' order.
+macro_rules! reflection_per_request {
+    ($module:ident, $version:ident, $endpoint:ident) => {
+        mod $module {
+            use super::*;
+            use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
+            use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
+            use tonic_reflection::pb::$version::{
+                ErrorResponse, ServerReflectionRequest, ServerReflectionResponse,
+            };
+            use tonic_reflection::server::$version::{ServerReflection, ServerReflectionServer};
+
+            /// Generic over the service inside, which tonic-reflection's builder returns
+            /// as an opaque type.
+            pub struct $endpoint<S> {
+                pub inner: ServerReflectionClient<ServerReflectionServer<S>>,
+            }
+
+            type Answers =
+                Pin<Box<dyn Stream<Item = Result<ServerReflectionResponse, Status>> + Send>>;
+
+            #[tonic::async_trait]
+            impl<S: ServerReflection> ServerReflection for $endpoint<S> {
+                type ServerReflectionInfoStream = Answers;
+
+                async fn server_reflection_info(
+                    &self,
+                    request: Request<tonic::Streaming<ServerReflectionRequest>>,
+                ) -> Result<Response<Answers>, Status> {
+                    let inner = self.inner.clone();
+                    let answers = request.into_inner().then(move |asked| {
+                        let mut inner = inner.clone();
+                        async move {
+                            let asked = asked?;
+                            let once = futures::stream::iter([asked.clone()]);
+                            let answer = match inner.server_reflection_info(once).await {
+                                Ok(answers) => answers.into_inner().message().await,
+                                Err(status) => Err(status),
+                            };
+                            Ok(match answer {
+                                Ok(Some(answer)) => answer,
+                                Ok(None) => refused(asked, Status::internal("no answer")),
+                                Err(status) => refused(asked, status),
+                            })
+                        }
+                    });
+                    Ok(Response::new(Box::pin(answers)))
+                }
+            }
+
+            fn refused(asked: ServerReflectionRequest, status: Status) -> ServerReflectionResponse {
+                let error = ErrorResponse {
+                    error_code: status.code() as i32,
+                    error_message: status.message().to_owned(),
+                };
+                ServerReflectionResponse {
+                    valid_host: asked.host.clone(),
+                    original_request: Some(asked),
+                    message_response: Some(MessageResponse::ErrorResponse(error)),
+                }
+            }
+        }
+        use $module::$endpoint;
+    };
+}
+
+reflection_per_request!(reflection_v1, v1, ReflectionV1);
+reflection_per_request!(reflection_v1alpha, v1alpha, ReflectionV1alpha);
 
 /// What both reflection versions describe: this crate's protos and the health service's.
 fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
@@ -222,5 +314,60 @@ mod tests {
         assert_eq!(statuses.next().await.unwrap().unwrap(), WireStatus::NotServing);
         tokio::time::timeout(crate::PATIENCE, server.shutdown()).await.unwrap().unwrap();
         assert!(statuses.next().await.is_none(), "the stream ends instead of holding the drain");
+    }
+
+    #[tokio::test]
+    async fn watching_an_unknown_service_says_so_and_stays_open_until_the_drain() {
+        let server = RunningServer::start(Routes::default()).await.unwrap();
+        let channel = tonic::transport::Channel::from_shared(server.url()).unwrap();
+        let channel = channel.connect().await.unwrap();
+        let mut statuses = Box::pin(watch(channel, "no.such.Service").await.unwrap());
+        assert_eq!(statuses.next().await.unwrap().unwrap(), WireStatus::ServiceUnknown);
+        // Open: nothing more comes, neither an end nor an error, until the server drains.
+        let next = tokio::time::timeout(std::time::Duration::from_millis(300), statuses.next());
+        assert!(next.await.is_err(), "the call ended after SERVICE_UNKNOWN");
+        tokio::time::timeout(crate::PATIENCE, server.shutdown()).await.unwrap().unwrap();
+        assert!(statuses.next().await.is_none(), "the drain ends it cleanly");
+    }
+
+    #[tokio::test]
+    async fn a_reflection_miss_is_an_error_response_on_a_stream_that_stays_open() {
+        use tonic_reflection::pb::v1::ServerReflectionRequest;
+        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+        let server = RunningServer::start(Routes::default()).await.unwrap();
+        let channel = tonic::transport::Channel::from_shared(server.url()).unwrap();
+        let mut client = ServerReflectionClient::new(channel.connect().await.unwrap());
+        let ask = |request| ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(request),
+        };
+        let requests = futures::stream::iter([
+            ask(MessageRequest::FileContainingSymbol("no.such.Symbol".into())),
+            ask(MessageRequest::FileByFilename("no/such.proto".into())),
+            ask(MessageRequest::ListServices(String::new())),
+        ]);
+        let answers: Vec<_> = client
+            .server_reflection_info(requests)
+            .await
+            .unwrap()
+            .into_inner()
+            .map(|answer| answer.unwrap().message_response.unwrap())
+            .collect()
+            .await;
+        let [missed_symbol, missed_file, MessageResponse::ListServicesResponse(listed)] =
+            &answers[..]
+        else {
+            panic!("three answers, the last a list: {answers:?}");
+        };
+        for missed in [missed_symbol, missed_file] {
+            let MessageResponse::ErrorResponse(error) = missed else { panic!("{missed:?}") };
+            assert_eq!(error.error_code, tonic::Code::NotFound as i32, "{error:?}");
+        }
+        let names: Vec<&str> = listed.service.iter().map(|s| s.name.as_str()).collect();
+        assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+        server.shutdown().await.unwrap();
     }
 }

@@ -272,15 +272,40 @@ impl Default for Forwarder {
 }
 
 /// Headers about one hop's connection, not the message: a proxy must not pass them on
-/// (RFC 9110, section 7.6.1). `host` is dropped too so the client names the node instead.
-const HOP_BY_HOP: [HeaderName; 6] = [
-    header::CONNECTION,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
+/// (RFC 9110, section 7.6.1, which names `Proxy-Connection`, `Keep-Alive`, `TE`,
+/// `Transfer-Encoding` and `Upgrade`; `Trailer` and `Proxy-Authorization` are for this hop
+/// too). Every field that `Connection` names goes with them: [`strip_hop_by_hop`].
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    // Not hop-by-hop, but the client must name the node instead of the gateway.
+    "host",
 ];
+
+/// Removes from `headers` the hop-by-hop fields and every field their `Connection` names
+/// (`Connection: close, x-secret` takes `X-Secret` with it), as a proxy must before it
+/// forwards a message either way.
+fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
 
 impl Forwarder {
     pub fn new() -> Self {
@@ -305,19 +330,14 @@ impl Forwarder {
             },
         )?;
         *request.uri_mut() = uri;
-        let headers = request.headers_mut();
-        for name in HOP_BY_HOP.iter().chain([&header::HOST]) {
-            headers.remove(name);
-        }
+        strip_hop_by_hop(request.headers_mut());
         let response = self
             .client
             .request(request)
             .await
             .map_err(|source| ForwardError::Unreachable { address: address.to_owned(), source })?;
         let (mut parts, body) = response.into_parts();
-        for name in &HOP_BY_HOP {
-            parts.headers.remove(name);
-        }
+        strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, Body::new(body)))
     }
 
@@ -444,6 +464,41 @@ mod tests {
         assert_eq!(response.status(), 200);
         let text = body_text(response.into_body(), 1024).await;
         assert_eq!(text, "/echo?x=1 host-is-node=true connection=false");
+        server.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn fields_named_by_connection_and_keep_alive_stop_at_the_gateway_both_ways() {
+        let node = Router::new().route(
+            "/echo",
+            get(|request: Request<Body>| async move {
+                let mut names: Vec<&str> =
+                    request.headers().keys().map(|name| name.as_str()).collect();
+                names.sort();
+                let answer = Response::builder()
+                    .header(header::CONNECTION, "x-node-internal")
+                    .header("x-node-internal", "1")
+                    .header("keep-alive", "timeout=5")
+                    .header("x-node-public", "1");
+                answer.body(Body::from(names.join(","))).unwrap()
+            }),
+        );
+        let server = HttpServer::start(node).await.unwrap();
+        let request = Request::get("http://gateway.local/echo")
+            .header(header::CONNECTION, "keep-alive, X-Gateway-Secret")
+            .header("keep-alive", "timeout=5")
+            .header("x-gateway-secret", "s3cret")
+            .header("x-public", "1")
+            .body(Body::empty())
+            .unwrap();
+        let address = server.addr().to_string();
+        let response = Forwarder::new().forward(&address, "/echo", request).await.unwrap();
+        let mut answered: Vec<&str> =
+            response.headers().keys().map(|name| name.as_str()).filter(|n| n.starts_with("x-") || *n == "keep-alive" || *n == "connection").collect();
+        answered.sort();
+        assert_eq!(answered, ["x-node-public"], "the answer's hop-by-hop fields reach the client");
+        let seen = body_text(response.into_body(), 1024).await;
+        assert_eq!(seen, "host,x-public", "the node saw the gateway's hop-by-hop fields");
         server.shutdown().await.unwrap();
     }
 
