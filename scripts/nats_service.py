@@ -5,7 +5,7 @@ Both speak the NATS service protocol through nats-py (`nats.micro`) and carry th
 protobuf messages, encoded here by hand (two small messages do not need the protobuf
 package). The transport example's Rust side must work with either.
 
-    python3 scripts/nats_service.py call --name ada      # find greeter with $SRV.PING/INFO, call it
+    python3 scripts/nats_service.py call --name ada      # find the service with $SRV.PING/INFO, call it
     python3 scripts/nats_service.py serve --node python-1  # a greeter instance of our own
 
 Both take --url (default: $NATS_URL, else nats://127.0.0.1:4222). Needs nats-py
@@ -24,7 +24,7 @@ import nats.errors
 import nats.micro
 from nats.micro.service import EndpointConfig, ServiceConfig
 
-SERVICE, VERSION, METHOD = "greeter", "1.0.0", "SayHello"
+SERVICE, VERSION, METHOD = "transport-greeter", "1.0.0", "SayHello"
 SUBJECT = f"{SERVICE}.{METHOD}"
 # Scatter-gather has no last answer: stop once nobody has answered for this long.
 QUIET = 0.2
@@ -164,7 +164,7 @@ async def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
     roles = parser.add_subparsers(dest="role", required=True)
-    caller = roles.add_parser("call", help="find the greeter with $SRV.PING/INFO and call it")
+    caller = roles.add_parser("call", help="find the service with $SRV.PING/INFO and call it")
     caller.add_argument("--name", default="ada")
     server = roles.add_parser("serve", help="run a greeter instance until SIGTERM")
     server.add_argument("--node", default="python-1")

@@ -7,8 +7,7 @@
 //! its trailers (where gRPC's status lives) after them.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::hash::{BuildHasher, Hasher};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,36 +17,72 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, Uri, header};
 use http_body::{Body as HttpBody, Frame};
-use hyper::server::conn::http2;
-use hyper::service::service_fn;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use microkit::PATIENCE;
 use microkit::discovery::LiveNodes;
+use microkit::health::Health;
 use microkit::registry::{Node, Registry};
-use tokio::net::TcpListener;
 use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tonic::Status;
 use tonic::body::Body;
+use tonic::service::Routes;
+use tower::ServiceExt;
 
-/// The bounds that keep one caller from taking the proxy for itself.
+// The accept loop, beside this file; declared with its path so the bench, which compiles this
+// file by path too, finds it.
+#[path = "server.rs"]
+mod server;
+pub use server::ProxyServer;
+
+/// The bounds that keep one caller, or one service, from taking the proxy for itself.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Streams (calls) in flight through the proxy at once, over every connection.
+    /// Streams (calls) in flight through the proxy at once, over every connection. One
+    /// service may hold at most half of them, so a service whose nodes hang cannot starve
+    /// the others.
     pub max_streams: u32,
     /// Streams one client connection may open at once (HTTP/2's own setting).
     pub max_streams_per_connection: u32,
     /// Services the proxy keeps watching in the registry.
     pub max_services: usize,
+    /// How long the proxy waits for a node's answer (its response headers) when the call
+    /// sets no deadline of its own; with a `grpc-timeout`, that bounds the wait instead.
+    pub answer_within: Duration,
+    /// A new connection's first request must arrive within this (preface, settings and
+    /// headers alike); it is also the HTTP/2 keepalive: a ping every this long, and a peer
+    /// that does not answer one within it is cut.
+    pub header_timeout: Duration,
+    /// How long a stop lets the calls in flight finish before it cuts them.
+    pub drain_deadline: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_streams: 256, max_streams_per_connection: 64, max_services: 64 }
+        Limits {
+            max_streams: 256,
+            max_streams_per_connection: 64,
+            max_services: 64,
+            answer_within: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(10),
+            drain_deadline: Duration::from_secs(5),
+        }
     }
 }
+
+impl Limits {
+    /// The streams one service may hold at once: half of all, at least one.
+    pub fn per_service(&self) -> u32 {
+        (self.max_streams / 2).max(1)
+    }
+}
+
+/// Services the proxy answers itself, at its own address: its health, and reflection.
+const OWN_SERVICES: [&str; 3] = [
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
 
 /// What a path names: the service (the registry's name for it) and the method.
 #[derive(Debug, PartialEq, Eq)]
@@ -74,10 +109,12 @@ pub fn route(path: &str) -> Result<Route<'_>, Status> {
     Ok(Route { service, method })
 }
 
-/// One service's nodes and its turn counter: the round-robin rotation.
+/// One service's nodes and its turn counter (the round-robin rotation), and its share of the
+/// proxy's stream slots.
 struct Rotation {
     nodes: LiveNodes,
     next: AtomicUsize,
+    slots: Arc<Semaphore>,
 }
 
 impl Rotation {
@@ -104,6 +141,12 @@ pub struct Proxy {
     client: Client<HttpConnector, Body>,
     streams: Arc<Semaphore>,
     limits: Limits,
+    /// This proxy's name in the `via` header of what it forwards: a call that comes back
+    /// with it has gone round a loop (the registry listing the proxy as a node).
+    pseudonym: String,
+    /// The proxy's own health ("" is the proxy itself), served with reflection at its address.
+    pub health: Health,
+    own: Routes,
     pub forwarded: AtomicU64,
     pub refused: AtomicU64,
 }
@@ -114,12 +157,19 @@ impl Proxy {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
         let client = Client::builder(TokioExecutor::new()).http2_only(true).build(connector);
+        // A random name per proxy process, so two proxies in a chain never take each other's
+        // mark for their own.
+        let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+        let health = Health::new(&[]);
         Proxy {
             registry,
             services: Mutex::default(),
             client,
             streams: Arc::new(Semaphore::new(limits.max_streams as usize)),
             limits,
+            pseudonym: format!("micro-proxy-{random:016x}"),
+            own: health.mount(Routes::default()),
+            health,
             forwarded: AtomicU64::new(0),
             refused: AtomicU64::new(0),
         }
@@ -131,6 +181,12 @@ impl Proxy {
         B: HttpBody<Data = Bytes> + Send + 'static,
         B::Error: Into<tonic::codegen::StdError>,
     {
+        if let Ok(Route { service, .. }) = route(request.uri().path())
+            && OWN_SERVICES.contains(&service)
+        {
+            let Ok(response) = self.own.clone().oneshot(request).await;
+            return response;
+        }
         match self.forward(request).await {
             Ok(response) => {
                 self.forwarded.fetch_add(1, Ordering::Relaxed);
@@ -151,37 +207,55 @@ impl Proxy {
     {
         let path = request.uri().path().to_owned();
         let Route { service, .. } = route(&path)?;
-        // The permit travels with the reply's body: a stream holds its slot until it ends.
+        let (mut parts, body) = request.into_parts();
+        let passed = parts.headers.get_all(header::VIA).iter();
+        if passed.filter_map(|v| v.to_str().ok()).any(|v| v.contains(&self.pseudonym)) {
+            return Err(Status::unavailable(format!(
+                "a forwarding loop: this call to {service} has already passed through this proxy \
+                 (does the registry list the proxy as a node?)"
+            )));
+        }
+        let rotation = self.rotation(service).await?;
+        // The permits travel with the reply's body: a stream holds its slots until it ends.
+        let share = rotation.slots.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "{service} already holds its share of the proxy's streams ({} at once)",
+                self.limits.per_service()
+            ))
+        })?;
         let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(
                 "the proxy carries at most {} streams at once",
                 self.limits.max_streams
             ))
         })?;
-        let node = self.rotation(service).await?.pick()?;
+        let node = rotation.pick()?;
 
-        let (mut parts, body) = request.into_parts();
         parts.uri = Uri::try_from(format!("http://{}{path}", node.address))
             .map_err(|e| Status::internal(format!("bad address {}: {e}", node.address)))?;
+        let via = format!("2 {}", self.pseudonym).parse().expect("letters, digits and dashes");
+        parts.headers.append(header::VIA, via);
         // Everything else goes as it came: metadata, `te: trailers`, `grpc-timeout`.
-        let deadline = grpc_timeout(&parts.headers);
+        let (deadline, bound) = match grpc_timeout(&parts.headers) {
+            Some(deadline) => (deadline, "the call's deadline"),
+            None => (self.limits.answer_within, "the proxy's bound for a call with no deadline"),
+        };
         let sent = self.client.request(Request::from_parts(parts, Body::new(body)));
-        let unreachable = |e: hyper_util::client::legacy::Error| {
-            Status::unavailable(format!("node {} of {service} unreachable: {e}", node.id))
-        };
-        // The node enforces the deadline too; this bound only keeps the proxy from waiting
-        // on a node that never answers.
-        let response = match deadline {
-            None => sent.await.map_err(unreachable)?,
-            Some(deadline) => tokio::time::timeout(deadline, sent)
-                .await
-                .map_err(|_| {
-                    Status::deadline_exceeded(format!("no answer from {} in time", node.id))
-                })?
-                .map_err(unreachable)?,
-        };
+        // The node enforces a caller's deadline too; this bound only keeps the proxy from
+        // waiting on a node that never answers, and holding a slot while it waits.
+        let response = tokio::time::timeout(deadline, sent)
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "no answer from {} within {bound} ({deadline:?})",
+                    node.id
+                ))
+            })?
+            .map_err(|e| {
+                Status::unavailable(format!("node {} of {service} unreachable: {e}", node.id))
+            })?;
         Ok(response.map(|body| {
-            Body::new(Passing { body, node: node.id, permit: Some(permit), ended: false })
+            Body::new(Passing { body, node: node.id, permits: Some((permit, share)), ended: false })
         }))
     }
 
@@ -221,19 +295,22 @@ impl Proxy {
     async fn watch(&self, service: &str) -> Result<Arc<Rotation>, Status> {
         let failed =
             |e: microkit::registry::RegistryError| Status::unavailable(format!("registry: {e}"));
-        let nodes = LiveNodes::watch(&self.registry, service).await.map_err(failed)?;
+        // Listing first: a watch costs the registry a consumer (on NATS, a JetStream consumer
+        // that outlives the watch by half a minute), so a name with no node gets none.
         let listed: Vec<String> =
             self.registry.nodes(service).await.map_err(failed)?.into_iter().map(|n| n.id).collect();
         if listed.is_empty() {
             return Err(no_node(service));
         }
+        let nodes = LiveNodes::watch(&self.registry, service).await.map_err(failed)?;
         // The watch reports the nodes a moment after it starts; a node that left meanwhile
         // only makes this wait end at its bound, with the nodes still there.
         let listed: Vec<&str> = listed.iter().map(String::as_str).collect();
         if let Err(e) = nodes.wait_for_ids(&listed, PATIENCE).await {
             tracing::warn!("{e}");
         }
-        Ok(Arc::new(Rotation { nodes, next: AtomicUsize::new(0) }))
+        let slots = Arc::new(Semaphore::new(self.limits.per_service() as usize));
+        Ok(Arc::new(Rotation { nodes, next: AtomicUsize::new(0), slots }))
     }
 }
 
@@ -260,7 +337,7 @@ pin_project_lite::pin_project! {
         #[pin]
         body: hyper::body::Incoming,
         node: String,
-        permit: Option<OwnedSemaphorePermit>,
+        permits: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
         ended: bool,
     }
 }
@@ -282,12 +359,12 @@ impl HttpBody for Passing {
             Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
             None => {
                 *this.ended = true;
-                this.permit.take(); // the stream is over: its slot is free
+                this.permits.take(); // the stream is over: its slots are free
                 Poll::Ready(None)
             }
             Some(Err(e)) => {
                 *this.ended = true;
-                this.permit.take();
+                this.permits.take();
                 tracing::info!(node = %this.node, "the node went away mid-stream: {e}");
                 let status =
                     Status::unavailable(format!("node {} went away mid-stream", this.node));
@@ -298,72 +375,12 @@ impl HttpBody for Passing {
         }
     }
 
+    /// A node that refuses a call answers "trailers-only": one HEADERS frame holding the
+    /// status, with END_STREAM. Saying so here lets hyper send it on the same way; a body
+    /// that claims more would go out as headers, an empty DATA frame and no trailers, which
+    /// grpcio reads as UNKNOWN "Stream removed".
     fn is_end_stream(&self) -> bool {
-        self.ended
-    }
-}
-
-/// The proxy serving on a loopback port: HTTP/2 only, as gRPC is.
-pub struct ProxyServer {
-    addr: SocketAddr,
-    stop: CancellationToken,
-    connections: TaskTracker,
-    accepting: tokio::task::JoinHandle<()>,
-}
-
-impl ProxyServer {
-    /// Listens on `addr` (port 0: any free port) and serves `proxy` on every connection.
-    pub async fn start(proxy: Arc<Proxy>, addr: SocketAddr) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
-        let stop = CancellationToken::new();
-        let connections = TaskTracker::new();
-        let mut http2 = http2::Builder::new(TokioExecutor::new());
-        http2.max_concurrent_streams(proxy.limits.max_streams_per_connection);
-        let accepting = tokio::spawn({
-            let (stop, connections) = (stop.clone(), connections.clone());
-            async move {
-                loop {
-                    let stream = tokio::select! {
-                        accepted = listener.accept() => match accepted {
-                            Ok((stream, _)) => stream,
-                            Err(e) => { tracing::warn!("accept: {e}"); continue; }
-                        },
-                        () = stop.cancelled() => break,
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let proxy = proxy.clone();
-                    let service = service_fn(move |request| {
-                        let proxy = proxy.clone();
-                        async move { Ok::<_, Infallible>(proxy.handle(request).await) }
-                    });
-                    let connection = http2.serve_connection(TokioIo::new(stream), service);
-                    let stop = stop.clone();
-                    connections.spawn(async move {
-                        tokio::pin!(connection);
-                        tokio::select! {
-                            _ = connection.as_mut() => return,
-                            () = stop.cancelled() => connection.as_mut().graceful_shutdown(),
-                        }
-                        let _ = connection.await;
-                    });
-                }
-            }
-        });
-        Ok(ProxyServer { addr, stop, connections, accepting })
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Stops accepting and lets the calls in flight finish, for at most `drain`; true when
-    /// every one did.
-    pub async fn stop(self, drain: Duration) -> bool {
-        self.stop.cancel();
-        let _ = self.accepting.await;
-        self.connections.close();
-        tokio::time::timeout(drain, self.connections.wait()).await.is_ok()
+        self.ended || self.body.is_end_stream()
     }
 }
 

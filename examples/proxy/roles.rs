@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use microkit::PATIENCE;
 use microkit::backend::BackendArgs;
 use microkit::greeter::HelloGreeter;
 use microkit::proto::greeter::greeter_server::GreeterServer;
@@ -42,9 +41,13 @@ enum Role {
         /// Where to listen (port 0: any free port, printed).
         #[arg(long, default_value = "127.0.0.1:9090")]
         listen: SocketAddr,
-        /// Calls in flight through the proxy at once; one more is refused.
+        /// Calls in flight through the proxy at once; one more is refused. One service may
+        /// hold at most half of them.
         #[arg(long, default_value_t = Limits::default().max_streams, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         max_streams: u32,
+        /// How long to wait for a node's answer to a call that sets no deadline.
+        #[arg(long, default_value_t = Limits::default().answer_within.as_millis() as u64, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+        answer_within_ms: u64,
     },
     /// Serve the Greeter and stay registered until stopped (needs NATS_URL).
     Greeter {
@@ -86,14 +89,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     backend.require_shared_nats("the proxy, greeter and calc roles")?;
     let stop = microkit::signal::stop_requested();
     match role {
-        Role::Proxy { listen, max_streams } => {
-            let limits = Limits { max_streams, ..Limits::default() };
+        Role::Proxy { listen, max_streams, answer_within_ms } => {
+            let answer_within = Duration::from_millis(answer_within_ms);
+            let limits = Limits { max_streams, answer_within, ..Limits::default() };
             let proxy = Arc::new(Proxy::new(registry, limits));
             let server = ProxyServer::start(proxy.clone(), listen).await?;
             println!("proxy listening on {}; ctrl-c stops it", server.addr());
             microkit::signal::stopping(stop, "proxy stopping: draining the calls in flight")
                 .await?;
-            let drained = server.stop(PATIENCE).await;
+            let drained = server.stop(limits.drain_deadline).await;
             let forwarded = proxy.forwarded.load(Ordering::Relaxed);
             let refused = proxy.refused.load(Ordering::Relaxed);
             let calls = if drained { "every call finished" } else { "calls cut at the deadline" };

@@ -131,11 +131,14 @@ async fn quiet_next<T>(deadline: tokio::time::Instant, next: impl Future<Output 
 }
 
 // ---- What the discovery subjects answer (the protocol's JSON, the fields we use) ----
+//
+// Only the fields read here are required. `type` is written, as the protocol's v1 does, but
+// not required: the protocol's preview (nats.go 1.22, as Debian ships it) answers without it.
 
 /// `$SRV.PING` answers who is there.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Ping {
-    #[serde(rename = "type")]
+    #[serde(rename = "type", default)]
     pub kind: String,
     pub name: String,
     pub id: String,
@@ -147,7 +150,7 @@ pub struct Ping {
 /// `$SRV.INFO` adds the endpoints.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Info {
-    #[serde(rename = "type")]
+    #[serde(rename = "type", default)]
     pub kind: String,
     pub name: String,
     pub id: String,
@@ -163,13 +166,14 @@ pub struct Info {
 pub struct EndpointInfo {
     pub name: String,
     pub subject: String,
+    #[serde(default)]
     pub queue_group: String,
 }
 
 /// `$SRV.STATS` counts per endpoint, kept by the service library, not by the handler.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Stats {
-    #[serde(rename = "type")]
+    #[serde(rename = "type", default)]
     pub kind: String,
     pub name: String,
     pub id: String,
@@ -180,8 +184,11 @@ pub struct Stats {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct EndpointStats {
     pub name: String,
+    #[serde(default)]
     pub subject: String,
+    #[serde(default)]
     pub num_requests: u64,
+    #[serde(default)]
     pub num_errors: u64,
 }
 
@@ -190,10 +197,18 @@ pub fn node_of(ping: &Ping) -> String {
     ping.metadata.as_ref().and_then(|m| m.get("node").cloned()).unwrap_or_else(|| ping.id.clone())
 }
 
-/// Discovery answers, parsed.
-pub fn parse_all<T: serde::de::DeserializeOwned>(answers: Vec<Bytes>) -> anyhow::Result<Vec<T>> {
-    use anyhow::Context;
-    answers.iter().map(|a| serde_json::from_slice(a).context("an odd discovery answer")).collect()
+/// Discovery answers, parsed. Anyone on the bus may answer a discovery subject, so one answer
+/// that cannot be read is skipped with a warning, not allowed to hide the others.
+pub fn parse_all<T: serde::de::DeserializeOwned>(answers: Vec<Bytes>) -> Vec<T> {
+    let parse = |answer: &Bytes| match serde_json::from_slice(answer) {
+        Ok(parsed) => Some(parsed),
+        Err(error) => {
+            let shown = String::from_utf8_lossy(&answer[..answer.len().min(200)]).into_owned();
+            tracing::warn!("skipped an odd discovery answer ({error}): {shown}");
+            None
+        }
+    };
+    answers.iter().filter_map(parse).collect()
 }
 
 /// Waits until the NATS server has read everything this client sent before (an

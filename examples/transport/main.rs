@@ -109,11 +109,11 @@ pub async fn run(backend: &Backend) -> anyhow::Result<Tally> {
         "  HTTP/2: the registry lists {} (each kept by heartbeats, TTL {TTL:?})",
         listed.join(", ")
     );
-    let pings: Vec<Ping> = bus::parse_all(bus.gather(&format!("$SRV.PING.{SERVICE}")).await?)?;
+    let pings: Vec<Ping> = bus::parse_all(bus.gather(&format!("$SRV.PING.{SERVICE}")).await?);
     let answered: BTreeSet<String> = pings.iter().map(bus::node_of).collect();
     let answered = answered.into_iter().collect::<Vec<_>>().join(", ");
     println!("  NATS:   $SRV.PING.{SERVICE}: every instance answers for itself: {answered}");
-    let infos: Vec<Info> = bus::parse_all(bus.gather(&format!("$SRV.INFO.{SERVICE}")).await?)?;
+    let infos: Vec<Info> = bus::parse_all(bus.gather(&format!("$SRV.INFO.{SERVICE}")).await?);
     let endpoints: BTreeSet<String> = infos
         .iter()
         .flat_map(|info| &info.endpoints)
@@ -165,7 +165,7 @@ pub async fn run(backend: &Backend) -> anyhow::Result<Tally> {
     }
 
     println!("counting calls");
-    let stats: Vec<Stats> = bus::parse_all(bus.gather(&format!("$SRV.STATS.{SERVICE}")).await?)?;
+    let stats: Vec<Stats> = bus::parse_all(bus.gather(&format!("$SRV.STATS.{SERVICE}")).await?);
     for endpoint in stats.iter().flat_map(|s| &s.endpoints).filter(|e| e.name == METHOD) {
         tally.stats.0 += endpoint.num_requests;
         tally.stats.1 += endpoint.num_errors;

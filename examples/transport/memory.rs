@@ -68,14 +68,20 @@ impl MemorySubscription {
     pub async fn next(&mut self) -> Option<Envelope> {
         self.rx.recv().await
     }
-}
 
-impl Drop for MemorySubscription {
-    fn drop(&mut self) {
+    /// Unsubscribes: nothing new arrives, what already did can still be read, then `next`
+    /// gives `None`.
+    pub fn unsubscribe(&mut self) {
         let mut subjects = self.bus.shared.lock().unwrap();
         if let Some(members) = subjects.by_subject.get_mut(&self.subject) {
             members.retain(|member| member.id != self.id);
         }
+    }
+}
+
+impl Drop for MemorySubscription {
+    fn drop(&mut self) {
+        self.unsubscribe();
     }
 }
 
@@ -243,9 +249,19 @@ impl MemoryEndpoint {
         self.requests.next().await
     }
 
+    /// Leaves the queue group; the requests already delivered stay to be read.
+    pub fn stop(&mut self) {
+        self.requests.unsubscribe();
+    }
+
     /// Answers as async-nats's `Request::respond` does: a reply, or an empty payload with
-    /// the error headers; both counted as requests, the second as an error too.
-    pub fn respond(&self, request: &Envelope, result: Result<Bytes, Refusal>) {
+    /// the error headers; both counted as requests, the second as an error too. False when
+    /// the request has no reply subject, so there is nobody to answer.
+    pub fn respond(&self, request: &Envelope, result: Result<Bytes, Refusal>) -> bool {
+        if request.reply.is_none() {
+            tracing::warn!(subject = %request.subject, "a request with no reply subject");
+            return false;
+        }
         let mut headers = BTreeMap::new();
         let payload = match result {
             Ok(payload) => payload,
@@ -262,6 +278,7 @@ impl MemoryEndpoint {
             endpoint.num_errors += u64::from(!headers.is_empty());
         }
         self.requests.bus.respond(request, headers, payload);
+        true
     }
 }
 
@@ -284,8 +301,12 @@ pub fn serve(
             request = endpoint.next() => request,
             () = stopping.cancelled() => None,
         } {
-            endpoint.respond(&request, handler(&request.payload));
-            served += 1;
+            served += u64::from(endpoint.respond(&request, handler(&request.payload)));
+        }
+        // As on NATS: nothing new, then an answer for each request already delivered.
+        endpoint.stop();
+        while let Some(request) = endpoint.next().await {
+            served += u64::from(endpoint.respond(&request, handler(&request.payload)));
         }
         service.stop();
         Ok(served)

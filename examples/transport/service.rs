@@ -22,7 +22,9 @@ use super::bus::{self, Bus};
 use super::memory;
 
 /// The service as NATS knows it: a name, a semantic version, and one endpoint per method.
-pub const SERVICE: &str = "greeter";
+/// The name is the topic's own, in the registry too: other topics register a `greeter` of
+/// their own, and on one shared NATS the two would share a queue group and a registry entry.
+pub const SERVICE: &str = "transport-greeter";
 pub const VERSION: &str = "1.0.0";
 pub const METHOD: &str = "SayHello";
 
@@ -102,8 +104,9 @@ pub struct NatsInstance {
     task: JoinHandle<anyhow::Result<u64>>,
 }
 
-/// Starts an instance: endpoint `greeter.SayHello` in the queue group every instance joins,
-/// and the discovery subjects, answered by async-nats's `service` module (or its stand-in).
+/// Starts an instance: endpoint `transport-greeter.SayHello` in the queue group every
+/// instance joins, and the discovery subjects, answered by async-nats's `service` module (or
+/// its stand-in).
 pub async fn serve_over_nats(bus: &Bus, node: &str) -> anyhow::Result<NatsInstance> {
     let stop = CancellationToken::new();
     let stopping = stop.clone();
@@ -128,16 +131,19 @@ pub async fn serve_over_nats(bus: &Bus, node: &str) -> anyhow::Result<NatsInstan
                     request = futures::StreamExt::next(&mut endpoint) => request,
                     () = stopping.cancelled() => None,
                 } {
-                    let answer = on_message(&node, &request.message.payload).map_err(|refusal| {
-                        async_nats::service::error::Error {
-                            code: refusal.code.into(),
-                            status: refusal.reason,
-                        }
-                    });
-                    request.respond(answer).await?;
-                    served += 1;
+                    served += answer(&client, &node, &request).await;
                 }
+                // Leave the queue group first, so the server hands us nothing new; then answer
+                // what it had already delivered, which waits in the subscription's buffer.
                 endpoint.stop().await?;
+                let drain = async {
+                    while let Some(request) = futures::StreamExt::next(&mut endpoint).await {
+                        served += answer(&client, &node, &request).await;
+                    }
+                };
+                if tokio::time::timeout(PATIENCE, drain).await.is_err() {
+                    tracing::warn!("requests still arriving after {PATIENCE:?} of draining");
+                }
                 service.stop().await.map_err(nats_error)?;
                 bus::round_trip(&client).await?;
                 Ok(served)
@@ -157,6 +163,43 @@ impl NatsInstance {
     pub async fn stop(self) -> anyhow::Result<u64> {
         self.stop.cancel();
         tokio::time::timeout(PATIENCE, self.task).await.context("the NATS instance hung")??
+    }
+}
+
+/// Answers one request; 1 if an answer went out, 0 if there was nobody to answer. No request,
+/// however odd, ends the endpoint loop: a failed answer is logged and the next one served.
+async fn answer(
+    client: &async_nats::Client,
+    node: &str,
+    request: &async_nats::service::Request,
+) -> u64 {
+    if request.message.reply.is_none() {
+        // A plain publish (`nats pub`): nobody waits, so there is nothing to answer.
+        tracing::warn!(subject = %request.message.subject, "a request with no reply subject");
+        return 0;
+    }
+    let max_payload = client.max_payload();
+    let answer = match on_message(node, &request.message.payload) {
+        // The server would refuse it, and the caller would hear nothing: tell it why instead.
+        Ok(reply) if reply.len() > max_payload => Err(Refusal {
+            code: 500,
+            reason: format!(
+                "the reply of {} bytes exceeds the bus's max_payload of {max_payload}",
+                reply.len()
+            ),
+        }),
+        other => other,
+    };
+    let answer = answer.map_err(|refusal| async_nats::service::error::Error {
+        code: refusal.code.into(),
+        status: refusal.reason,
+    });
+    match request.respond(answer).await {
+        Ok(()) => 1,
+        Err(error) => {
+            tracing::warn!("answering a request failed: {error}");
+            0
+        }
     }
 }
 

@@ -88,9 +88,9 @@ async fn a_memory_instance_answers_discovery_and_counts_what_it_served() {
     let bus = MemoryBus::new();
     let client = Bus::Memory(bus.clone());
     let instance = serve_over_nats(&client, "only").await.unwrap();
-    let pings: Vec<Ping> = bus::parse_all(client.gather("$SRV.PING").await.unwrap()).unwrap();
+    let pings: Vec<Ping> = bus::parse_all(client.gather("$SRV.PING").await.unwrap());
     assert_eq!(pings.iter().map(bus::node_of).collect::<Vec<_>>(), ["only"]);
-    let answer = client.request("greeter.SayHello", Bytes::new()).await.unwrap();
+    let answer = client.request(&format!("{SERVICE}.{METHOD}"), Bytes::new()).await.unwrap();
     let Answer::ServiceError { code, description } = answer else { panic!("{answer:?}") };
     assert_eq!((code.as_str(), description.as_str()), ("400", "name is empty"));
     assert_eq!(instance.stop().await.unwrap(), 1);
@@ -108,4 +108,17 @@ fn bad_flags_are_refused() {
         let args = ["transport"].iter().chain(flags);
         assert!(roles::Args::try_parse_from(args).is_err(), "{flags:?} was accepted");
     }
+}
+
+#[test]
+fn discovery_answers_need_only_the_fields_read_and_an_odd_one_is_skipped() {
+    let answers = [
+        r#"{"type":"io.nats.micro.v1.ping_response","name":"s","id":"A","version":"1.0.0"}"#,
+        r#"{"name":"s","id":"B","version":"1.0.0"}"#, // the preview dialect: no type
+        r#"{"name":"s"}"#,
+        "not json",
+    ];
+    let pings: Vec<Ping> = bus::parse_all(answers.iter().map(|a| Bytes::from(*a)).collect());
+    let ids: Vec<&str> = pings.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids, ["A", "B"]);
 }

@@ -105,7 +105,7 @@ async fn instance(server: &NatsServer, node: &str) -> service::NatsInstance {
 
 /// One call; the node that answered.
 async fn call(bus: &Bus, payload: &Bytes) -> String {
-    match bus.request("greeter.SayHello", payload.clone()).await {
+    match bus.request(&format!("{}.{}", service::SERVICE, service::METHOD), payload.clone()).await {
         Ok(Answer::Reply(reply)) => HelloReply::decode(reply).unwrap().node,
         other => panic!("a call over NATS failed: {other:?}"),
     }
