@@ -326,9 +326,9 @@ pub fn roles(tag: &str, certs: &std::path::Path) -> Vec<Role> {
         )
         .serves(Protocol::Tls { certs: PathBuf::from(&certs) }, 0),
         role("transport", &["serve", "--id", &transport], Own, Stdout("serving SayHello"))
-            .registers("greeter", &transport)
-            .serves_listed(GRPC, "greeter", &transport)
-            .serves_on_nats("greeter.SayHello"),
+            .registers("transport-greeter", &transport)
+            .serves_listed(GRPC, "transport-greeter", &transport)
+            .serves_on_nats("transport-greeter.SayHello"),
     ]
 }
 
