@@ -529,8 +529,9 @@ async fn idle(
     });
 }
 
-/// Fills the server's file table with connections to its first listener: it must not spin
-/// or flood its log while the table is full, and must serve again once they close.
+/// Fills the server's file table with connections to its first listener, then knocks on
+/// each other one: it must not spin or flood its log while the table is full, and must
+/// serve again once the connections close.
 async fn at_the_file_limit(
     listeners: &[Listener],
     pid: u32,
@@ -549,6 +550,17 @@ async fn at_the_file_limit(
             None => {
                 backlog_full = true;
                 break;
+            }
+        }
+    }
+    // Every other listener of the process then has a connection it cannot take either, so
+    // each accept loop meets the full table.
+    for other in
+        listeners[1..].iter().filter(|l| !matches!(l.protocol, Protocol::NatsService { .. }))
+    {
+        for _ in 0..4 {
+            if let Some(stream) = connect(other.addr, Duration::from_secs(2)).await {
+                held.push(stream);
             }
         }
     }
