@@ -36,8 +36,7 @@ use microkit::server::RunningServer;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Channel, Server};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 // ---- the server side: what it sees of each stream ----
@@ -316,12 +315,12 @@ async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let health = microkit::health::Health::new(&[microkit::greeter::GREETER]);
     let serving = tokio::spawn(
-        Server::builder()
+        microkit::server::builder()
             .add_service(greeter.into_service())
             .add_service(health.service())
             .add_service(microkit::health::reflection())
             .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener),
+                microkit::server::Incoming::from(listener),
                 stop.clone().cancelled_owned(),
             ),
     );

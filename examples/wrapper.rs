@@ -36,7 +36,7 @@ use microkit::server::RunningServer;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::{Interceptor, InterceptorLayer, Routes};
-use tonic::transport::{Channel, Server};
+use tonic::transport::Channel;
 use tonic::{Request, Status};
 use tower::{Layer, Service, ServiceBuilder};
 
@@ -225,7 +225,7 @@ async fn start_server(journal: Journal) -> std::io::Result<RunningServer> {
     let health = microkit::health::Health::new(&[microkit::greeter::GREETER]);
     let routes = health.mount(Routes::new(greeter));
     let server = RunningServer::start_with(move |incoming, stop| {
-        Server::builder()
+        microkit::server::builder()
             .layer(layers)
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, stop)

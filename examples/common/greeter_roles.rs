@@ -16,7 +16,6 @@ use microkit::registry::Registry;
 use microkit::server::RunningServer;
 use tonic::body::Body;
 use tonic::service::Routes;
-use tonic::transport::Server;
 
 /// The service every node of these examples belongs to.
 pub const SERVICE: &str = "greeter";
@@ -83,7 +82,7 @@ async fn counting_greeter(
             }
             request
         });
-        Server::builder()
+        microkit::server::builder()
             .layer(count)
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, stop)

@@ -16,7 +16,6 @@ use microkit::registry::Registry;
 use microkit::server::RunningServer;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tonic::transport::Server;
 use tonic::{Request, Status};
 use tower::{Service, ServiceExt};
 
@@ -40,7 +39,7 @@ pub async fn serve<G: Greeter>(
     greeter: G,
 ) -> anyhow::Result<Registered<RunningServer>> {
     let server = RunningServer::start_with(move |incoming, stop| {
-        Server::builder()
+        microkit::server::builder()
             .add_service(GreeterServer::new(greeter))
             .serve_with_incoming_shutdown(incoming, stop)
     })

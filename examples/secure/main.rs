@@ -38,18 +38,16 @@ use microkit::greeter::HelloGreeter;
 use microkit::proto::greeter::HelloRequest;
 use microkit::proto::greeter::greeter_client::GreeterClient;
 use microkit::proto::greeter::greeter_server::GreeterServer;
-use microkit::server::RunningServer;
+use microkit::server::{Connection, Incoming, RunningServer};
 use microkit::tls::{Authority, Issued, Validity};
 use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::{ServerConfig, WebPkiClientVerifier};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tonic::service::Routes;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{ClientTlsConfig, Endpoint, Server};
+use tonic::transport::{ClientTlsConfig, Endpoint};
 use tonic::{Request, Status};
 
 use refusal::{client_refusal, server_refusal};
@@ -103,7 +101,7 @@ fn server_config(setup: &Setup<'_>) -> anyhow::Result<ServerConfig> {
 /// client (tonic's own TLS only logs it at debug level): each refusal goes to `refusals`,
 /// the client is dropped, and the server lives on.
 async fn serve_tls(
-    tcp: TcpIncoming,
+    tcp: Incoming,
     acceptor: TlsAcceptor,
     routes: Routes,
     refusals: mpsc::UnboundedSender<String>,
@@ -114,15 +112,18 @@ async fn serve_tls(
         .map(move |tcp| handshake(acceptor.clone(), tcp, refusals.clone()))
         .buffer_unordered(16)
         .filter_map(std::future::ready);
-    Server::builder().add_routes(routes).serve_with_incoming_shutdown(incoming, stop).await
+    microkit::server::builder()
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, stop)
+        .await
 }
 
 /// One server-side handshake: the TLS stream, or `None` for a client that was refused.
 async fn handshake(
     acceptor: TlsAcceptor,
-    tcp: std::io::Result<TcpStream>,
+    tcp: std::io::Result<Connection>,
     refusals: mpsc::UnboundedSender<String>,
-) -> Option<std::io::Result<TlsStream<TcpStream>>> {
+) -> Option<std::io::Result<TlsStream<Connection>>> {
     let tcp = match tcp {
         Ok(tcp) => tcp,
         Err(error) => return Some(Err(error)),

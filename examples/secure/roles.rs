@@ -16,7 +16,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::refusal::{client_refusal, refused_by_the_server};
@@ -88,7 +87,7 @@ async fn server(listen: SocketAddr, certs: &Path) -> anyhow::Result<()> {
     let verified = Arc::new(AtomicUsize::new(0));
     let stop = CancellationToken::new();
     // No Nagle delay: a handshake's small writes would otherwise wait for an ACK.
-    let tcp = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let tcp = microkit::server::Incoming::from(listener);
     let routes = greeter(true, Arc::clone(&verified));
     let serving =
         tokio::spawn(serve_tls(tcp, acceptor, routes, refusal, stop.clone().cancelled_owned()));

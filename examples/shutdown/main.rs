@@ -39,7 +39,6 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
-use tonic::transport::Server;
 
 use roles::Settings;
 
@@ -305,7 +304,9 @@ async fn start_server(
                 () = accepting.cancelled_owned() => {}
             }
         };
-        Server::builder().add_routes(routes).serve_with_incoming_shutdown(incoming, stop_accepting)
+        microkit::server::builder()
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, stop_accepting)
     })
     .await?;
     Ok(server.with_health(health))

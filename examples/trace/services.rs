@@ -20,7 +20,7 @@ use microkit::registered::Registered;
 use microkit::registry::Registry;
 use microkit::server::RunningServer;
 use opentelemetry_sdk::trace::SdkTracer;
-use tonic::transport::{Channel, Server};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tower::{Layer as _, ServiceBuilder};
 
@@ -47,7 +47,7 @@ where
 {
     let layers = ServiceBuilder::new().layer(ServerLayer(tracer.clone())).layer(RedLayer(service));
     Ok(RunningServer::start_with(move |incoming, stop| {
-        Server::builder()
+        microkit::server::builder()
             .layer(layers)
             .add_service(svc)
             .serve_with_incoming_shutdown(incoming, stop)

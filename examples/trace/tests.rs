@@ -23,7 +23,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, Lines};
 use tokio::process::Child;
-use tonic::transport::Server;
 
 /// A span as the collector received it, with the service its resource names.
 #[derive(Clone, Debug)]
@@ -81,7 +80,9 @@ async fn receiver() -> (RunningServer, Receiver) {
     let receiver = Receiver::default();
     let service = TraceServiceServer::new(receiver.clone());
     let server = RunningServer::start_with(move |incoming, stop| {
-        Server::builder().add_service(service).serve_with_incoming_shutdown(incoming, stop)
+        microkit::server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, stop)
     })
     .await
     .unwrap();

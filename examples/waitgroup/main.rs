@@ -35,7 +35,7 @@ use microkit::proto::greeter::greeter_server::{Greeter, GreeterServer};
 use microkit::proto::greeter::{GreetingsRequest, HelloReply, HelloRequest, NamesSummary};
 use microkit::server::RunningServer;
 use tokio::task::JoinSet;
-use tonic::transport::{Channel, Server};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use wait_group::{Draining, WaitGroup};
@@ -68,7 +68,7 @@ async fn run(args: &Args) -> anyhow::Result<Tally> {
     let health = Health::new(&[microkit::greeter::GREETER]);
     let (checks, reflection) = (health.service(), microkit::health::reflection());
     let server = RunningServer::start_with(move |incoming, stop| {
-        Server::builder()
+        microkit::server::builder()
             .layer(layer)
             .add_service(GreeterServer::new(greeter))
             .add_service(checks)

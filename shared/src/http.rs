@@ -128,6 +128,12 @@ impl Drop for HttpServer {
 }
 
 /// The accept loop: one task per connection, each told to finish when `stop` fires.
+///
+/// Connections come through [`Incoming`](crate::server::Incoming), as on the gRPC servers:
+/// a failed accept pauses the loop instead of spinning it, and a connection that has sent
+/// no complete request within the header timeout is closed (hyper's own header timeout
+/// starts only once it has sniffed the protocol, so it never saw a client that sent nothing
+/// or only `P`).
 async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
@@ -139,32 +145,32 @@ async fn serve(
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
+    // A ping after half the header timeout without a frame, and half of it for the answer:
+    // a peer that stopped reading is gone within the header timeout.
     builder
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
-        .keep_alive_interval(limits.header_timeout)
-        .keep_alive_timeout(limits.header_timeout);
+        .keep_alive_interval(limits.header_timeout / 2)
+        .keep_alive_timeout(limits.header_timeout / 2);
+    let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut incoming = crate::server::Incoming::new(listener, limits.header_timeout, open);
     let mut connections = tokio::task::JoinSet::new();
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                // Out of file descriptors, or a connection reset before it was accepted: the
-                // listener itself is fine, so keep serving after a breath.
-                Err(error) => {
-                    tracing::warn!("accept failed: {error}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
+        let connection = tokio::select! {
+            accepted = futures::StreamExt::next(&mut incoming) => match accepted {
+                Some(Ok(connection)) => connection,
+                // `Incoming` pauses and logs failed accepts itself; it yields no error.
+                Some(Err(_)) => continue,
+                None => break,
             },
             () = stop.cancelled() => break,
         };
-        let _ = stream.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
         let builder = builder.clone();
         let stop = stop.clone();
         connections.spawn(async move {
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let connection =
+                builder.serve_connection_with_upgrades(TokioIo::new(connection), service);
             tokio::pin!(connection);
             let result = tokio::select! {
                 result = connection.as_mut() => result,
@@ -175,13 +181,13 @@ async fn serve(
                 }
             };
             if let Err(error) = result {
-                tracing::debug!(%peer, "connection ended: {error}");
+                tracing::debug!("connection ended: {error}");
             }
         });
         // Reap finished connections so the set holds only live ones.
         while connections.try_join_next().is_some() {}
     }
-    drop(listener);
+    drop(incoming);
     let drained = tokio::time::timeout(limits.drain_deadline, async {
         while connections.join_next().await.is_some() {}
     })
@@ -417,6 +423,16 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_connection_that_sends_nothing_or_only_p_is_closed_after_the_header_timeout() {
+        let server = echo_server(SHORT).await;
+        for sent in [&b""[..], b"P", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"] {
+            let mut stream = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+            stream.write_all(sent).await.unwrap();
+            closed_within(&mut stream, Duration::from_secs(3)).await;
+        }
+    }
+
+    #[tokio::test]
     async fn an_idle_kept_alive_connection_is_closed() {
         let server = echo_server(SHORT).await;
         let mut stream = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
@@ -493,8 +509,12 @@ mod tests {
             .unwrap();
         let address = server.addr().to_string();
         let response = Forwarder::new().forward(&address, "/echo", request).await.unwrap();
-        let mut answered: Vec<&str> =
-            response.headers().keys().map(|name| name.as_str()).filter(|n| n.starts_with("x-") || *n == "keep-alive" || *n == "connection").collect();
+        let mut answered: Vec<&str> = response
+            .headers()
+            .keys()
+            .map(|name| name.as_str())
+            .filter(|n| n.starts_with("x-") || *n == "keep-alive" || *n == "connection")
+            .collect();
         answered.sort();
         assert_eq!(answered, ["x-node-public"], "the answer's hop-by-hop fields reach the client");
         let seen = body_text(response.into_body(), 1024).await;
