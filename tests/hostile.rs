@@ -97,7 +97,9 @@ impl Listener {
                 Some(stream) => hostile::grpc_call(stream, path, message, limit).await,
                 None => false,
             },
-            Protocol::Http { path } => hostile::http_get(self.addr, path, limit).await.is_some(),
+            Protocol::Http { path, .. } => {
+                hostile::http_get(self.addr, path, limit).await.is_some()
+            }
             Protocol::Tunnel => {
                 let mut command = common::example("tunnel");
                 let addr = self.addr.to_string();
@@ -125,9 +127,9 @@ impl Listener {
         }
     }
 
-    /// Opens a call the server must hold: headers and no body for gRPC, a GET whose answer
-    /// is still coming for HTTP, and for the other protocols a connection that has not
-    /// finished its start.
+    /// Opens a call the server must hold: headers and no body for gRPC; for HTTP half an
+    /// upload, or a GET whose answer is still coming; for the other protocols a connection
+    /// that has not finished its start.
     async fn hold_a_call(&self) -> Option<TcpStream> {
         match &self.protocol {
             Protocol::Grpc { path, .. } => {
@@ -138,7 +140,16 @@ impl Listener {
                 // Once the PING comes back, the server has the call.
                 tokio::time::timeout(LIMIT, h2.sync(|_| {})).await.ok()?.then_some(h2.stream)
             }
-            Protocol::Http { path } => {
+            Protocol::Http { upload: Some(upload), .. } => {
+                let mut stream = TcpStream::connect(self.addr).await.ok()?;
+                let head = format!(
+                    "POST {upload} HTTP/1.1\r\nHost: battery\r\nContent-Type: application/json\r\n\
+                     Content-Length: 100\r\n\r\n{{\"user\""
+                );
+                stream.write_all(head.as_bytes()).await.ok()?;
+                Some(stream)
+            }
+            Protocol::Http { path, upload: None } => {
                 // A GET left open: an endless answer (server-sent events) where the path
                 // gives one, else a kept-alive connection after its answer.
                 let mut stream = TcpStream::connect(self.addr).await.ok()?;
@@ -348,7 +359,7 @@ async fn flood(
 ) {
     let request = match listener.protocol {
         Protocol::Grpc { path, .. } => hostile::grpc_request(path),
-        Protocol::Http { path } => hostile::header_block(&[
+        Protocol::Http { path, .. } => hostile::header_block(&[
             (":method", "GET"),
             (":scheme", "http"),
             (":path", path),

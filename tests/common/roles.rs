@@ -50,8 +50,10 @@ pub enum Protocol {
     /// with `message` (encoded protobuf) is served, and one whose body never comes stays open
     /// (a long call).
     Grpc { path: &'static str, message: &'static [u8] },
-    /// HTTP/1.1 or HTTP/2 (hyper's auto builder). `path` answers a GET.
-    Http { path: &'static str },
+    /// HTTP/1.1 or HTTP/2 (hyper's auto builder). `path` answers a GET; `upload`, where
+    /// given, is a POST route that reads its body, so one whose body stops halfway is a
+    /// call in flight.
+    Http { path: &'static str, upload: Option<&'static str> },
     /// The tunnel's own link protocol; a call through it is made by `tunnel node-a`.
     Tunnel,
     /// gRPC with mutual TLS; a call is made by `secure client` with the certificates the
@@ -189,7 +191,10 @@ const GRPC: Protocol = Protocol::Grpc { path: HEALTH_CHECK, message: b"" };
 /// A `HelloRequest` with a name (field 1, "battery"): some greeters refuse an empty one.
 const SAY_HELLO: Protocol =
     Protocol::Grpc { path: "/greeter.v1.Greeter/SayHello", message: b"\x0a\x07battery" };
-const LIVE: Protocol = Protocol::Http { path: "/health/live" };
+const LIVE: Protocol = Protocol::Http { path: "/health/live", upload: None };
+/// Its live page's events: an answer that never ends, held open through a stop.
+const EVENTS: Protocol = Protocol::Http { path: "/events", upload: None };
+const METRICS: Protocol = Protocol::Http { path: "/metrics", upload: None };
 
 /// Every long-running role, its names made unique with `tag` (a signal's name, or the
 /// battery's), so rounds that share a registry do not collide. `certs` is where the secure
@@ -208,7 +213,7 @@ pub fn roles(tag: &str, certs: &std::path::Path) -> Vec<Role> {
             .tally("mailer: 0 handled, 0 undecodable skipped", ""),
         role("event", &["serve", "--listen", "127.0.0.1:0"], Main, Stdout("serving POST"))
             .tally("served: 0 accepted, 0 refused", "")
-            .serves(LIVE, 0),
+            .serves(Protocol::Http { path: "/health/live", upload: Some("/user/login") }, 0),
         role("event", &["audit"], Main, Stdout("audit: resuming"))
             .tally("audit: 0 events taken, 0 skipped", ""),
         role("tunnel", &["node-b", "--listen", "127.0.0.1:0"], None, Stdout("node-b listens"))
@@ -244,13 +249,13 @@ pub fn roles(tag: &str, certs: &std::path::Path) -> Vec<Role> {
         role("sidecar", &["serve", "--port", "0"], Sidecar, Stdout("sidecar listening on"))
             .tally("sidecar stopped after 0 requests (0 refused)", "")
             .registers("greeter", "greeter-1")
-            .serves(LIVE, 0)
+            .serves(Protocol::Http { path: "/health/live", upload: Some("/broker/battery") }, 0)
             .serves_listed(GRPC, "greeter", "greeter-1"),
         role("web", &["serve", "--port", "0"], WebServe, Stdout("open http://127.0.0.1:"))
             .tally("stopped: the gateway forwarded 0 request(s), hello-1 served 0", "")
             .registers("greeter", "greeter-1")
             .registers("web", "hello-1")
-            .serves(Protocol::Http { path: "/events" }, 0)
+            .serves(EVENTS, 0)
             .serves_listed(LIVE, "web", "hello-1")
             .serves_listed(GRPC, "greeter", "greeter-1"),
         role("web", &["service", "--id", &hello], Main, Stdout("serving web service hello on"))
@@ -261,8 +266,7 @@ pub fn roles(tag: &str, certs: &std::path::Path) -> Vec<Role> {
             .serves_listed(GRPC, "greeter", format!("greeter-for-{hello}")),
         role("web", &["gateway", "--port", "0"], Main, Stdout("gateway on http://127.0.0.1:"))
             .tally("gateway stopped: 0 request(s) forwarded", "")
-            // Its live page's events: an answer that never ends, held open through a stop.
-            .serves(Protocol::Http { path: "/events" }, 0),
+            .serves(EVENTS, 0),
         role("stream", &["server", "--addr", "127.0.0.1:0"], None, Stderr("serving the stream"))
             .tally(
                 "server stopped: names read 0, half-closes seen 0, clients gone mid-stream 0",
@@ -313,11 +317,11 @@ pub fn roles(tag: &str, certs: &std::path::Path) -> Vec<Role> {
             .with(role("trace", &["directory"], Own, Stdout("directory serving on")))
             .registers("greeter", "greeter-1")
             .serves(SAY_HELLO, 0)
-            .serves(Protocol::Http { path: "/metrics" }, 1),
+            .serves(METRICS, 1),
         role("trace", &["directory"], Own, Stdout("directory serving on"))
             .registers("directory", "directory-1")
             .serves(SAY_HELLO, 0)
-            .serves(Protocol::Http { path: "/metrics" }, 1),
+            .serves(METRICS, 1),
         role(
             "secure",
             &["server", "--listen", "127.0.0.1:0", "--certs", &certs],
