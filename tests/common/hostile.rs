@@ -153,6 +153,15 @@ impl H2 {
         }
     }
 
+    /// Closes the way a client that is done closes: no more from this side, then waits
+    /// (within `limit`) until the server has closed too, so it has let go of every stream.
+    pub async fn close(mut self, limit: Duration) {
+        let _ = self.stream.write_all(&frame(GOAWAY, 0, 0, &[0; 8])).await;
+        let _ = self.stream.shutdown().await;
+        let drained = async { while self.next().await.is_some() {} };
+        let _ = tokio::time::timeout(limit, drained).await;
+    }
+
     /// The next frame that is not connection housekeeping, answering SETTINGS and PINGs.
     pub async fn next(&mut self) -> Option<Frame> {
         loop {
@@ -255,6 +264,13 @@ pub fn rss_kib(pid: u32) -> u64 {
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// How many threads a process runs (`Threads` in `/proc/<pid>/status`).
+pub fn threads(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let count = status.lines().find_map(|line| line.strip_prefix("Threads:"));
+    count.and_then(|n| n.trim().parse().ok()).unwrap_or(0)
 }
 
 /// The CPU time a process has used so far (user and system, from `/proc/<pid>/stat`).
