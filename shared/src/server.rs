@@ -288,9 +288,11 @@ impl futures::Stream for Incoming {
             }
             match ready!(this.listener.poll_accept(cx)) {
                 Ok((stream, _peer)) => {
+                    // The time of the last warning stays: at the limit, accepts that fail
+                    // and succeed in turn must not each start a fresh warning.
                     if this.failed > 0 {
                         tracing::info!(failed = this.failed, "accepting again");
-                        (this.failed, this.last_logged) = (0, None);
+                        this.failed = 0;
                     }
                     let _ = stream.set_nodelay(true);
                     let connection =
@@ -553,12 +555,13 @@ mod tests {
         let server = greeter_within(SHORT).await;
         let magic = HTTP2_MAGIC.as_slice();
         for sent in [&b""[..], b"P", magic] {
+            // Timed from before the connection exists, so never from after its deadline began.
+            let started = Instant::now();
             let mut stream = TcpStream::connect(server.addr()).await.unwrap();
             stream.write_all(sent).await.unwrap();
-            let started = Instant::now();
             closed_within(&mut stream, Duration::from_secs(5)).await;
             let took = started.elapsed();
-            assert!(took >= SHORT.header_timeout / 2, "{sent:?} closed after {took:?}");
+            assert!(took >= SHORT.header_timeout, "{sent:?} closed after {took:?}");
         }
         // HTTP/1.1 on a gRPC port: refused at once, half a head or a whole one.
         for sent in [&b"GET / HTTP/1.1\r\nHost: x\r\n"[..], b"GET / HTTP/1.1\r\n\r\n"] {
