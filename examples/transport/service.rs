@@ -133,8 +133,11 @@ pub async fn serve_over_nats(bus: &Bus, node: &str) -> anyhow::Result<NatsInstan
                 } {
                     served += answer(&client, &node, &request).await;
                 }
-                // Leave the queue group first, so the server hands us nothing new; then answer
-                // what it had already delivered, which waits in the subscription's buffer.
+                // First a round trip: its answer comes after every request the server sent
+                // before it, so those are all in the subscription's buffer (async-nats drops
+                // what arrives for a subscription once it has unsubscribed). Then leave the
+                // queue group, so nothing new comes, and answer what the buffer holds.
+                bus::round_trip(&client).await?;
                 endpoint.stop().await?;
                 let drain = async {
                     while let Some(request) = futures::StreamExt::next(&mut endpoint).await {
