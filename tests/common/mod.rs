@@ -12,6 +12,14 @@ use tokio::process::Command;
 
 pub mod golden;
 
+/// Attacks from outside, for the battery (`tests/hostile.rs`): raw HTTP/2 frames, probes,
+/// a process's memory and CPU.
+#[cfg(target_os = "linux")]
+pub mod hostile;
+
+/// Every long-running role, one table for the signal tests and the battery.
+pub mod roles;
+
 /// Test hosts as network namespaces, for the partition tests (Linux, root).
 #[cfg(target_os = "linux")]
 pub mod hosts;
