@@ -253,17 +253,17 @@ pub fn roles(tag: &str, certs: &std::path::Path) -> Vec<Role> {
             .serves_listed(GRPC, "greeter", "greeter-1"),
         role("web", &["serve", "--port", "0"], WebServe, Stdout("open http://127.0.0.1:"))
             .tally("stopped: the gateway forwarded 0 request(s), hello-1 served 0", "")
-            .registers("greeter", "greeter-1")
+            .registers("web-greeter", "greeter-1")
             .registers("web", "hello-1")
             .serves(EVENTS, 0)
             .serves_listed(LIVE, "web", "hello-1")
-            .serves_listed(GRPC, "greeter", "greeter-1"),
+            .serves_listed(GRPC, "web-greeter", "greeter-1"),
         role("web", &["service", "--id", &hello], Main, Stdout("serving web service hello on"))
             .tally(format!("{hello} stopped: 0 request(s) served"), "")
             .registers("web", &hello)
-            .registers("greeter", format!("greeter-for-{hello}"))
+            .registers("web-greeter", format!("greeter-for-{hello}"))
             .serves(LIVE, 0)
-            .serves_listed(GRPC, "greeter", format!("greeter-for-{hello}")),
+            .serves_listed(GRPC, "web-greeter", format!("greeter-for-{hello}")),
         role("web", &["gateway", "--port", "0"], Main, Stdout("gateway on http://127.0.0.1:"))
             .tally("gateway stopped: 0 request(s) forwarded", "")
             .serves(EVENTS, 0),
@@ -276,11 +276,11 @@ pub fn roles(tag: &str, certs: &std::path::Path) -> Vec<Role> {
         // The roles below are attacked by the battery; their stops are tested in their own
         // files (shutdown, health, proxy, retry, trace, secure, transport).
         role("health", &["node", "--id", &health], Main, Stdout("serving greeter.v1.Greeter on"))
-            .registers("greeter", &health)
+            .registers("health-greeter", &health)
             .serves(GRPC, 0)
             .serves(LIVE, 1),
         role("shutdown", &["serve", "--node", &node], Main, Stdout("listening on"))
-            .registers("greeter", &node)
+            .registers("shutdown-greeter", &node)
             .serves(GRPC, 0),
         role("proxy", &["proxy", "--listen", "127.0.0.1:0"], Own, Stdout("proxy listening on"))
             // A greeter behind it, so a call through the proxy reaches a node and stays open
@@ -315,7 +315,7 @@ pub fn roles(tag: &str, certs: &std::path::Path) -> Vec<Role> {
         role("trace", &["gateway"], Own, Stdout("gateway listening on")).serves(LIVE, 0),
         role("trace", &["greeter"], Own, Stdout("greeter serving on"))
             .with(role("trace", &["directory"], Own, Stdout("directory serving on")))
-            .registers("greeter", "greeter-1")
+            .registers("trace-greeter", "greeter-1")
             .serves(SAY_HELLO, 0)
             .serves(METRICS, 1),
         role("trace", &["directory"], Own, Stdout("directory serving on"))
