@@ -174,8 +174,8 @@ const TOKEN: &str = "let-me-in";
 /// (`ASCII-Value` in its spec of gRPC over HTTP/2), stricter than HTTP/2's. tonic's parser
 /// follows HTTP's: it lets bytes above 127 through, which the server's `to_str()` cannot read
 /// (`é` would arrive as no token at all), a tab, and a trailing space a receiver may strip.
-const VISIBLE_ASCII: &str =
-    "a metadata value must be visible ASCII (space to '~'), no space at either end";
+const PRINTABLE_ASCII: &str =
+    "a metadata value must be printable ASCII (0x20 to 0x7E), with no space at its end";
 
 /// The `authorization` value for `token`, or a refusal that names the rule it breaks.
 fn bearer(token: &str) -> Result<MetadataValue<Ascii>, Status> {
@@ -183,7 +183,7 @@ fn bearer(token: &str) -> Result<MetadataValue<Ascii>, Status> {
     let grpc_ascii = header.bytes().all(|b| (b' '..=b'~').contains(&b)) && !header.ends_with(' ');
     match header.parse() {
         Ok(value) if grpc_ascii => Ok(value),
-        _ => Err(Status::invalid_argument(format!("token {token:?} not sent: {VISIBLE_ASCII}"))),
+        _ => Err(Status::invalid_argument(format!("token {token:?} not sent: {PRINTABLE_ASCII}"))),
     }
 }
 
@@ -203,7 +203,7 @@ fn check_token(journal: Journal) -> impl Interceptor + Clone {
         let missing = ("no token", "missing bearer token");
         let verdict = match request.metadata().get("authorization").map(|v| v.to_str()) {
             None => Err(missing),
-            Some(Err(_)) => Err(("unreadable token", "authorization header not visible ASCII")),
+            Some(Err(_)) => Err(("unreadable token", "authorization header not printable ASCII")),
             Some(Ok(header)) => match header.strip_prefix("Bearer ") {
                 Some(TOKEN) => Ok(()),
                 Some(_) => Err(("wrong token", "invalid bearer token")),
@@ -365,7 +365,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 #[derive(Parser, Debug)]
 #[command(about = "tower layers as client and server wrappers, for unary and streaming calls")]
 struct Args {
-    /// The token the client's auth wrapper sends (visible ASCII, as metadata must be).
+    /// The token the client's auth wrapper sends (printable ASCII, as metadata must be).
     #[arg(long, default_value = TOKEN, value_parser = visible_token)]
     token: String,
 }
@@ -514,7 +514,7 @@ mod tests {
     #[test]
     fn a_token_flag_that_is_not_visible_ascii_is_refused_naming_the_rule() {
         let error = Args::try_parse_from(["wrapper", "--token", "é"]).unwrap_err().to_string();
-        assert!(error.contains("a metadata value must be visible ASCII"), "{error}");
+        assert!(error.contains("a metadata value must be printable ASCII"), "{error}");
     }
 
     #[test]
@@ -532,7 +532,7 @@ mod tests {
         let traced = hello_with(Some("é")).await;
         let status = traced.result.unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
-        assert!(status.message().contains("a metadata value must be visible ASCII"), "{status}");
+        assert!(status.message().contains("a metadata value must be printable ASCII"), "{status}");
         assert!(traced.server.is_empty(), "nothing may be sent: {:?}", traced.server);
     }
 
@@ -544,7 +544,7 @@ mod tests {
         request.metadata_mut().insert("authorization", value);
         let status = check_token(Journal::default()).call(request).unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unauthenticated);
-        assert!(status.message().contains("not visible ASCII"), "{status}");
+        assert!(status.message().contains("not printable ASCII"), "{status}");
     }
 
     #[test]

@@ -2,9 +2,9 @@
 //!
 //! A tower layer, [`wait_group`] (in `wait_group.rs` next to this file), tracks every call
 //! with a `TaskTracker`, from its request to the last byte of its reply. A graceful stop is
-//! then three steps: stop taking calls (a new one gets `Unavailable`, long-lived streams are
-//! told to finish), drain the calls in flight for at most `--drain-ms` (cutting what is left
-//! with `Cancelled`, and counting it), and only then stop the server.
+//! then four steps: report NOT_SERVING, stop taking calls (a new one gets `Unavailable`,
+//! long-lived streams are told to finish), drain the calls in flight for at most `--drain-ms`
+//! (cutting what is left with `Cancelled`, and counting it), and only then stop the server.
 //!
 //! go-micro's example counted calls with a `sync.WaitGroup` in a handler wrapper but waited
 //! on it *after* the server had stopped, when a finished reply had no connection left to
@@ -63,7 +63,7 @@ struct Tally {
     lost: u32,
 }
 
-/// The story: slow calls and a stream in flight, then the three steps of a graceful stop.
+/// The story: slow calls and a stream in flight, then the steps of a graceful stop (0 to 3).
 async fn run(args: &Args) -> anyhow::Result<Tally> {
     let group = WaitGroup::new();
     let greeter = SlowGreeter { work: Duration::from_millis(args.work_ms) };

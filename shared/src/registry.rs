@@ -104,8 +104,9 @@ pub trait Registry: Send + Sync + 'static {
 
 /// A node kept alive in a registry until [`Registration::deregister`] (or a crash).
 ///
-/// It re-registers the node every third of its TTL, so two missed heartbeats in a row
-/// are survived and a third lets the node expire.
+/// It re-registers the node every third of its TTL. One missed heartbeat is survived with a
+/// third of the TTL to spare; after two, the third beat is due just as the lease runs out,
+/// so whether the node stays listed is a race that a slow write loses.
 pub struct Registration {
     registry: Arc<dyn Registry>,
     node: Node,
