@@ -10,6 +10,7 @@ use anyhow::Context;
 use axum::response::Response;
 use cloudevents::{AttributesReader, Event};
 use microkit::PATIENCE;
+use microkit::http::HttpServer;
 
 use crate::bus::EventBus;
 use crate::{AUDIT, http, user_of};
@@ -22,10 +23,13 @@ fn stopping(signal: std::io::Result<&'static str>, what: &str) -> anyhow::Result
 }
 
 /// The `serve` role: the HTTP endpoints on `listen`, until stopped.
+///
+/// Served by microkit's `HttpServer` rather than `axum::serve`, which has no header timeout
+/// and no drain deadline: a client gets 10 s to send a request's headers (counted from the
+/// connection's start, so one that sends nothing is closed too), and a stop lets requests
+/// in flight run for 5 s, then cuts them, so a login whose body never comes holds neither a
+/// connection nor the stop.
 pub async fn serve(bus: Arc<EventBus>, listen: SocketAddr) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
     // Counted on the way out, so every answer is counted, whichever handler gave it.
     let (accepted, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let count = {
@@ -36,27 +40,21 @@ pub async fn serve(bus: Arc<EventBus>, listen: SocketAddr) -> anyhow::Result<()>
             std::future::ready(response)
         }
     };
-    // The probes after the counting layer: a probe is not a login.
-    let health = microkit::health::Health::new(&[]);
+    // The probes are merged after the counting layer: a probe is not a login.
     let router = http::router(bus).layer(axum::middleware::map_response(count));
-    let router = router.merge(health.http_routes());
+    let server = HttpServer::start_healthy_on(listen, router)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
     // Armed before saying so: from here on a signal is a stop request, never a kill.
     let stop = microkit::signal::stop_requested();
-    // Print the bound address: with port 0 the system picks a free one.
-    let bound = listener.local_addr()?;
-    println!("serving POST /user/login and POST /events on http://{bound} (Ctrl-C to stop)");
-    let (stopped, mut stopped_rx) = tokio::sync::oneshot::channel();
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            let signal = stop.await;
-            // Not ready first (a balancer probing /health/ready stops sending), then drain.
-            health.set_serving(false).await;
-            let _ = stopped.send(stopping(signal, "finishing the requests in flight"));
-        })
-        .await?;
-    if let Ok(result) = stopped_rx.try_recv() {
-        result?;
+    // The bound address: with port 0 the system picks a free one.
+    println!("serving POST /user/login and POST /events on {} (Ctrl-C to stop)", server.url());
+    stopping(stop.await, "finishing the requests in flight")?;
+    // Not ready first (a balancer probing /health/ready stops sending), then the drain.
+    if let Some(health) = server.health() {
+        health.set_serving(false).await;
     }
+    server.shutdown().await?;
     let (accepted, refused) = (accepted.load(Ordering::Relaxed), refused.load(Ordering::Relaxed));
     println!("served: {accepted} accepted, {refused} refused");
     Ok(())
