@@ -512,7 +512,7 @@ mod tests {
     }
 
     #[test]
-    fn a_token_flag_that_is_not_visible_ascii_is_refused_naming_the_rule() {
+    fn a_token_flag_that_is_not_printable_ascii_is_refused_naming_the_rule() {
         let error = Args::try_parse_from(["wrapper", "--token", "é"]).unwrap_err().to_string();
         assert!(error.contains("a metadata value must be printable ASCII"), "{error}");
     }
@@ -522,13 +522,13 @@ mod tests {
         // Both would pass tonic's parser, and a tab would reach the server's `to_str()`.
         for token in ["let\tme-in", "let-me-in ", ""] {
             let status = bearer(token).unwrap_err();
-            assert!(status.message().contains("no space at either end"), "{token:?}: {status}");
+            assert!(status.message().contains("no space at its end"), "{token:?}: {status}");
         }
         assert!(bearer(TOKEN).is_ok());
     }
 
     #[tokio::test]
-    async fn the_client_wrapper_refuses_to_send_a_token_that_is_not_visible_ascii() {
+    async fn the_client_wrapper_refuses_to_send_a_token_that_is_not_printable_ascii() {
         let traced = hello_with(Some("é")).await;
         let status = traced.result.unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
