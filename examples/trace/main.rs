@@ -166,8 +166,11 @@ async fn role(
     let metrics = match role {
         // The gateway serves /metrics itself; audit serves no requests, so has none to count.
         Role::Gateway { .. } | Role::Audit => None,
-        // The gRPC services have no HTTP port of their own: /metrics gets one.
-        _ => Some(microkit::http::HttpServer::start(metrics::route()).await?),
+        // The gRPC services have no HTTP port of their own: /metrics gets one, over HTTP/1.1
+        // alone, what a scraper speaks. Over HTTP/2 a client that reads no reply leaves
+        // each stream past the connection's 64 KiB window waiting in hyper; when it then
+        // hangs up, h2 0.4.20's debug build panics on those streams (notes/trace.md).
+        _ => Some(microkit::http::HttpServer::start_http1(metrics::route()).await?),
     };
     // Said in the role's ready line, which comes once the role is in place.
     let scrape = metrics.as_ref().map(|m| format!(", metrics on http://{}/metrics", m.addr()));

@@ -244,3 +244,27 @@ fn terminate(child: &Child) {
     let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(status.success(), "kill -TERM {pid} failed");
 }
+
+/// The port a gRPC service serves `/metrics` on speaks HTTP/1.1 alone: a client that opens
+/// HTTP/2 streams there and reads none of their replies gets no stream to hold.
+#[tokio::test]
+async fn metrics_of_a_grpc_service_refuse_http2_and_answer_http1() {
+    let nats = NatsServer::start().await.expect("this test needs nats-server");
+    let mut command = example("trace");
+    command.arg("directory").env("NATS_URL", nats.url()).stdout(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = next_line(&mut stdout).await;
+    let url = ready.split("metrics on http://").nth(1).expect("a metrics address");
+    let addr: std::net::SocketAddr = url.trim_end_matches("/metrics").parse().unwrap();
+
+    let mut h2 = common::hostile::H2::connect(addr).await.unwrap();
+    let spoken = tokio::time::timeout(PATIENCE, h2.sync(|_| {})).await;
+    assert_eq!(spoken, Ok(false), "the metrics port answered a PING over HTTP/2");
+    let answer = common::hostile::http_get(addr, "/metrics", PATIENCE).await;
+    assert_eq!(answer.as_deref(), Some("HTTP/1.1 200 OK"));
+
+    terminate(&child);
+    let status = tokio::time::timeout(PATIENCE, child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "directory stopped with {status}");
+}

@@ -82,10 +82,27 @@ impl HttpServer {
         router: Router,
         limits: Limits,
     ) -> std::io::Result<Self> {
+        Self::bind(addr, router, limits, Protocols::Both).await
+    }
+
+    /// [`HttpServer::start`] speaking HTTP/1.1 only: for an endpoint whose clients all speak
+    /// it (a Prometheus scraper does, over plain HTTP), so that none of HTTP/2's
+    /// per-connection streams can be opened against it. An HTTP/2 preface is refused.
+    pub async fn start_http1(router: Router) -> std::io::Result<Self> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self::bind(addr, router, Limits::default(), Protocols::Http1).await
+    }
+
+    async fn bind(
+        addr: SocketAddr,
+        router: Router,
+        limits: Limits,
+        protocols: Protocols,
+    ) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
-        let task = tokio::spawn(serve(listener, router, limits, stop.clone()));
+        let task = tokio::spawn(serve(listener, router, limits, protocols, stop.clone()));
         Ok(HttpServer { addr, stop, task: Some(task), health: None })
     }
 
@@ -120,6 +137,14 @@ impl HttpServer {
     }
 }
 
+/// What an [`HttpServer`] speaks on its port.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Protocols {
+    /// HTTP/1.1, and HTTP/2 with prior knowledge.
+    Both,
+    Http1,
+}
+
 impl Drop for HttpServer {
     /// Dropped without `shutdown`: stop serving anyway, so no server outlives its owner.
     fn drop(&mut self) {
@@ -138,9 +163,13 @@ async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     limits: Limits,
+    protocols: Protocols,
     stop: CancellationToken,
 ) {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    if protocols == Protocols::Http1 {
+        builder = builder.http1_only();
+    }
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
@@ -169,16 +198,26 @@ async fn serve(
         let builder = builder.clone();
         let stop = stop.clone();
         connections.spawn(async move {
-            let connection =
-                builder.serve_connection_with_upgrades(TokioIo::new(connection), service);
-            tokio::pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                () = stop.cancelled() => {
-                    // Finish the request in flight, take no more on this connection.
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
+            // Both kinds of connection are driven alike; they share no trait to name.
+            macro_rules! drive {
+                ($connection:expr) => {{
+                    let connection = $connection;
+                    tokio::pin!(connection);
+                    tokio::select! {
+                        result = connection.as_mut() => result,
+                        () = stop.cancelled() => {
+                            // Finish the request in flight, take no more on this connection.
+                            connection.as_mut().graceful_shutdown();
+                            connection.await
+                        }
+                    }
+                }};
+            }
+            let io = TokioIo::new(connection);
+            // `http1_only` holds for `serve_connection` alone: the upgrading variant sniffs.
+            let result = match protocols {
+                Protocols::Both => drive!(builder.serve_connection_with_upgrades(io, service)),
+                Protocols::Http1 => drive!(builder.serve_connection(io, service)),
             };
             if let Err(error) = result {
                 tracing::debug!("connection ended: {error}");
