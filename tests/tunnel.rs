@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{example, run_within, text};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout};
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -81,7 +81,6 @@ fn resident_kib(pid: u32) -> u64 {
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn a_flood_of_opens_on_one_link_is_refused_past_the_bound_and_costs_little() {
-    use tokio::io::AsyncWriteExt;
     const FLOOD: u32 = 50_000;
     const OPEN: u8 = 1;
     const ACCEPT: u8 = 2;
@@ -153,4 +152,140 @@ async fn a_flood_of_opens_on_one_link_is_refused_past_the_bound_and_costs_little
         after / 1024
     );
     assert!(after <= near_start, "node-b kept {} MB after the link closed", after / 1024);
+}
+
+/// How long node-b gives a link to deliver its first complete frame, or to finish one it
+/// began (`FRAME_TIMEOUT` in the example's `deadline.rs`).
+const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A tunnel frame as another program writes it: kind, session, length, payload.
+fn raw_frame(kind: u8, session: u32, payload: &[u8]) -> Vec<u8> {
+    let mut bytes = vec![kind];
+    bytes.extend_from_slice(&session.to_be_bytes());
+    bytes.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
+/// Reads frames until one of `kind` arrives (an accepted session's gRPC server may speak
+/// first); false if the link closed or was silent for `PATIENCE`.
+async fn answered(link: &mut tokio::net::TcpStream, kind: u8) -> bool {
+    let read = async {
+        loop {
+            let mut header = [0u8; 9];
+            link.read_exact(&mut header).await.ok()?;
+            let length = u32::from_be_bytes(header[5..9].try_into().unwrap()) as usize;
+            let mut payload = vec![0; length];
+            link.read_exact(&mut payload).await.ok()?;
+            if header[0] == kind {
+                return Some(());
+            }
+        }
+    };
+    tokio::time::timeout(microkit::PATIENCE, read).await.ok().flatten().is_some()
+}
+
+const OPEN_FRAME: u8 = 1;
+const ACCEPT_FRAME: u8 = 2;
+
+/// A connection that sends nothing, one byte, or a good frame and then half of the next is
+/// no tunnel node (a dialing node-a sends its `Open` at once, and every frame whole): node-b
+/// closes it at the frame timeout, with a log line. A link that spoke, with a session open
+/// and quiet ever since, outlives that timeout and still opens sessions.
+#[tokio::test]
+async fn strangers_are_closed_at_the_frame_timeout_and_a_quiet_link_is_not() {
+    let mut node_b = example("tunnel");
+    node_b.args(["node-b", "--listen", "127.0.0.1:0"]);
+    let (mut node_b, addr, _rest) = start_announcing(node_b).await;
+
+    let mut quiet = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    quiet.write_all(&raw_frame(OPEN_FRAME, 1, b"greeter")).await.unwrap();
+    assert!(answered(&mut quiet, ACCEPT_FRAME).await, "node-b accepts a session");
+
+    let mut good_then_half = raw_frame(OPEN_FRAME, 1, b"billing");
+    good_then_half.extend_from_slice(&raw_frame(4, 1, b"hello")[..11]);
+    let sends: [(&str, &[u8]); 3] =
+        [("nothing", b""), ("one byte", b"P"), ("a frame and half of one", &good_then_half)];
+    let strangers = sends.map(|(what, bytes)| {
+        let addr = addr.clone();
+        async move {
+            let started = std::time::Instant::now();
+            let mut stranger = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            stranger.write_all(bytes).await.unwrap();
+            let mut rest = Vec::new();
+            let closed = tokio::time::timeout(
+                FRAME_TIMEOUT + microkit::PATIENCE,
+                stranger.read_to_end(&mut rest),
+            );
+            (what, closed.await.is_ok().then(|| started.elapsed()))
+        }
+    });
+    for (what, closed) in futures::future::join_all(strangers).await {
+        let took = closed.unwrap_or_else(|| panic!("{what}: still open, 20 s on"));
+        eprintln!("measured: a stranger that sent {what}: closed after {took:.1?}");
+        assert!(
+            took >= FRAME_TIMEOUT - Duration::from_millis(500),
+            "{what}: closed after {took:?}"
+        );
+    }
+
+    // Quiet for longer than the timeout, and still a link: it opens another session.
+    quiet.write_all(&raw_frame(OPEN_FRAME, 3, b"greeter")).await.unwrap();
+    assert!(answered(&mut quiet, ACCEPT_FRAME).await, "the quiet link was closed");
+
+    node_b.kill().await.unwrap();
+    let mut stderr = String::new();
+    node_b.stderr.take().unwrap().read_to_string(&mut stderr).await.unwrap();
+    let logged = stderr.matches("a link that is no tunnel node; closing it").count();
+    assert_eq!(logged, 3, "{stderr}");
+}
+
+/// node-b run with a small file table, filled with links: accepting fails (EMFILE), and
+/// node-b must pause, say so, and take links again once files are free, not stop listening.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn node_b_at_its_file_limit_pauses_and_links_up_again_once_files_are_free() {
+    const FILES: usize = 64;
+    let mut command = tokio::process::Command::new("prlimit");
+    command
+        .arg(format!("--nofile={FILES}:{FILES}"))
+        .arg(common::example_binary("tunnel"))
+        .args(["node-b", "--listen", "127.0.0.1:0"])
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let (mut node_b, addr, _rest) = start_announcing(command).await;
+    let mut log = BufReader::new(node_b.stderr.take().unwrap()).lines();
+
+    // More links than node-b has files left: each asks for a channel nobody serves, so
+    // the ones node-b took get an answer, and the rest wait in its listen backlog.
+    let mut held = Vec::new();
+    for _ in 0..FILES + 8 {
+        let mut link = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        link.write_all(&raw_frame(OPEN_FRAME, 1, b"billing")).await.unwrap();
+        held.push(link);
+    }
+    let warned = tokio::time::timeout(microkit::PATIENCE, async {
+        while let Ok(Some(line)) = log.next_line().await {
+            if line.contains("accept failed") {
+                return Some(line);
+            }
+        }
+        None
+    });
+    let warned = warned.await.ok().flatten();
+    let line =
+        warned.expect("node-b said nothing of its full file table (has it stopped listening?)");
+    assert!(line.contains("Too many open files"), "{line}");
+    // The log goes on being read, so node-b never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
+
+    drop(held);
+    let mut node_a = example("tunnel");
+    node_a.args(["node-a", "--connect", &addr, "--names", "ada"]);
+    let output = run_within(node_a, LIMIT).await;
+    assert!(output.status.success(), "node-a after the limit: {}", text(&output.stderr));
+    assert_eq!(text(&output.stdout), "  hello ada, answered by node-b\n");
 }

@@ -24,7 +24,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
-use crate::frame::{Frame, FrameCodec};
+use crate::deadline::{FRAME_TIMEOUT, FrameDeadline};
+use crate::frame::{Frame, FrameCodec, FrameError};
 pub use crate::session::Session;
 
 /// Sessions arriving for one channel this node serves.
@@ -126,6 +127,9 @@ impl Tunnel {
             to_write,
             shared.down.clone(),
         ));
+        // The listener's peer must speak first; on either side, a frame once begun must end.
+        let first_frame_due = matches!(side, Side::Listener);
+        let read = FrameDeadline::new(read, FRAME_TIMEOUT, first_frame_due);
         tokio::spawn(read_frames(FramedRead::new(read, FrameCodec), Arc::clone(&shared)));
         Tunnel { shared }
     }
@@ -276,7 +280,7 @@ impl Shared {
 }
 
 async fn read_frames(
-    mut frames: FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
+    mut frames: FramedRead<FrameDeadline<tokio::net::tcp::OwnedReadHalf>, FrameCodec>,
     link: Arc<Shared>,
 ) {
     let reason = loop {
@@ -293,6 +297,12 @@ async fn read_frames(
                 if link.receive(frame).await.is_err() {
                     break "the writer stopped".to_owned();
                 }
+                let begun = !frames.read_buffer().is_empty();
+                frames.get_mut().frame_done(begun);
+            }
+            Some(Err(FrameError::Io(error))) if error.kind() == io::ErrorKind::TimedOut => {
+                tracing::warn!(node = %link.name, %error, "a link that is no tunnel node; closing it");
+                break error.to_string();
             }
             Some(Err(error)) => {
                 tracing::warn!(node = %link.name, %error, "bad frame on the link; closing it");

@@ -22,6 +22,7 @@
 //!
 //! Prints `tests/golden/tunnel.txt`; explained in `notes/tunnel.md`.
 
+mod deadline;
 mod frame;
 mod link;
 mod roles;
@@ -151,8 +152,15 @@ impl NodeB {
         let links = Arc::new(Mutex::new(Vec::new()));
         let linked = Arc::new(AtomicUsize::new(0));
         let (name, accepted, count) = (name.to_owned(), Arc::clone(&links), Arc::clone(&linked));
+        // `Incoming` pauses after a failed accept (the file table full) and logs it, at most
+        // every 5 s, then tries again: the listener outlives the limit. A link is no HTTP,
+        // so only its TCP stream is kept; `FrameDeadline` bounds a stranger's silence.
+        let mut incoming = microkit::server::Incoming::from(listener);
         let accept = tokio::spawn(async move {
-            while let Ok((stream, peer)) = listener.accept().await {
+            while let Some(connection) = incoming.next().await {
+                let Ok(connection) = connection else { continue }; // never: it logs and waits
+                let stream = connection.into_stream();
+                let peer = stream.peer_addr().map(|peer| peer.to_string()).unwrap_or_default();
                 tracing::info!(%peer, "a node linked up");
                 let services = HashMap::from([("greeter".to_owned(), arrivals.clone())]);
                 let tunnel = Tunnel::start(&name, stream, Side::Listener, services);

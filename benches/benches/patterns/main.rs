@@ -17,6 +17,10 @@ mod tunnel;
 
 // The tunnel example's own multiplexer and wire format, compiled here unchanged so the
 // bench measures the code a reader reads. (The bench uses only part of their API.)
+// (Its unit tests are not run here, so what they import goes unused.)
+#[allow(dead_code, unused_imports)]
+#[path = "../../../examples/tunnel/deadline.rs"]
+mod deadline;
 #[allow(dead_code)]
 #[path = "../../../examples/tunnel/frame.rs"]
 mod frame;
