@@ -45,6 +45,12 @@ pub const DEDUP_WINDOW: Duration = Duration::from_secs(120);
 /// 10,000 are plenty here, and the memory stays bounded (about 1 MB of keys) however long
 /// the consumer runs.
 pub const REMEMBERED: usize = 10_000;
+/// How long JetStream waits for a durable consumer's ack before it delivers an event again.
+/// An event handed to a pull request that never reached the consumer (a partition cut the
+/// way back, a crash before the ack) is lost to it until then, so this bounds how late such
+/// an event arrives. The server's default is 30 s; the handling here takes microseconds, and
+/// a redelivery that comes while the first is still being handled is dropped as a duplicate.
+pub const ACK_WAIT: Duration = Duration::from_secs(10);
 
 /// Why an event was not stored, or not surely: each asks the sender for something else.
 #[derive(Debug, thiserror::Error)]
@@ -245,6 +251,7 @@ impl EventBus {
                             // A new consumer starts with events published after it exists.
                             deliver_policy: jetstream::consumer::DeliverPolicy::New,
                             ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                            ack_wait: ACK_WAIT,
                             ..Default::default()
                         },
                     )

@@ -182,6 +182,36 @@ async fn a_second_delivery_of_an_event_is_dropped_and_counted() {
     assert_eq!((ids, again.duplicates()), (vec![after.id().to_owned()], 2));
 }
 
+/// A delivery that never reached the consumer (here: a pull by another client of the same
+/// durable consumer, never acknowledged, as a pull lost in a partition is) comes again once
+/// the ack wait has passed, not after the server's default 30 s.
+#[tokio::test]
+async fn an_event_delivered_but_never_acknowledged_comes_again_after_the_ack_wait() {
+    let server = NatsServer::start().await.expect(INSTALL_HINT);
+    let backend = nats_backend(&server).await;
+    let bus = EventBus::connect(&backend).await.unwrap();
+    let audit = bus.durable(AUDIT).await.unwrap();
+    let lost = login_event("lost");
+    bus.publish(&lost).await.unwrap();
+
+    // Another pull of the same consumer takes the event and never acknowledges it.
+    let Backend::Nats { client, .. } = &backend else { panic!("not NATS") };
+    let jetstream = async_nats::jetstream::new(client.clone());
+    let consumer: async_nats::jetstream::consumer::PullConsumer =
+        jetstream.get_stream(bus::STREAM).await.unwrap().get_consumer(AUDIT).await.unwrap();
+    let mut taken = consumer.fetch().max_messages(1).messages().await.unwrap();
+    let delivered_at = tokio::time::Instant::now();
+    assert!(taken.next().await.unwrap().is_ok(), "the first delivery");
+
+    let mut ids = Vec::new();
+    let record = |e: Option<Event>| ids.extend(e.map(|e| e.id().to_owned()));
+    let limit = bus::ACK_WAIT + PATIENCE;
+    assert_eq!(audit.take(1, limit, record).await.unwrap(), 1, "delivered again within {limit:?}");
+    assert_eq!(ids, [lost.id()]);
+    let waited = delivered_at.elapsed();
+    assert!(waited >= bus::ACK_WAIT - Duration::from_millis(500), "came again after {waited:?}");
+}
+
 #[tokio::test]
 async fn the_roles_need_a_shared_server() {
     // A role explains what to do instead of running alone on a backend nobody else shares.
