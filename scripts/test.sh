@@ -69,6 +69,49 @@ if ! cmp -s scripts/requirements.txt target/py/installed-requirements.txt; then
   cp scripts/requirements.txt target/py/installed-requirements.txt
 fi
 
+# Go, for the Go peers of tests/go_interop.rs (interop/go, built by interop/go/build.sh
+# offline in GOPATH mode): the compiler, grpc-go, protobuf and protoc with its two Go
+# plugins, all from Debian. golang-github-golang-protobuf-1-5-dev is named so that apt does
+# not pick the 1.3 API for grpc-go, which the stubs of protoc-gen-go 1.28 cannot use.
+go_packages="golang-go golang-google-grpc-dev golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev golang-golang-x-crypto-dev protobuf-compiler protoc-gen-go protoc-gen-go-grpc"
+go_missing=""
+for package in $go_packages; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' || go_missing="$go_missing $package"
+done
+if [ -n "$go_missing" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing Go and its gRPC packages (Debian):$go_missing"
+    apt-get update -qq
+    # shellcheck disable=SC2086 # one word per package
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $go_missing >/dev/null
+  else
+    echo "scripts/test.sh needs Go for the Go interop tests: install them (Debian: sudo apt-get install$go_missing)" >&2
+    exit 1
+  fi
+fi
+# nats.go from Debian cannot be installed beside the protobuf above: its package depends on
+# golang-goprotobuf-dev, which conflicts with it. nats.go itself imports no protobuf, so its
+# package and those of the two libraries it uses (nkeys, nuid) are fetched and unpacked into
+# target/go/deps, a GOPATH entry of the Go build's own.
+go_deps=target/go/deps
+if [ ! -d "$go_deps/usr/share/gocode/src/github.com/nats-io/nats.go" ]; then
+  echo "== unpacking nats.go, nkeys and nuid (Debian) into $go_deps"
+  rm -rf "$go_deps" && mkdir -p "$go_deps"
+  debs=$(mktemp -d)
+  if ! (cd "$debs" && apt-get download -qq golang-github-nats-io-go-nats-dev golang-github-nats-io-nkeys-dev golang-github-nats-io-nuid-dev >/dev/null 2>&1); then
+    if [ "$(id -u)" = 0 ]; then
+      apt-get update -qq
+      (cd "$debs" && apt-get download -qq golang-github-nats-io-go-nats-dev golang-github-nats-io-nkeys-dev golang-github-nats-io-nuid-dev >/dev/null)
+    else
+      echo "scripts/test.sh could not fetch nats.go's Debian packages: run apt-get update (as root) first" >&2
+      exit 1
+    fi
+  fi
+  for deb in "$debs"/*.deb; do dpkg -x "$deb" "$go_deps"; done
+  rm -rf "$debs"
+fi
+echo "== $(go version)"
+
 # iproute2's `ip` for the partition tests (tests/partition.rs), which build their test hosts
 # as network namespaces and need root: they fail, never skip, without either. setpriv
 # (util-linux) ties each process they start in a host to the test's life.

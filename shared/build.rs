@@ -12,6 +12,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("descriptors.bin"), prost::Message::encode_to_vec(&descriptors))?;
     tonic_prost_build::configure()
+        // Every method has a default that answers UNIMPLEMENTED, so a lesson implements only
+        // the calls it uses.
+        .generate_default_stubs(true)
         // JSON in and out: the sidecar and the web gateway speak JSON to the outside.
         .type_attribute(".", "#[derive(serde::Serialize, serde::Deserialize)]")
         .type_attribute(".", "#[serde(default)]")

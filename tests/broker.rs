@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
+use broker::{Broker, BrokerError, Headers, NatsBroker, Subscription};
 use bytes::Bytes;
 use futures::StreamExt;
-use microkit::broker::{Broker, BrokerError, Headers, NatsBroker, Subscription};
-use microkit::nats::{INSTALL_HINT, NatsCluster, NatsServer};
+use microkit_backend::nats::{INSTALL_HINT, NatsServer};
+use microkit_testing::NatsCluster;
 
 const PATIENCE: Duration = Duration::from_secs(20);
 

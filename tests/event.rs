@@ -8,13 +8,13 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{example, next_line, terminate};
-use microkit::nats::{INSTALL_HINT, NatsServer};
+use microkit_backend::nats::{INSTALL_HINT, NatsServer};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStdout};
 
 const LIMIT: Duration = Duration::from_secs(30);
-/// `microkit::http::Limits::default()`, which the serve role keeps: the header timeout and
+/// `microkit_http::Limits::default()`, which the serve role keeps: the header timeout and
 /// the drain deadline.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_DEADLINE: Duration = Duration::from_secs(5);

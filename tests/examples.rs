@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::{example, run_within, takes_backend, text, topics};
-use microkit::nats::NatsServer;
+use microkit_backend::nats::NatsServer;
 
 const LIMIT: Duration = Duration::from_secs(30);
 

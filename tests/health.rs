@@ -19,7 +19,7 @@ use tokio::process::{Child, Command};
 const LIMIT: Duration = Duration::from_secs(60);
 
 /// A `node` role over a private NATS: the child and the address it serves on.
-async fn start_node(nats: &microkit::nats::NatsServer, id: &str) -> (Child, String) {
+async fn start_node(nats: &microkit_backend::nats::NatsServer, id: &str) -> (Child, String) {
     let mut command = common::example("health");
     command.args(["node", "--id", id]).env("NATS_URL", nats.url());
     let mut child = command.spawn().expect("starting the node role");
@@ -39,7 +39,8 @@ async fn a_stopping_node_reports_not_serving_then_ends_the_watch_as_it_drains() 
 }
 
 async fn stopping_node() {
-    let nats = microkit::nats::NatsServer::start().await.expect("this test needs nats-server");
+    let nats =
+        microkit_backend::nats::NatsServer::start().await.expect("this test needs nats-server");
     let (mut node, address) = start_node(&nats, "greeter-1").await;
     let channel = tonic::transport::Channel::from_shared(format!("http://{address}")).unwrap();
     let channel = channel.connect().await.unwrap();
@@ -64,7 +65,8 @@ async fn python_grpcio_checks_health_and_calls_say_hello_through_reflection_alon
 
 async fn python_client() {
     let python = common::python();
-    let nats = microkit::nats::NatsServer::start().await.expect("this test needs nats-server");
+    let nats =
+        microkit_backend::nats::NatsServer::start().await.expect("this test needs nats-server");
     let (node, address) = start_node(&nats, "greeter-py").await;
     let output = Command::new(python)
         .arg(common::root().join("scripts/grpc-reflect.py"))
@@ -96,7 +98,8 @@ async fn a_health_node_beside_the_trace_topic_gets_none_of_its_calls() {
 }
 
 async fn two_topics() {
-    let nats = microkit::nats::NatsServer::start().await.expect("this test needs nats-server");
+    let nats =
+        microkit_backend::nats::NatsServer::start().await.expect("this test needs nats-server");
     let mut children = Vec::new();
     let mut ready = Vec::new();
     for (topic, args) in [
@@ -119,12 +122,12 @@ async fn two_topics() {
     let gateway = ready[3].strip_prefix("gateway listening on ").expect("the gateway").to_owned();
 
     // The gateway says it listens once it has seen every greeter listed: no probing needed.
-    let http = microkit::http::Forwarder::new();
+    let http = microkit_http::Forwarder::new();
     let get = async |url: String| {
         let request = http::Request::get(url).body(axum::body::Body::empty()).unwrap();
         let response = http.send(request).await.expect("an answer");
         let status = response.status().as_u16();
-        (status, microkit::http::body_text(response.into_body(), 1 << 20).await)
+        (status, microkit_http::body_text(response.into_body(), 1 << 20).await)
     };
     for n in 0..5 {
         let answer = get(format!("{gateway}/hello?name=n{n}")).await;

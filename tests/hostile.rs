@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use common::hostile::{self, H2};
 use common::roles::{At, Endpoint, Protocol, Role, Running, nodes, roles, spawn};
-use microkit::nats::{INSTALL_HINT, NatsServer};
 use microkit::proto::greeter::{HelloReply, HelloRequest};
+use microkit_backend::nats::{INSTALL_HINT, NatsServer};
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use common::hosts::{Hosts, Proc, Stream, within};
 use futures::StreamExt;
-use microkit::registry::{NatsRegistry, Registry};
+use registry::{NatsRegistry, Registry};
 
 /// Nodes' TTL in the registry: short, so the cut node expires within seconds. After the
 /// heal the bucket may have no leader for some seconds, and a TTL shorter than that gap

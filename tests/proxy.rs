@@ -11,26 +11,25 @@
 
 mod common;
 
-use std::pin::Pin;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use http::uri::PathAndQuery;
-use microkit::nats::{INSTALL_HINT, NatsServer};
 use microkit::proto::greeter::greeter_client::GreeterClient;
 use microkit::proto::greeter::greeter_server::{Greeter, GreeterServer};
-use microkit::proto::greeter::{GreetingsRequest, HelloReply, HelloRequest, NamesSummary};
-use microkit::registered::Registered;
-use microkit::registry::{NatsRegistry, Registry};
+use microkit::proto::greeter::{GreetingsRequest, HelloReply, HelloRequest};
 use microkit::server::RunningServer;
+use microkit_backend::nats::{INSTALL_HINT, NatsServer};
+use registry::Registered;
+use registry::{NatsRegistry, Registry};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout};
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::service::Routes;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status};
 
 /// Only turns a hang into a failure.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -79,14 +78,12 @@ impl Greeter for Echo {
         Ok(response)
     }
 
-    type GreetingsStream = Pin<Box<dyn Stream<Item = Result<HelloReply, Status>> + Send>>;
-
     /// `count` replies, then an error whose status and metadata travel in the trailers;
     /// `count` 0: replies until the caller (or the node) goes away.
     async fn greetings(
         &self,
         request: Request<GreetingsRequest>,
-    ) -> Result<Response<Self::GreetingsStream>, Status> {
+    ) -> Result<Response<microkit::greeter::ReplyStream>, Status> {
         let GreetingsRequest { count, interval_ms, .. } = request.into_inner();
         let limit = if count == 0 { u32::MAX } else { count };
         let replies = futures::stream::iter(1..=limit).then(move |seq| async move {
@@ -97,22 +94,6 @@ impl Greeter for Echo {
         trailer.insert("x-reason", MetadataValue::from_static("done"));
         let end = Status::with_metadata(Code::Aborted, "enough", trailer);
         Ok(Response::new(Box::pin(replies.chain(futures::stream::iter([Err(end)])))))
-    }
-
-    async fn collect_names(
-        &self,
-        _: Request<Streaming<HelloRequest>>,
-    ) -> Result<Response<NamesSummary>, Status> {
-        Err(Status::unimplemented("not here"))
-    }
-
-    type ChatStream = Self::GreetingsStream;
-
-    async fn chat(
-        &self,
-        _: Request<Streaming<HelloRequest>>,
-    ) -> Result<Response<Self::ChatStream>, Status> {
-        Err(Status::unimplemented("not here"))
     }
 }
 
@@ -155,7 +136,7 @@ async fn setup(extra: &[&str]) -> Setup {
 /// The proxy role started as `wrapper` (a shell line, the binary and arguments after it).
 async fn setup_with(wrapper: &[&str], extra: &[&str]) -> Setup {
     let nats = NatsServer::start().await.expect(INSTALL_HINT);
-    let client = microkit::backend::connect(&nats.url()).await.unwrap();
+    let client = microkit_backend::connect(&nats.url()).await.unwrap();
     let registry: Arc<dyn Registry> = Arc::new(NatsRegistry::new(client));
     let args = ["proxy", "--listen", "127.0.0.1:0"];
     let (proxy, addr) = spawn_role_with(&nats, wrapper, &args, extra).await;
@@ -503,12 +484,13 @@ async fn a_node_refusals_reach_grpcio_with_their_code_and_message() {
     let setup = setup(&[]).await;
     let _node = echo_node(&setup.registry, "echo-1").await;
     let stdout = python_program(PYTHON_REFUSALS, &[&setup.addr]).await;
+    // CollectNames is the Greeter's default stub on the node: tonic's own message.
     assert_eq!(
         stdout,
         "SayHello invalid INVALID_ARGUMENT 'the name is invalid'\n\
          SayHello internal INTERNAL 'something broke inside'\n\
          SayHello fail NOT_FOUND 'no such name'\n\
-         CollectNames UNIMPLEMENTED 'not here'\n\
+         CollectNames UNIMPLEMENTED 'Not yet implemented'\n\
          Shout UNIMPLEMENTED ''\n"
     );
 }
@@ -549,9 +531,9 @@ async fn the_proxy_answers_its_own_health_and_reflection() {
 async fn an_unknown_service_is_refused_without_a_watch() {
     let setup = setup(&[]).await;
     let _node = echo_node(&setup.registry, "echo-1").await;
-    let client = microkit::backend::connect(&setup.nats.url()).await.unwrap();
+    let client = microkit_backend::connect(&setup.nats.url()).await.unwrap();
     let jetstream = async_nats::jetstream::new(client);
-    let stream = format!("KV_{}", microkit::registry::DEFAULT_BUCKET);
+    let stream = format!("KV_{}", registry::DEFAULT_BUCKET);
     let consumers = || async {
         let mut stream = jetstream.get_stream(&stream).await.unwrap();
         stream.info().await.unwrap().state.consumer_count
@@ -623,7 +605,7 @@ async fn a_call_with_no_deadline_waits_for_a_node_only_so_long() {
 #[tokio::test]
 async fn a_registry_entry_naming_the_proxy_itself_is_refused_at_once() {
     let setup = setup(&[]).await;
-    let node = microkit::registry::Node::new(GREETER, "the-proxy", &setup.addr);
+    let node = registry::Node::new(GREETER, "the-proxy", &setup.addr);
     setup.registry.register(&node, Duration::from_secs(30)).await.unwrap();
     let mut greeter = GreeterClient::new(setup.channel.clone());
     let call = greeter.say_hello(hello("x"));

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{example, run_within, text};
-use microkit::nats::{INSTALL_HINT, NatsServer};
+use microkit_backend::nats::{INSTALL_HINT, NatsServer};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const LIMIT: Duration = Duration::from_secs(30);

@@ -8,7 +8,7 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 use common::{example, next_line, run_within, text};
-use microkit::nats::NatsServer;
+use microkit_backend::nats::NatsServer;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout};
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::{example, run_within, text};
 use microkit::proto::greeter::HelloRequest;
 use microkit::proto::greeter::greeter_client::GreeterClient;
-use microkit::tls::Authority;
+use secure::Authority;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, ChildStdout};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{example, run_within, text};
-use microkit::nats::{INSTALL_HINT, NatsServer};
+use microkit_backend::nats::{INSTALL_HINT, NatsServer};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 

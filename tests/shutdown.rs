@@ -8,10 +8,10 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use common::{example, next_line, text};
-use microkit::backend::{BackendArgs, BackendChoice};
-use microkit::nats::NatsServer;
 use microkit::proto::greeter::GreetingsRequest;
 use microkit::proto::greeter::greeter_client::GreeterClient;
+use microkit_backend::nats::NatsServer;
+use microkit_backend::{BackendArgs, BackendChoice};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout};
 
@@ -103,7 +103,8 @@ impl Serving {
 async fn greeter_ids(nats_url: &str) -> Vec<String> {
     let backend = BackendArgs { backend: BackendChoice::Nats };
     let backend = backend.connect_with(Some(nats_url)).await.expect("reaching the test's NATS");
-    let nodes = backend.registry().nodes("shutdown-greeter").await.expect("reading the registry");
+    let nodes =
+        registry::on(&backend).nodes("shutdown-greeter").await.expect("reading the registry");
     nodes.into_iter().map(|node| node.id).collect()
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use http::Method;
-use microkit::http::{Forwarder, body_text};
+use microkit_http::{Forwarder, body_text};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};

@@ -12,7 +12,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::roles::{Nats, Ready, Role, Running, node_ids, role, roles, spawn};
-use microkit::nats::{INSTALL_HINT, NatsServer};
+use microkit_backend::nats::{INSTALL_HINT, NatsServer};
 
 /// A hang guard per step (start, stop), never a pace.
 const LIMIT: Duration = Duration::from_secs(30);

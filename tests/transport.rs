@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{Process, example, python, root, run_within, text};
-use microkit::nats::{INSTALL_HINT, NatsServer};
 use microkit::proto::greeter::{HelloReply, HelloRequest};
-use microkit::registry::{NatsRegistry, Registry};
+use microkit_backend::nats::{INSTALL_HINT, NatsServer};
 use prost::Message;
+use registry::{NatsRegistry, Registry};
 use tokio::process::Command;
 
 /// Only turns a hang into a failure.
@@ -180,7 +180,7 @@ async fn no_single_request_ends_an_instance_nats_side() {
 
     // The instance still serves, and stops as every role does.
     assert_eq!(calls(&client, 3).await, BTreeMap::from([("greeter-a".to_owned(), 3)]));
-    let registry = NatsRegistry::new(microkit::backend::connect(&server.url()).await.unwrap());
+    let registry = NatsRegistry::new(microkit_backend::connect(&server.url()).await.unwrap());
     assert_eq!(registry.nodes(SERVICE).await.unwrap().len(), 1);
     let (last, status) = ours.stop().await;
     assert!(status.success(), "greeter-a exited with {status}");

@@ -8,13 +8,11 @@
 //! A second test runs the web service and the gateway as separate processes that find each
 //! other through a private NATS server, as a learner would in three terminals.
 
-#[path = "common/browser.rs"]
-mod browser;
 mod common;
 
 use std::time::Duration;
 
-use browser::Browser;
+use common::browser::Browser;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
 use tokio::process::{ChildStdout, Command};
 
@@ -28,7 +26,8 @@ async fn web_nodes_in_other_processes_join_and_leave_the_gateway() {
 }
 
 async fn separate_processes() {
-    let nats = microkit::nats::NatsServer::start().await.expect("this test needs nats-server");
+    let nats =
+        microkit_backend::nats::NatsServer::start().await.expect("this test needs nats-server");
     let role = |args: &[&str]| {
         let mut command = common::example("web");
         command.args(args).env("NATS_URL", nats.url());
@@ -94,8 +93,8 @@ async fn start(mut command: Command) -> (Role, String) {
 async fn get(base: &str, path: &str) -> String {
     let request =
         http::Request::get(format!("{base}{path}")).body(axum::body::Body::empty()).unwrap();
-    let response = microkit::http::Forwarder::new().send(request).await.unwrap();
-    microkit::http::body_text(response.into_body(), 1 << 16).await
+    let response = microkit_http::Forwarder::new().send(request).await.unwrap();
+    microkit_http::body_text(response.into_body(), 1 << 16).await
 }
 
 #[tokio::test]

@@ -4,13 +4,11 @@
 //! check runs inside the page through the DevTools protocol. It never skips: without
 //! Chromium or nats-server it fails and says what to install.
 
-#[path = "common/browser.rs"]
-mod browser;
 mod common;
 
 use std::time::Duration;
 
-use browser::Browser;
+use common::browser::Browser;
 use common::terminate;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -23,7 +21,8 @@ async fn the_front_page_shows_a_node_turn_not_ready_then_leave() {
 }
 
 async fn dashboard() {
-    let nats = microkit::nats::NatsServer::start().await.expect("this test needs nats-server");
+    let nats =
+        microkit_backend::nats::NatsServer::start().await.expect("this test needs nats-server");
     let role = |args: &[&str]| {
         let mut command = common::example("web");
         command.args(args).env("NATS_URL", nats.url());

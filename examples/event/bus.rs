@@ -20,60 +20,15 @@ use anyhow::Context;
 use async_nats::connection::State;
 use async_nats::jetstream::context::{PublishError as JetStreamError, PublishErrorKind};
 use async_nats::jetstream::{self, consumer::pull, stream};
+use broker::{Broker, Headers, Subscription};
 use bytes::Bytes;
 use cloudevents::{AttributesReader, Event};
 use futures::StreamExt;
-use microkit::backend::Backend;
-use microkit::broker::{Broker, Headers, Subscription};
+use microkit_backend::Backend;
 use tokio::sync::watch;
 
-/// The subject every login event is published on.
-pub const SUBJECT: &str = "events.user.login";
-/// The JetStream stream that keeps every `events.>` message.
-pub const STREAM: &str = "EVENTS";
-/// CloudEvents' media type for an event in JSON "structured mode".
-const CONTENT_TYPE: &str = "application/cloudevents+json";
-/// The largest event (as JSON) the bus takes. An event states a fact; a file belongs
-/// elsewhere. It is also well under NATS's default message limit (1 MiB), so an event the
-/// HTTP side accepted is never one the server refuses for its size.
-pub const MAX_EVENT_BYTES: usize = 64 * 1024;
-/// How long the stream remembers an event's `(source, id)` to drop a second copy: a client
-/// retrying within this window after an unanswered request stores its event once.
-pub const DEDUP_WINDOW: Duration = Duration::from_secs(120);
-/// How many events a durable consumer remembers having handled, to drop a second delivery
-/// of one. A redelivery comes soon after the first (a lost ack, a restart), so the latest
-/// 10,000 are plenty here, and the memory stays bounded (about 1 MB of keys) however long
-/// the consumer runs.
-pub const REMEMBERED: usize = 10_000;
-/// How long JetStream waits for a durable consumer's ack before it delivers an event again.
-/// An event handed to a pull request that never reached the consumer (a partition cut the
-/// way back, a crash before the ack) is lost to it until then, so this bounds how late such
-/// an event arrives. The server's default is 30 s; the handling here takes microseconds, and
-/// a redelivery that comes while the first is still being handled is dropped as a duplicate.
-pub const ACK_WAIT: Duration = Duration::from_secs(10);
-
-/// Why an event was not stored, or not surely: each asks the sender for something else.
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    #[error("the event is {size} bytes, over the {MAX_EVENT_BYTES}-byte bound")]
-    TooLarge { size: usize },
-    /// Nothing was sent (the client is not connected), so nothing can arrive later.
-    #[error("NATS is unreachable, so the event was not stored")]
-    Unreachable,
-    /// Sent, but the confirmation did not come: it may be stored now, or later (a paused
-    /// server answers when it resumes). Sending it again with the same id is safe
-    /// (de-duplicated), and the only way to know.
-    #[error(
-        "unknown whether the event was stored: it was sent, and JetStream did not confirm it \
-         in time; sending it again with the same source and id is safe, a copy within {}s \
-         is dropped",
-        DEDUP_WINDOW.as_secs()
-    )]
-    Unconfirmed(#[source] JetStreamError),
-    #[error("the event was not stored")]
-    NotStored(#[source] Box<dyn std::error::Error + Send + Sync>),
-}
-
+/// One publish, two kinds of consumer: a plain subscription on the broker, and durable
+/// consumers of a stream.
 pub struct EventBus {
     broker: Arc<dyn Broker>,
     store: Store,
@@ -82,64 +37,15 @@ pub struct EventBus {
     handled: Mutex<HashMap<String, Arc<Mutex<Handled>>>>,
 }
 
-/// The `(source, id)` of the last [`REMEMBERED`] events a consumer handled, oldest first,
-/// and how many deliveries it dropped as duplicates of one of them.
-#[derive(Default)]
-pub struct Handled {
-    keys: HashSet<String>,
-    order: VecDeque<String>,
-    duplicates: u64,
-}
-
-impl Handled {
-    /// True the first time `key` comes; a later time it is counted as a duplicate.
-    fn first_time(&mut self, key: String) -> bool {
-        if self.keys.contains(&key) {
-            self.duplicates += 1;
-            return false;
-        }
-        if self.order.len() == REMEMBERED
-            && let Some(oldest) = self.order.pop_front()
-        {
-            self.keys.remove(&oldest);
-        }
-        self.keys.insert(key.clone());
-        self.order.push_back(key);
-        true
-    }
-}
-
-/// What spots a duplicate: unique per source, as CloudEvents requires of `id`.
-fn key_of(event: &Event) -> String {
-    format!("{} {}", event.source(), event.id())
-}
-
-enum Store {
-    // Boxed: a JetStream handle is large, and there is one per bus.
-    JetStream(Box<jetstream::Context>),
-    /// A watch, so a consumer waiting for the next event is woken when one is stored.
-    Memory(watch::Sender<MemoryStream>),
-}
-
-/// The memory backend's stand-in for a stream: every event, per consumer name the position
-/// of the next event it has not acknowledged, and when each `(source, id)` was stored.
-#[derive(Default)]
-pub struct MemoryStream {
-    events: Vec<Bytes>,
-    cursors: HashMap<String, usize>,
-    stored: HashMap<String, Instant>,
-}
-
-impl MemoryStream {
-    /// The next event `name` has not acknowledged, if one is stored.
-    fn next_for(&self, name: &str) -> Option<&Bytes> {
-        self.events.get(self.cursors.get(name).copied().unwrap_or(self.events.len()))
-    }
+/// A durable consumer, bound: where its events come from, and what it already handled.
+pub struct Durable {
+    source: Source,
+    handled: Arc<Mutex<Handled>>,
 }
 
 impl EventBus {
     pub async fn connect(backend: &Backend) -> anyhow::Result<Self> {
-        let broker = backend.broker().await?;
+        let broker = broker::on(backend).await?;
         let store = match backend {
             Backend::Memory { .. } => {
                 tracing::warn!(
@@ -270,17 +176,6 @@ impl EventBus {
     }
 }
 
-/// A durable consumer, bound: where its events come from, and what it already handled.
-pub struct Durable {
-    source: Source,
-    handled: Arc<Mutex<Handled>>,
-}
-
-enum Source {
-    JetStream(Box<jetstream::consumer::Consumer<pull::Config>>),
-    Memory { stream: watch::Sender<MemoryStream>, name: String },
-}
-
 impl Durable {
     /// Takes up to `max` events, waiting at most `within` for them to arrive: each goes to
     /// `handle` (`None`: a payload that is not a CloudEvent), then is acknowledged. Returns
@@ -352,6 +247,113 @@ impl Durable {
     pub fn duplicates(&self) -> u64 {
         self.handled.lock().unwrap().duplicates
     }
+}
+
+/// The subject every login event is published on.
+pub const SUBJECT: &str = "events.user.login";
+/// The JetStream stream that keeps every `events.>` message.
+pub const STREAM: &str = "EVENTS";
+/// CloudEvents' media type for an event in JSON "structured mode".
+const CONTENT_TYPE: &str = "application/cloudevents+json";
+/// The largest event (as JSON) the bus takes. An event states a fact; a file belongs
+/// elsewhere. It is also well under NATS's default message limit (1 MiB), so an event the
+/// HTTP side accepted is never one the server refuses for its size.
+pub const MAX_EVENT_BYTES: usize = 64 * 1024;
+/// How long the stream remembers an event's `(source, id)` to drop a second copy: a client
+/// retrying within this window after an unanswered request stores its event once.
+pub const DEDUP_WINDOW: Duration = Duration::from_secs(120);
+/// How many events a durable consumer remembers having handled, to drop a second delivery
+/// of one. A redelivery comes soon after the first (a lost ack, a restart), so the latest
+/// 10,000 are plenty here, and the memory stays bounded (about 1 MB of keys) however long
+/// the consumer runs.
+pub const REMEMBERED: usize = 10_000;
+/// How long JetStream waits for a durable consumer's ack before it delivers an event again.
+/// An event handed to a pull request that never reached the consumer (a partition cut the
+/// way back, a crash before the ack) is lost to it until then, so this bounds how late such
+/// an event arrives. The server's default is 30 s; the handling here takes microseconds, and
+/// a redelivery that comes while the first is still being handled is dropped as a duplicate.
+pub const ACK_WAIT: Duration = Duration::from_secs(10);
+
+/// Why an event was not stored, or not surely: each asks the sender for something else.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("the event is {size} bytes, over the {MAX_EVENT_BYTES}-byte bound")]
+    TooLarge { size: usize },
+    /// Nothing was sent (the client is not connected), so nothing can arrive later.
+    #[error("NATS is unreachable, so the event was not stored")]
+    Unreachable,
+    /// Sent, but the confirmation did not come: it may be stored now, or later (a paused
+    /// server answers when it resumes). Sending it again with the same id is safe
+    /// (de-duplicated), and the only way to know.
+    #[error(
+        "unknown whether the event was stored: it was sent, and JetStream did not confirm it \
+         in time; sending it again with the same source and id is safe, a copy within {}s \
+         is dropped",
+        DEDUP_WINDOW.as_secs()
+    )]
+    Unconfirmed(#[source] JetStreamError),
+    #[error("the event was not stored")]
+    NotStored(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// The `(source, id)` of the last [`REMEMBERED`] events a consumer handled, oldest first,
+/// and how many deliveries it dropped as duplicates of one of them.
+#[derive(Default)]
+pub struct Handled {
+    keys: HashSet<String>,
+    order: VecDeque<String>,
+    duplicates: u64,
+}
+
+impl Handled {
+    /// True the first time `key` comes; a later time it is counted as a duplicate.
+    fn first_time(&mut self, key: String) -> bool {
+        if self.keys.contains(&key) {
+            self.duplicates += 1;
+            return false;
+        }
+        if self.order.len() == REMEMBERED
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.keys.remove(&oldest);
+        }
+        self.keys.insert(key.clone());
+        self.order.push_back(key);
+        true
+    }
+}
+
+/// What spots a duplicate: unique per source, as CloudEvents requires of `id`.
+fn key_of(event: &Event) -> String {
+    format!("{} {}", event.source(), event.id())
+}
+
+enum Store {
+    // Boxed: a JetStream handle is large, and there is one per bus.
+    JetStream(Box<jetstream::Context>),
+    /// A watch, so a consumer waiting for the next event is woken when one is stored.
+    Memory(watch::Sender<MemoryStream>),
+}
+
+/// The memory backend's stand-in for a stream: every event, per consumer name the position
+/// of the next event it has not acknowledged, and when each `(source, id)` was stored.
+#[derive(Default)]
+pub struct MemoryStream {
+    events: Vec<Bytes>,
+    cursors: HashMap<String, usize>,
+    stored: HashMap<String, Instant>,
+}
+
+impl MemoryStream {
+    /// The next event `name` has not acknowledged, if one is stored.
+    fn next_for(&self, name: &str) -> Option<&Bytes> {
+        self.events.get(self.cursors.get(name).copied().unwrap_or(self.events.len()))
+    }
+}
+
+enum Source {
+    JetStream(Box<jetstream::consumer::Consumer<pull::Config>>),
+    Memory { stream: watch::Sender<MemoryStream>, name: String },
 }
 
 /// A failed JetStream publish: if the message may have left, the outcome is unknown.

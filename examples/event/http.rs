@@ -21,8 +21,8 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use cloudevents::event::SpecVersion;
 use cloudevents::{AttributesReader, Event, EventBuilder, EventBuilderV10};
-use microkit::http::ApiError;
 use microkit::proto::events::UserLoggedIn;
+use microkit_http::ApiError;
 
 use crate::bus::{EventBus, MAX_EVENT_BYTES, PublishError};
 

@@ -10,10 +10,11 @@ use anyhow::Context;
 use axum::response::Response;
 use cloudevents::{AttributesReader, Event};
 use microkit::PATIENCE;
-use microkit::http::HttpServer;
+use microkit_http::HttpServer;
 
 use crate::bus::EventBus;
-use crate::{AUDIT, http, user_of};
+use crate::http;
+use crate::story::{AUDIT, user_of};
 
 /// Says which signal asked, and makes a second one exit at once.
 fn stopping(signal: std::io::Result<&'static str>, what: &str) -> anyhow::Result<()> {

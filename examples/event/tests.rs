@@ -1,12 +1,20 @@
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::*;
+use axum::Router;
+use axum::http::StatusCode;
 use bytes::Bytes;
 use clap::Parser;
+use cloudevents::{AttributesReader, Event};
 use futures::StreamExt;
-use microkit::backend::{BackendArgs, BackendChoice};
-use microkit::nats::{INSTALL_HINT, NatsServer};
+use microkit::PATIENCE;
 use microkit::proto::events::UserLoggedIn;
+use microkit_backend::nats::{INSTALL_HINT, NatsServer};
+use microkit_backend::{Backend, BackendArgs, BackendChoice};
+
+use crate::bus::{self, EventBus};
+use crate::story::{AUDIT, Got, Told, login, post, run_all_here, user_of};
+use crate::{Args, http, run};
 
 async fn memory_backend() -> Backend {
     BackendArgs { backend: BackendChoice::Memory }.connect_with(None).await.unwrap()
@@ -26,8 +34,8 @@ fn login_event(user: &str) -> Event {
 fn assert_the_story_holds(told: &Told) {
     let users = |names: &[&str]| names.iter().map(|name| name.to_string()).collect::<Vec<_>>();
     let before = users(&["ada", "grace", "barbara"]);
-    assert_eq!(told.notifier, (before.clone(), users(&["dennis"])));
-    assert_eq!(told.audit, (before, users(&["ken", "margaret", "dennis"])));
+    assert_eq!(told.notifier, Got { before: before.clone(), after: users(&["dennis"]) });
+    assert_eq!(told.audit, Got { before, after: users(&["ken", "margaret", "dennis"]) });
     assert_eq!(told.duplicates, 0);
 }
 

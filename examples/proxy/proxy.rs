@@ -15,74 +15,23 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, Uri, header};
+use health::LiveNodes;
+use http::{Request, Response, Uri, header};
 use http_body::{Body as HttpBody, Frame};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
 use microkit::PATIENCE;
-use microkit::discovery::LiveNodes;
 use microkit::health::Health;
-use microkit::registry::{Node, Registry};
+use registry::{Node, Registry};
 use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 use tonic::body::Body;
 use tonic::service::Routes;
 use tower::ServiceExt;
 
-// The accept loop, beside this file; declared with its path so the bench, which compiles this
-// file by path too, finds it.
-#[path = "server.rs"]
+// The accept loop, beside this file.
 mod server;
 pub use server::ProxyServer;
-
-/// The bounds that keep one caller, or one service, from taking the proxy for itself.
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    /// Streams (calls) in flight through the proxy at once, over every connection. One
-    /// service may hold at most half of them, so a service whose nodes hang cannot starve
-    /// the others.
-    pub max_streams: u32,
-    /// Streams one client connection may open at once (HTTP/2's own setting).
-    pub max_streams_per_connection: u32,
-    /// Services the proxy keeps watching in the registry.
-    pub max_services: usize,
-    /// How long the proxy waits for a node's answer (its response headers) when the call
-    /// sets no deadline of its own; with a `grpc-timeout`, that bounds the wait instead.
-    pub answer_within: Duration,
-    /// A new connection's first request must arrive within this (preface, settings and
-    /// headers alike); it is also the HTTP/2 keepalive: a ping every this long, and a peer
-    /// that does not answer one within it is cut.
-    pub header_timeout: Duration,
-    /// How long a stop lets the calls in flight finish before it cuts them.
-    pub drain_deadline: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_streams: 256,
-            max_streams_per_connection: 64,
-            max_services: 64,
-            answer_within: Duration::from_secs(30),
-            header_timeout: Duration::from_secs(10),
-            drain_deadline: Duration::from_secs(5),
-        }
-    }
-}
-
-impl Limits {
-    /// The streams one service may hold at once: half of all, at least one.
-    pub fn per_service(&self) -> u32 {
-        (self.max_streams / 2).max(1)
-    }
-}
-
-/// Services the proxy answers itself, at its own address: its health, and reflection.
-const OWN_SERVICES: [&str; 3] = [
-    "grpc.health.v1.Health",
-    "grpc.reflection.v1.ServerReflection",
-    "grpc.reflection.v1alpha.ServerReflection",
-];
 
 /// What a path names: the service (the registry's name for it) and the method.
 #[derive(Debug, PartialEq, Eq)]
@@ -107,28 +56,6 @@ pub fn route(path: &str) -> Result<Route<'_>, Status> {
         return Err(malformed());
     }
     Ok(Route { service, method })
-}
-
-/// One service's nodes and its turn counter (the round-robin rotation), and its share of the
-/// proxy's stream slots.
-struct Rotation {
-    nodes: LiveNodes,
-    next: AtomicUsize,
-    slots: Arc<Semaphore>,
-}
-
-impl Rotation {
-    fn pick(&self) -> Result<Node, Status> {
-        let nodes = self.nodes.current();
-        if nodes.is_empty() {
-            return Err(no_node(self.nodes.service()));
-        }
-        Ok(nodes[self.next.fetch_add(1, Ordering::Relaxed) % nodes.len()].clone())
-    }
-}
-
-fn no_node(service: &str) -> Status {
-    Status::unavailable(format!("no node of service \"{service}\" in the registry"))
 }
 
 /// The proxy itself: a registry, a rotation per service, one HTTP/2 client for every node.
@@ -236,7 +163,8 @@ impl Proxy {
         let via = format!("2 {}", self.pseudonym).parse().expect("letters, digits and dashes");
         parts.headers.append(header::VIA, via);
         // Everything else goes as it came: metadata, `te: trailers`, `grpc-timeout`.
-        let (deadline, bound) = match grpc_timeout(&parts.headers) {
+        let timeout = parts.headers.get("grpc-timeout").and_then(|v| v.to_str().ok());
+        let (deadline, bound) = match timeout.and_then(microkit::timeout::parse) {
             Some(deadline) => (deadline, "the call's deadline"),
             None => (self.limits.answer_within, "the proxy's bound for a call with no deadline"),
         };
@@ -293,8 +221,7 @@ impl Proxy {
     }
 
     async fn watch(&self, service: &str) -> Result<Arc<Rotation>, Status> {
-        let failed =
-            |e: microkit::registry::RegistryError| Status::unavailable(format!("registry: {e}"));
+        let failed = |e: registry::RegistryError| Status::unavailable(format!("registry: {e}"));
         // Listing first: a watch costs the registry a consumer (on NATS, a JetStream consumer
         // that outlives the watch by half a minute), so a name with no node gets none.
         let listed: Vec<String> =
@@ -314,21 +241,76 @@ impl Proxy {
     }
 }
 
-/// A `grpc-timeout` header (`<digits><unit>`, units H M S m u n) as a duration.
-pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    let amount: u64 = digits.parse().ok().filter(|_| digits.len() <= 8)?;
-    Some(match unit {
-        "H" => Duration::from_secs(amount * 3600),
-        "M" => Duration::from_secs(amount * 60),
-        "S" => Duration::from_secs(amount),
-        "m" => Duration::from_millis(amount),
-        "u" => Duration::from_micros(amount),
-        "n" => Duration::from_nanos(amount),
-        _ => return None,
-    })
+/// One service's nodes and its turn counter (the round-robin rotation), and its share of the
+/// proxy's stream slots.
+struct Rotation {
+    nodes: LiveNodes,
+    next: AtomicUsize,
+    slots: Arc<Semaphore>,
 }
+
+impl Rotation {
+    fn pick(&self) -> Result<Node, Status> {
+        let nodes = self.nodes.current();
+        if nodes.is_empty() {
+            return Err(no_node(self.nodes.service()));
+        }
+        Ok(nodes[self.next.fetch_add(1, Ordering::Relaxed) % nodes.len()].clone())
+    }
+}
+
+fn no_node(service: &str) -> Status {
+    Status::unavailable(format!("no node of service \"{service}\" in the registry"))
+}
+
+/// The bounds that keep one caller, or one service, from taking the proxy for itself.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Streams (calls) in flight through the proxy at once, over every connection. One
+    /// service may hold at most half of them, so a service whose nodes hang cannot starve
+    /// the others.
+    pub max_streams: u32,
+    /// Streams one client connection may open at once (HTTP/2's own setting).
+    pub max_streams_per_connection: u32,
+    /// Services the proxy keeps watching in the registry.
+    pub max_services: usize,
+    /// How long the proxy waits for a node's answer (its response headers) when the call
+    /// sets no deadline of its own; with a `grpc-timeout`, that bounds the wait instead.
+    pub answer_within: Duration,
+    /// A new connection's first request must arrive within this (preface, settings and
+    /// headers alike); it is also the HTTP/2 keepalive: a ping every this long, and a peer
+    /// that does not answer one within it is cut.
+    pub header_timeout: Duration,
+    /// How long a stop lets the calls in flight finish before it cuts them.
+    pub drain_deadline: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_streams: 256,
+            max_streams_per_connection: 64,
+            max_services: 64,
+            answer_within: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(10),
+            drain_deadline: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Limits {
+    /// The streams one service may hold at once: half of all, at least one.
+    pub fn per_service(&self) -> u32 {
+        (self.max_streams / 2).max(1)
+    }
+}
+
+/// Services the proxy answers itself, at its own address: its health, and reflection.
+const OWN_SERVICES: [&str; 3] = [
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
 
 pin_project_lite::pin_project! {
     /// A node's reply body on its way back, frame by frame. If the node goes away mid-stream
@@ -386,12 +368,10 @@ impl HttpBody for Passing {
 
 #[cfg(test)]
 mod tests {
-    // Imports inside each test: the bench compiles this file with cfg(test) but without
-    // its #[test] functions, and unused imports would fail its build.
+    use super::{Route, route};
 
     #[test]
     fn a_grpc_path_names_a_service_and_a_method() {
-        use super::{Route, route};
         let parsed = route("/greeter.v1.Greeter/SayHello").unwrap();
         assert_eq!(parsed, Route { service: "greeter.v1.Greeter", method: "SayHello" });
         for bad in ["", "/", "/x", "x/y", "/x/", "//y", "/x/y/z", "/x y/z", "/x/y.z", "/x-y/z"] {
@@ -399,25 +379,5 @@ mod tests {
             assert_eq!(status.code(), tonic::Code::Unimplemented, "{bad:?}");
         }
         assert!(route(&format!("/{}/M", "s".repeat(129))).is_err(), "a bound on the name");
-    }
-
-    #[test]
-    fn grpc_timeout_is_read_in_every_unit() {
-        use super::grpc_timeout;
-        use http::HeaderMap;
-        use std::time::Duration;
-        let timeout = |value: &str| {
-            let mut headers = HeaderMap::new();
-            headers.insert("grpc-timeout", value.parse().unwrap());
-            grpc_timeout(&headers)
-        };
-        assert_eq!(timeout("2S"), Some(Duration::from_secs(2)));
-        assert_eq!(timeout("300m"), Some(Duration::from_millis(300)));
-        assert_eq!(timeout("7000000u"), Some(Duration::from_secs(7)));
-        assert_eq!(timeout("1H"), Some(Duration::from_secs(3600)));
-        for bad in ["", "S", "5", "5x", "123456789S", "-1S"] {
-            assert_eq!(timeout(bad), None, "{bad:?}");
-        }
-        assert_eq!(grpc_timeout(&HeaderMap::new()), None);
     }
 }

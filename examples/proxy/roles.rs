@@ -1,41 +1,28 @@
-//! The proxy's command line: the one-process story by default, or one role per process over
-//! a shared NATS: the proxy, and nodes of the two services it routes to.
+//! The roles, one per process over a shared NATS: the proxy, and nodes of the two services
+//! it routes to.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use microkit::backend::BackendArgs;
+use clap::Subcommand;
 use microkit::greeter::HelloGreeter;
 use microkit::proto::greeter::greeter_server::GreeterServer;
-use microkit::registered::Registered;
-use microkit::registry::Registry;
 use microkit::server::RunningServer;
+use registry::Registered;
+use registry::Registry;
 use tonic::server::NamedService;
 use tonic::service::Routes;
 
 use crate::calc::{self, CalculatorServer};
-use crate::proxy::{Limits, Proxy, ProxyServer};
+use proxy::{Limits, Proxy, ProxyServer};
 
 /// The Greeter's name in gRPC paths: the name its nodes register under.
 pub const GREETER: &str = GreeterServer::<HelloGreeter>::NAME;
 
-#[derive(Parser, Debug)]
-#[command(about = "A gRPC proxy: any call, to a node of the service its path names")]
-pub struct Args {
-    #[command(flatten)]
-    backend: BackendArgs,
-    /// A node's time to live in the registry: heartbeats come every third of it.
-    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=600_000), global = true)]
-    ttl_ms: u64,
-    #[command(subcommand)]
-    role: Option<Role>,
-}
-
 #[derive(Subcommand, Debug)]
-enum Role {
+pub(crate) enum Role {
     /// Forward every call to a node of the service it names, until stopped (needs NATS_URL).
     Proxy {
         /// Where to listen (port 0: any free port, printed).
@@ -81,12 +68,12 @@ pub async fn start_calc(
     Ok(Registered::new(registry, server, calc::SERVICE, name, ttl).await?)
 }
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
-    let ttl = Duration::from_millis(args.ttl_ms);
-    let backend = args.backend.connect().await?;
-    let registry = backend.registry();
-    let Some(role) = args.role else { return crate::demo(&registry, ttl).await };
-    backend.require_shared_nats("the proxy, greeter and calc roles")?;
+/// One role in this process, until it is stopped.
+pub(crate) async fn run(
+    role: Role,
+    registry: Arc<dyn Registry>,
+    ttl: Duration,
+) -> anyhow::Result<()> {
     let stop = microkit::signal::stop_requested();
     match role {
         Role::Proxy { listen, max_streams, answer_within_ms } => {

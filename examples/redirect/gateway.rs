@@ -12,12 +12,12 @@ use axum::routing::any;
 use bytes::BytesMut;
 use futures::StreamExt;
 use http::{HeaderValue, Request, StatusCode, header};
-use microkit::http::{ApiError, Forwarder};
-use microkit::registry::Registry;
+use microkit_http::{ApiError, Forwarder};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use registry::Registry;
 
-use crate::policy::AllowList;
 use crate::service::RedirectAnswer;
+use redirect::AllowList;
 
 /// A redirect answer is small: a JSON body bigger than this is not one, and is passed
 /// through unchanged, without the gateway holding more than this much of it.
@@ -151,9 +151,9 @@ mod tests {
     use axum::Json;
     use axum::routing::get;
     use http::Method;
-    use microkit::http::HttpServer;
-    use microkit::registry::{MemoryRegistry, Node};
+    use microkit_http::HttpServer;
     use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+    use registry::{MemoryRegistry, Node};
     use tower::ServiceExt;
 
     use crate::service::tests::call;
@@ -206,7 +206,7 @@ mod tests {
     #[tokio::test]
     async fn every_open_redirect_attempt_is_refused_with_400_and_no_location() {
         let (gateway, _links) = gateway_for("links", crate::service::router()).await;
-        for target in &crate::LOGIN_TARGETS[crate::FAIR..] {
+        for target in &crate::story::LOGIN_TARGETS[crate::story::FAIR..] {
             let path =
                 format!("/links/login?next={}", utf8_percent_encode(target, NON_ALPHANUMERIC));
             let (status, location, body) = call(&gateway, Method::GET, &path).await;

@@ -74,7 +74,7 @@ async fn login(Query(login): Query<Login>) -> Json<RedirectAnswer> {
 pub mod tests {
     use axum::body::Body;
     use http::{Method, header};
-    use microkit::http::body_text;
+    use microkit_http::body_text;
     use tower::ServiceExt;
 
     use super::*;

@@ -1,18 +1,15 @@
-//! The command line: the one-process story by default, or one part of the chain per process
-//! (`a`, `b`, `c`, `client`), meeting through a shared NATS registry.
+//! The roles: one part of the chain per process (`a`, `b`, `c`, `client`), meeting through a
+//! shared NATS registry.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args as ClapArgs, Subcommand};
-use microkit::registry::Registry;
+use clap::{Args, Subcommand};
+use registry::Registry;
 use tokio::sync::watch;
 
+use crate::deadline::{Next, Tally};
 use crate::story::{self, HOPS, WORK};
-use crate::{Next, Tally};
-
-/// `--backend`, and the role to run (none: the whole story, in this one process).
-pub type Args = microkit::backend::Cli<Role>;
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum Role {
@@ -32,12 +29,7 @@ pub(crate) enum Role {
     },
 }
 
-impl microkit::backend::Roles for Role {
-    const ABOUT: &'static str =
-        "Deadlines that travel, cancellation that reaches every hop, retries on a budget";
-}
-
-#[derive(ClapArgs, Debug)]
+#[derive(Args, Debug)]
 pub(crate) struct HopArgs {
     /// How long this hop works on each call before it answers or calls the next hop
     /// [default: 10 for a and b, 120 for c].
@@ -45,23 +37,18 @@ pub(crate) struct HopArgs {
     work_ms: Option<u64>,
 }
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
-    let backend = args.backend.connect().await?;
-    let registry = backend.registry();
-    let Some(role) = args.role else {
-        return story::demo(&registry).await;
-    };
-    backend.require_shared_nats("the hops a, b, c and the client")?;
+/// One role in this process, until it is done (the client) or stopped (a hop).
+pub(crate) async fn run(role: Role, registry: &Arc<dyn Registry>) -> anyhow::Result<()> {
     let (index, hop) = match role {
         Role::A(hop) => (0, hop),
         Role::B(hop) => (1, hop),
         Role::C(hop) => (2, hop),
         Role::Client { deadline_ms, give_up_ms } => {
-            return client(&registry, deadline_ms, give_up_ms).await;
+            return client(registry, deadline_ms, give_up_ms).await;
         }
     };
     let work = hop.work_ms.map_or(WORK[index], Duration::from_millis);
-    serve_hop(&registry, index, work).await
+    serve_hop(registry, index, work).await
 }
 
 /// One call to a, printed; or, after `give_up_ms`, the call dropped.

@@ -7,20 +7,20 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use health::{Channels, LiveNodes};
 use microkit::PATIENCE;
-use microkit::discovery::{Channels, LiveNodes};
 use microkit::proto::greeter::greeter_server::{Greeter, GreeterServer};
 use microkit::proto::greeter::{HelloReply, HelloRequest};
-use microkit::registered::Registered;
-use microkit::registry::Registry;
 use microkit::server::RunningServer;
+use registry::Registered;
+use registry::Registry;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::{Request, Status};
 use tower::{Service, ServiceExt};
 
+use crate::deadline::{Hop, MARGIN, Next, Tally};
 use crate::policy::{Call, Flaky, RetryPolicy, attempt, budget};
-use crate::{Hop, Next, Tally};
 
 /// How long a and b work before they call the next hop, and how long c, the slow one at the
 /// end (a database, say), works before it answers.
@@ -198,7 +198,7 @@ pub fn bounds(deadline: Duration) -> Vec<Duration> {
     let mut bound = deadline;
     let mut bounds = vec![bound];
     for work in &WORK[..HOPS.len() - 1] {
-        bound = bound.saturating_sub(*work + crate::MARGIN);
+        bound = bound.saturating_sub(*work + MARGIN);
         bounds.push(bound);
     }
     bounds
@@ -232,7 +232,7 @@ pub async fn demo(registry: &Arc<dyn Registry>) -> anyhow::Result<()> {
     println!("   {}: {}", given.join(", "), reply.message);
 
     let [a, b, c] = WORK.map(|w| w.as_millis());
-    let margin = crate::MARGIN.as_millis();
+    let margin = MARGIN.as_millis();
     println!("3. too short (a works {a}ms, b {b}ms, c {c}ms; each keeps a {margin}ms margin):");
     for ms in SHORT_DEADLINES {
         match chain.call(Duration::from_millis(ms)).await {

@@ -5,12 +5,12 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clap::Parser;
-use microkit::registry::{MemoryRegistry, Registry};
-use tonic::{Code, Request};
+use registry::{MemoryRegistry, Registry};
+use tonic::Code;
 
+use crate::deadline::MARGIN;
 use crate::policy::{Flaky, RetryPolicy};
 use crate::story::{self, Chain, SHORT_DEADLINES, calls, client_of, serve};
-use crate::{MARGIN, parse_grpc_timeout};
 
 fn registry() -> Arc<dyn Registry> {
     Arc::new(MemoryRegistry::new())
@@ -113,33 +113,10 @@ async fn no_retry_starts_after_the_deadline() {
 }
 
 #[test]
-fn grpc_timeout_is_read_in_every_unit_and_refused_when_malformed() {
-    let cases = [
-        ("2H", Duration::from_secs(7200)),
-        ("3M", Duration::from_secs(180)),
-        ("5S", Duration::from_secs(5)),
-        ("250m", Duration::from_millis(250)),
-        ("99999999u", Duration::from_micros(99_999_999)),
-        ("7n", Duration::from_nanos(7)),
-    ];
-    for (text, expected) in cases {
-        assert_eq!(parse_grpc_timeout(text), Some(expected), "{text}");
-    }
-    for bad in ["", "m", "100", "123456789m", "-5m", "1.5S", "5s", "5 S"] {
-        assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
-    }
-    // What tonic's client writes, this reads back.
-    let mut request = Request::new(());
-    request.set_timeout(Duration::from_millis(1234));
-    let header = request.metadata().get("grpc-timeout").unwrap().to_str().unwrap();
-    assert_eq!(parse_grpc_timeout(header), Some(Duration::from_millis(1234)));
-}
-
-#[test]
 fn bad_flags_are_refused() {
     for flags in [&["client", "--deadline-ms", "soon"][..], &["c", "--work-ms", "-1"], &["d"]] {
         let args = ["retry"].iter().chain(flags);
-        assert!(crate::roles::Args::try_parse_from(args).is_err(), "{flags:?} was accepted");
+        assert!(crate::Args::try_parse_from(args).is_err(), "{flags:?} was accepted");
     }
 }
 
@@ -147,7 +124,7 @@ fn bad_flags_are_refused() {
 async fn a_hop_whose_next_service_has_no_node_refuses_with_unavailable_and_counts_a_failure() {
     let registry = registry();
     let (a, tally) = story::hop(&registry, 0, Duration::ZERO, false).await.unwrap();
-    let entry = crate::Next::find(&registry, "retry-a", Some("a")).await.unwrap();
+    let entry = crate::deadline::Next::find(&registry, "retry-a", Some("a")).await.unwrap();
     let status = entry.call(Duration::from_secs(5)).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(status.message(), "no node of service \"retry-b\" in the registry");

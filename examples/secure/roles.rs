@@ -3,66 +3,31 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
 use microkit::PATIENCE;
-use microkit::tls::Authority;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use secure::Authority;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
+use crate::handshake::serve_tls;
 use crate::refusal::{client_refusal, refused_by_the_server};
-use crate::{HOST, Setup, call, greeter, serve_tls, server_config};
+use crate::trust::{HOST, Setup, call, greeter, server_config};
 
 /// Where the server writes the certificates and the client reads them: cargo's build folder,
 /// which is the user's own and ignored by git. Not the shared `/tmp`, where anyone can
 /// create the folder first, or plant links in it.
-const CERTS: &str = "target/secure-certs";
-
-#[derive(Parser, Debug)]
-#[command(about = "TLS verified against a CA made at run time, then mutual TLS")]
-pub struct Args {
-    #[command(subcommand)]
-    pub role: Option<Role>,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum Role {
-    /// Serve the Greeter with mutual TLS until SIGTERM, SIGINT or SIGHUP; write ca.pem,
-    /// client.pem and client.key to --certs for the client.
-    Server {
-        #[arg(long, default_value = "127.0.0.1:7443")]
-        listen: SocketAddr,
-        #[arg(long, default_value = CERTS)]
-        certs: PathBuf,
-    },
-    /// Call the server with the CA and client certificate found in --certs.
-    Client {
-        #[arg(long, default_value = "127.0.0.1:7443")]
-        connect: SocketAddr,
-        #[arg(long, default_value = CERTS)]
-        certs: PathBuf,
-        #[arg(long, default_value = "ada")]
-        name: String,
-    },
-}
-
-pub async fn run(role: Role) -> anyhow::Result<()> {
-    match role {
-        Role::Server { listen, certs } => server(listen, &certs).await,
-        Role::Client { connect, certs, name } => client(connect, &certs, &name).await,
-    }
-}
+pub const CERTS: &str = "target/secure-certs";
 
 /// Serves with mutual TLS until a stop is requested, then drains and prints its tally.
-async fn server(listen: SocketAddr, certs: &Path) -> anyhow::Result<()> {
+pub async fn server(listen: SocketAddr, certs: &Path) -> anyhow::Result<()> {
     let ca = Authority::new("lessons CA")?;
     write_certs(certs, &ca)?;
     let server_cert = ca.server(HOST)?;
@@ -183,7 +148,7 @@ fn owned_by_us(folder: &Path, ours: &Path) -> anyhow::Result<()> {
 }
 
 /// One call with the CA and the client certificate found in `certs`.
-async fn client(connect: SocketAddr, certs: &Path, name: &str) -> anyhow::Result<()> {
+pub async fn client(connect: SocketAddr, certs: &Path, name: &str) -> anyhow::Result<()> {
     // A CA read from a folder others can write to could be anyone's.
     closed_to_others(certs)?;
     let read = |file: &str| {
@@ -224,7 +189,10 @@ async fn client(connect: SocketAddr, certs: &Path, name: &str) -> anyhow::Result
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
+    use crate::{Args, Role};
 
     #[test]
     fn both_roles_default_to_the_same_folder_of_the_users_own() {

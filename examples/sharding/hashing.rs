@@ -1,9 +1,9 @@
 //! Choosing a node for a user: rendezvous hashing, and go-micro's crc32 modulo beside it.
 //!
-//! Part of the sharding example (`main.rs` routes calls with it); the benchmarks compile
+//! Part of the sharding example (`affinity.rs` routes calls with it); the benchmarks compile
 //! this same file to measure what a pick costs.
 
-use microkit::registry::Node;
+use registry::Node;
 
 /// Rendezvous (highest random weight) hashing: every node scores the user, the highest
 /// score wins. A node that joins wins only the users it now outscores everyone for; a node

@@ -6,10 +6,10 @@
 
 use axum::http::StatusCode;
 use futures::StreamExt;
-use microkit::discovery::Channels;
+use health::Channels;
 use microkit::proto::greeter::greeter_client::GreeterClient;
 use microkit::proto::greeter::{GreetingsRequest, HelloRequest};
-use microkit::registry::Node;
+use registry::Node;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 

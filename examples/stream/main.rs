@@ -1,524 +1,57 @@
 //! # stream: one call, many messages
 //!
 //! A stream is one gRPC call that carries many messages, one way or both, until each side
-//! says it is done. [`StreamGreeter`] serves the three shapes, and the client has a function
-//! for each: server streaming (one request, several replies), client streaming (several
-//! requests; the client half-closes, only then the server answers once) and bidirectional (in
-//! turn; the client half-closes, the server sees the end and closes its side). Then the two
-//! ways a stream ends badly: the client goes away (the server notices and stops producing),
-//! and the server goes away (the client gets a clear status, not a hang). A server that goes
-//! silent without closing is bounded too: a deadline per call ([`within_deadline`]) and
-//! HTTP/2 keepalive on the channel ([`endpoint`]).
+//! says it is done: server streaming, client streaming (the client half-closes, then the
+//! server answers once) and bidirectional. Then the two ways a stream ends badly, and the
+//! bounds (a deadline, keepalive) that keep a silent server from holding the client for ever.
 //!
-//! go-micro's example never half-closed (said "I am done sending" while still reading), and
-//! nothing showed what a server does when its client disappears.
+//! Run it: `cargo run --example stream`, or `-- server` and `-- client` in two terminals.
 //!
-//! Run it in one process, or as two processes in two terminals:
-//!
-//! ```text
-//! cargo run --example stream
-//! cargo run --example stream -- server --addr 127.0.0.1:50051
-//! cargo run --example stream -- client --addr 127.0.0.1:50051
-//! ```
-//!
-//! Prints `tests/golden/stream.txt`; explained in `notes/stream.md`. The two roles are in
-//! `roles.rs`.
+//! Read `stream.rs` first, then `bounds.rs`; explained in `notes/stream.md`.
 
-// the server and client roles, for two terminals
-mod roles;
+mod bounds; // the lesson: a deadline per call, keepalive per connection
+mod stream; // the lesson: the three shapes, on both sides
 
-use std::future::Future;
-use std::pin::Pin;
-use std::time::Duration;
+mod roles; // roles, for several terminals
+mod story; // the story the default run tells
+#[cfg(test)]
+mod tests; // tests
 
-use anyhow::Context;
-use clap::Parser;
-use futures::Stream;
-use microkit::PATIENCE;
-use microkit::proto::greeter::greeter_client::GreeterClient;
-use microkit::proto::greeter::greeter_server::{Greeter, GreeterServer};
-use microkit::proto::greeter::{GreetingsRequest, HelloReply, HelloRequest, NamesSummary};
-use microkit::server::RunningServer;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Request, Response, Status, Streaming};
+use std::net::SocketAddr;
 
-// ---- the server side: what it sees of each stream ----
+use clap::{Parser, Subcommand};
 
-/// A Greeter written for this lesson: it says what it sees of each stream, and keeps count.
-#[derive(Clone)]
-struct StreamGreeter {
-    seen: watch::Sender<Seen>,
+/// gRPC streams: server-, client- and bidi-streaming, half-close, peers going away
+#[derive(Parser, Debug)]
+struct Args {
+    #[command(subcommand)]
+    role: Option<Role>,
 }
 
-/// What the server saw of its streams: what the one-process run waits on, and the tally the
-/// server role prints when it stops.
-#[derive(Clone, Debug, Default, PartialEq)]
-struct Seen {
-    /// Names read from client-streaming and bidirectional calls, in order.
-    names: Vec<String>,
-    /// Request streams the client half-closed.
-    half_closes: u32,
-    /// Reply streams whose client went away mid-stream.
-    clients_gone: u32,
+#[derive(Subcommand, Debug)]
+enum Role {
+    /// Serve the streaming Greeter until ctrl-c, SIGTERM or SIGHUP.
+    Server {
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        addr: SocketAddr,
+    },
+    /// Run the three stream shapes and a client that goes away, against a running server.
+    Client {
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        addr: SocketAddr,
+    },
 }
 
-impl StreamGreeter {
-    fn new() -> Self {
-        StreamGreeter { seen: watch::Sender::new(Seen::default()) }
+async fn run(args: Args) -> anyhow::Result<()> {
+    match args.role {
+        None => story::run().await,
+        Some(Role::Server { addr }) => roles::serve(addr).await,
+        Some(Role::Client { addr }) => roles::client(addr).await,
     }
-
-    fn into_service(self) -> GreeterServer<Self> {
-        GreeterServer::new(self)
-    }
-
-    fn got(&self, name: String) {
-        println!("  server got {name}");
-        self.seen.send_modify(|seen| seen.names.push(name));
-    }
-}
-
-type ReplyStream = Pin<Box<dyn Stream<Item = Result<HelloReply, Status>> + Send>>;
-
-fn hello(name: &str, seq: u32) -> HelloReply {
-    HelloReply { message: format!("hello {name}"), node: "stream".into(), seq }
-}
-
-#[tonic::async_trait]
-impl Greeter for StreamGreeter {
-    async fn say_hello(
-        &self,
-        request: Request<HelloRequest>,
-    ) -> Result<Response<HelloReply>, Status> {
-        Ok(Response::new(hello(&request.into_inner().name, 0)))
-    }
-
-    type GreetingsStream = ReplyStream;
-
-    async fn greetings(
-        &self,
-        request: Request<GreetingsRequest>,
-    ) -> Result<Response<ReplyStream>, Status> {
-        let GreetingsRequest { name, count, interval_ms } = request.into_inner();
-        // A small buffer is the flow control: the producer waits while the client is slow.
-        let (tx, rx) = mpsc::channel(2);
-        let seen = self.seen.clone();
-        tokio::spawn(async move {
-            let mut seq = 0;
-            while count == 0 || seq < count {
-                seq += 1;
-                // When the client goes away, tonic drops `rx` and this send fails: the
-                // producer learns it is working for nobody and stops.
-                if tx.send(Ok(hello(&name, seq))).await.is_err() {
-                    println!("  server noticed the client went away and stopped producing");
-                    seen.send_modify(|seen| seen.clients_gone += 1);
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(interval_ms.into())).await;
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-
-    async fn collect_names(
-        &self,
-        request: Request<Streaming<HelloRequest>>,
-    ) -> Result<Response<NamesSummary>, Status> {
-        let mut incoming = request.into_inner();
-        let mut names = Vec::new();
-        // `Ok(None)` is the client's half-close: no more names will come.
-        while let Some(HelloRequest { name }) = incoming.message().await? {
-            self.got(name.clone());
-            names.push(name);
-        }
-        println!("  server saw the client half-close after {} names", names.len());
-        self.seen.send_modify(|seen| seen.half_closes += 1);
-        let message = format!("hello {}", names.join(", "));
-        Ok(Response::new(NamesSummary { count: names.len() as u32, message }))
-    }
-
-    type ChatStream = ReplyStream;
-
-    async fn chat(
-        &self,
-        request: Request<Streaming<HelloRequest>>,
-    ) -> Result<Response<ReplyStream>, Status> {
-        let mut incoming = request.into_inner();
-        let (tx, rx) = mpsc::channel(2);
-        let greeter = self.clone();
-        tokio::spawn(async move {
-            let mut seq = 0;
-            loop {
-                match incoming.message().await {
-                    Ok(Some(HelloRequest { name })) => {
-                        seq += 1;
-                        greeter.got(name.clone());
-                        if tx.send(Ok(hello(&name, seq))).await.is_err() {
-                            return; // the client went away
-                        }
-                    }
-                    Ok(None) => {
-                        // Dropping `tx` ends our side: the client sees a clean end.
-                        println!("  server saw the client half-close; it ends its side too");
-                        greeter.seen.send_modify(|seen| seen.half_closes += 1);
-                        return;
-                    }
-                    Err(status) => {
-                        tracing::warn!("chat stream broke: {status}");
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-}
-
-// ---- the client's bounds: a deadline per call, keepalive per connection ----
-
-/// How long one call of the client may take, request to end. tonic sends it as `grpc-timeout`
-/// ([`deadline`]) but keeps it only until the response head, so [`within_deadline`] keeps it.
-const CALL_DEADLINE: Duration = Duration::from_secs(5);
-/// After this long without a byte from the server, the client sends an HTTP/2 PING; a PING
-/// unanswered for [`KEEPALIVE_TIMEOUT`] ends the connection and every call on it. A peer that
-/// froze, or a path gone silent without closing, gives no other sign: TCP alone may wait
-/// for ever (a frozen peer's kernel still acknowledges every byte).
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A channel to `url` with the client's bounds: connect within [`PATIENCE`]; PING even while
-/// no call is open, so a dead connection is found before a call is made on it.
-fn endpoint(url: String) -> anyhow::Result<Endpoint> {
-    Ok(Endpoint::from_shared(url)?
-        .connect_timeout(PATIENCE)
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true))
-}
-
-/// `message` as a request that tells the server its deadline (`grpc-timeout`).
-fn deadline<T>(message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request.set_timeout(CALL_DEADLINE);
-    request
-}
-
-/// Runs a whole call within [`CALL_DEADLINE`]; dropped at the deadline, it is cancelled.
-async fn within_deadline<T>(call: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
-    let expired =
-        || Status::deadline_exceeded(format!("the call did not end within {CALL_DEADLINE:?}"));
-    match tokio::time::timeout(CALL_DEADLINE, call).await {
-        Err(_) => Err(expired().into()),
-        // tonic's timer for the head (the same deadline) may fire first, as a `Cancelled`
-        // "Timeout expired": one deadline, one error.
-        Ok(Err(error)) if error.chain().any(|cause| cause.is::<tonic::TimeoutExpired>()) => {
-            Err(expired().into())
-        }
-        Ok(result) => result,
-    }
-}
-
-// ---- the client side: one function per stream shape ----
-
-/// One request, the replies as they come, until the server's clean end.
-async fn server_streaming(client: &mut GreeterClient<Channel>) -> anyhow::Result<Vec<HelloReply>> {
-    println!("server streaming: one request, 3 replies");
-    let request = GreetingsRequest { name: "ada".into(), count: 3, interval_ms: 0 };
-    let mut stream = client.greetings(deadline(request)).await?.into_inner();
-    let mut replies = Vec::new();
-    // `message()` is `Ok(None)` at a clean end, `Err(status)` if the stream broke.
-    while let Some(reply) = stream.message().await? {
-        println!("  client got {} #{}", reply.message, reply.seq);
-        replies.push(reply);
-    }
-    println!("  client saw the end of the stream");
-    Ok(replies)
-}
-
-/// Several names, then the half-close; the server's one answer comes only after it.
-async fn client_streaming(client: &mut GreeterClient<Channel>) -> anyhow::Result<NamesSummary> {
-    println!("client streaming: 3 names, then the client half-closes");
-    // The request stream ends after its last item: that end *is* the half-close.
-    let names = futures::stream::iter(["ada", "bo", "cy"].map(|n| HelloRequest { name: n.into() }));
-    let summary = client.collect_names(deadline(names)).await?.into_inner();
-    println!("  client got the summary: {}", summary.message);
-    Ok(summary)
-}
-
-/// A name and its reply, in turn; then the half-close, and reading on until the server's end.
-async fn bidirectional(client: &mut GreeterClient<Channel>) -> anyhow::Result<Vec<String>> {
-    println!("bidirectional: one name at a time, in turn");
-    // Our sending half is a channel: we decide when to send, and dropping it half-closes.
-    let (to_server, outgoing) = mpsc::channel(4);
-    let mut stream = client.chat(deadline(ReceiverStream::new(outgoing))).await?.into_inner();
-    let mut replies = Vec::new();
-    for name in ["ada", "bo"] {
-        println!("  client sent {name}");
-        to_server.send(HelloRequest { name: name.into() }).await?;
-        let reply = stream.message().await?.context("the server closed the chat early")?;
-        println!("  client got {}", reply.message);
-        replies.push(reply.message);
-    }
-    println!("  client half-closes");
-    drop(to_server);
-    // We can still read after half-closing: the server decides when its side ends.
-    while let Some(reply) = stream.message().await? {
-        println!("  client got a late reply: {}", reply.message);
-        replies.push(reply.message);
-    }
-    println!("  client saw the end of the stream");
-    Ok(replies)
-}
-
-/// Reads a few replies of an endless stream, then drops it: the call is cancelled.
-async fn client_goes_away(client: &mut GreeterClient<Channel>) -> anyhow::Result<()> {
-    println!("the client goes away from an endless stream");
-    let endless = GreetingsRequest { name: "ada".into(), count: 0, interval_ms: 5 };
-    let mut replies = client.greetings(deadline(endless)).await?.into_inner();
-    for _ in 0..3 {
-        replies.message().await?.context("an endless stream ended")?;
-    }
-    println!("  client read 3 replies, then drops the stream");
-    // Dropping the stream cancels the call: tonic resets the HTTP/2 stream.
-    drop(replies);
-    Ok(())
-}
-
-/// A server that dies mid-stream: the status the client gets instead of a clean end
-/// (`None` would be wrong: the server never finished).
-async fn server_goes_away() -> anyhow::Result<Option<Code>> {
-    println!("the server goes away mid-stream");
-    let server = microkit::greeter::serve("doomed").await?;
-    let mut client = GreeterClient::new(endpoint(server.url())?.connect().await?);
-    let endless = GreetingsRequest { name: "ada".into(), count: 0, interval_ms: 5 };
-    let mut replies = client.greetings(endless).await?.into_inner();
-    for _ in 0..2 {
-        replies.message().await?.context("an endless stream ended")?;
-    }
-    server.crash().await;
-    println!("  client read 2 replies, then the server crashed");
-    let end = tokio::time::timeout(PATIENCE, async {
-        loop {
-            match replies.message().await {
-                Ok(Some(_)) => continue, // replies that were already on their way
-                Ok(None) => return None,
-                Err(status) => return Some(status.code()),
-            }
-        }
-    })
-    .await
-    .context("the client hung after the server went away")?;
-    match end {
-        Some(code) => println!("  client got an error, not a hang: {code:?}"),
-        None => println!("  client saw a clean end: wrong, the server never finished"),
-    }
-    Ok(end)
-}
-
-// ---- the story: every shape against one server, then a server that dies ----
-
-/// The steps the client role runs too: the three shapes, then a client that goes away. Each
-/// is one call, under its deadline.
-async fn client_steps(client: &mut GreeterClient<Channel>) -> anyhow::Result<()> {
-    within_deadline(server_streaming(client)).await?;
-    within_deadline(client_streaming(client)).await?;
-    within_deadline(bidirectional(client)).await?;
-    within_deadline(client_goes_away(client)).await
-}
-
-/// The one-process run: a server on a free port, every client step against it, then a
-/// server that crashes mid-stream.
-async fn run() -> anyhow::Result<()> {
-    let greeter = StreamGreeter::new();
-    let mut seen = greeter.seen.subscribe();
-    let server = RunningServer::start(tonic::service::Routes::new(greeter.into_service())).await?;
-    let mut client = GreeterClient::new(endpoint(server.url())?.connect().await?);
-    client_steps(&mut client).await?;
-    // Wait (capped) until the server has noticed, so the printed order is fixed.
-    tokio::time::timeout(PATIENCE, seen.wait_for(|seen| seen.clients_gone > 0))
-        .await
-        .context("the server never noticed that its client went away")??;
-    server.shutdown().await?;
-    server_goes_away().await.map(drop)
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     microkit::init_tracing();
-    microkit::report(match roles::Args::parse().role {
-        None => run().await,
-        Some(role) => roles::run(role).await,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use roles::{Args, Role, client};
-    use std::net::SocketAddr;
-    use tokio_util::sync::CancellationToken;
-
-    /// A [`StreamGreeter`] on a free port, what it saw, and a client of it.
-    async fn start() -> (RunningServer, watch::Receiver<Seen>, GreeterClient<Channel>) {
-        let greeter = StreamGreeter::new();
-        let seen = greeter.seen.subscribe();
-        let routes = tonic::service::Routes::new(greeter.into_service());
-        let server = RunningServer::start(routes).await.unwrap();
-        let client = GreeterClient::connect(server.url()).await.unwrap();
-        (server, seen, client)
-    }
-
-    #[tokio::test]
-    async fn a_server_stream_delivers_every_reply_in_order_then_ends() {
-        let (server, _, mut client) = start().await;
-        let replies = server_streaming(&mut client).await.unwrap();
-        let got: Vec<(&str, u32)> = replies.iter().map(|r| (r.message.as_str(), r.seq)).collect();
-        assert_eq!(got, [("hello ada", 1), ("hello ada", 2), ("hello ada", 3)]);
-        server.shutdown().await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_client_stream_is_answered_once_after_the_half_close() {
-        let (server, seen, mut client) = start().await;
-        let summary = client_streaming(&mut client).await.unwrap();
-        assert_eq!((summary.count, summary.message.as_str()), (3, "hello ada, bo, cy"));
-        assert_eq!(
-            *seen.borrow(),
-            Seen {
-                names: vec!["ada".into(), "bo".into(), "cy".into()],
-                half_closes: 1,
-                clients_gone: 0
-            }
-        );
-        server.shutdown().await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_bidi_stream_answers_in_turn_and_ends_after_the_half_close() {
-        let (server, seen, mut client) = start().await;
-        assert_eq!(bidirectional(&mut client).await.unwrap(), ["hello ada", "hello bo"]);
-        assert_eq!(seen.borrow().names, ["ada", "bo"]);
-        assert_eq!(seen.borrow().half_closes, 1);
-        server.shutdown().await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn the_server_notices_a_client_that_went_away() {
-        let (server, mut seen, mut client) = start().await;
-        client_goes_away(&mut client).await.unwrap();
-        let noticed = tokio::time::timeout(PATIENCE, seen.wait_for(|s| s.clients_gone == 1)).await;
-        assert!(noticed.is_ok(), "the producer kept working for nobody");
-        server.shutdown().await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_server_that_dies_mid_stream_is_an_error_not_a_clean_end() {
-        assert_eq!(server_goes_away().await.unwrap(), Some(Code::Unknown));
-    }
-
-    /// A TCP relay to `target` that forwards until `silence` is cancelled, then forwards
-    /// nothing and closes nothing: a path that went silent (a frozen peer, a NAT that forgot
-    /// the connection). The sockets stay open until the test's runtime ends.
-    async fn relay(target: SocketAddr, silence: CancellationToken) -> SocketAddr {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let mut outbound = tokio::net::TcpStream::connect(target).await.unwrap();
-                let silence = silence.clone();
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        () = silence.cancelled() => {}
-                    }
-                    std::future::pending::<()>().await; // holds both sockets, says nothing
-                });
-            }
-        });
-        addr
-    }
-
-    #[tokio::test]
-    async fn keepalive_ends_a_stream_whose_path_went_silent_without_closing() {
-        let (server, _, _) = start().await;
-        let silence = CancellationToken::new();
-        let via = relay(server.addr(), silence.clone()).await;
-        let channel = endpoint(format!("http://{via}")).unwrap().connect().await.unwrap();
-        // An endless feed with no deadline: only keepalive can tell that nobody answers.
-        let endless = GreetingsRequest { name: "ada".into(), count: 0, interval_ms: 5 };
-        let mut replies =
-            GreeterClient::new(channel).greetings(endless).await.unwrap().into_inner();
-        replies.message().await.unwrap().expect("a first reply");
-        silence.cancel();
-        let started = std::time::Instant::now();
-        let bound = KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT;
-        let end = tokio::time::timeout(bound + PATIENCE, async {
-            loop {
-                match replies.message().await {
-                    Ok(Some(_)) => continue, // replies already on their way
-                    Ok(None) => return None,
-                    Err(status) => return Some(status),
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| {
-            panic!("the stream still waited {:?} after the path went silent", started.elapsed())
-        });
-        let status = end.expect("a clean end, though the server never finished");
-        let waited = started.elapsed();
-        // The PING goes out after KEEPALIVE_INTERVAL without a byte, and is given up on
-        // KEEPALIVE_TIMEOUT later; hyper then closes the connection, and the stream reads a
-        // broken pipe. Nothing else here would end it: the relay closes nothing.
-        assert!(waited >= KEEPALIVE_TIMEOUT, "ended after {waited:?}, before keepalive could");
-        eprintln!("the silent stream ended after {waited:?}: {status:?}");
-        // Not a graceful stop: the server's end of the relay is silent too, and would hold it.
-        server.crash().await;
-    }
-
-    #[tokio::test]
-    async fn the_deadline_ends_a_call_whose_stream_went_silent_after_its_head() {
-        let (server, _, _) = start().await;
-        let silence = CancellationToken::new();
-        let via = relay(server.addr(), silence.clone()).await;
-        let mut client =
-            GreeterClient::new(endpoint(format!("http://{via}")).unwrap().connect().await.unwrap());
-        let started = std::time::Instant::now();
-        let error = within_deadline(async {
-            let endless = GreetingsRequest { name: "ada".into(), count: 0, interval_ms: 5 };
-            let mut replies = client.greetings(deadline(endless)).await?.into_inner();
-            replies.message().await?.context("a first reply")?;
-            silence.cancel(); // the head and a reply came: only the body is left unbounded
-            while replies.message().await?.is_some() {}
-            anyhow::Ok(())
-        })
-        .await
-        .unwrap_err();
-        let status = error.downcast_ref::<Status>().expect("a status");
-        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
-        // Keepalive would have ended it too, but later: the deadline came first.
-        let waited = started.elapsed();
-        assert!(waited < KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT, "ended after {waited:?}");
-        server.crash().await;
-    }
-
-    #[tokio::test]
-    async fn a_client_without_a_server_gets_a_clear_error() {
-        // A port that was free a moment ago: nothing listens there now.
-        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let message = format!("{:#}", client(addr).await.unwrap_err());
-        assert!(
-            message.contains(&addr.to_string()) && message.contains("stream server"),
-            "{message}"
-        );
-    }
-
-    #[test]
-    fn roles_parse_and_bad_addresses_are_refused() {
-        let args = Args::try_parse_from(["stream", "client", "--addr", "127.0.0.1:9"]).unwrap();
-        assert!(matches!(args.role, Some(Role::Client { .. })));
-        assert!(Args::try_parse_from(["stream", "server", "--addr", "nowhere"]).is_err());
-        assert!(Args::try_parse_from(["stream", "dance"]).is_err());
-    }
+    microkit::report(run(Args::parse()).await)
 }

@@ -5,11 +5,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
 use microkit::proto::greeter::greeter_client::GreeterClient;
 use tokio_util::sync::CancellationToken;
 
-use crate::{StreamGreeter, client_steps, endpoint};
+use crate::bounds::endpoint;
+use crate::story::client_steps;
+use crate::stream::StreamGreeter;
 
 /// How long the server role lets open streams finish once asked to stop: an endless stream
 /// would otherwise keep it running for ever.
@@ -17,7 +18,7 @@ const DRAIN: Duration = Duration::from_secs(5);
 
 /// The `server` role: serve until a stop request, drain the streams in flight (for at most
 /// [`DRAIN`]), print what it saw, exit 0.
-async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
+pub async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
     let greeter = StreamGreeter::new();
     let seen = greeter.seen.subscribe();
     let listener = tokio::net::TcpListener::bind(addr)
@@ -66,35 +67,4 @@ pub async fn client(addr: SocketAddr) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("no stream server at {addr}: start one with `stream server`"))?;
     client_steps(&mut GreeterClient::new(channel)).await
-}
-
-#[derive(Parser, Debug)]
-#[command(
-    about = "gRPC streams: server-, client- and bidi-streaming, half-close, peers going away"
-)]
-pub struct Args {
-    #[command(subcommand)]
-    pub role: Option<Role>,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum Role {
-    /// Serve the streaming Greeter until ctrl-c, SIGTERM or SIGHUP.
-    Server {
-        #[arg(long, default_value = "127.0.0.1:50051")]
-        addr: SocketAddr,
-    },
-    /// Run the three stream shapes and a client that goes away, against a running server.
-    Client {
-        #[arg(long, default_value = "127.0.0.1:50051")]
-        addr: SocketAddr,
-    },
-}
-
-/// Runs `role`.
-pub async fn run(role: Role) -> anyhow::Result<()> {
-    match role {
-        Role::Server { addr } => serve(addr).await,
-        Role::Client { addr } => client(addr).await,
-    }
 }

@@ -10,10 +10,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context as Cx, Poll};
 
+use broker::{Broker, BrokerError, Handler, Headers, Message};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
-use microkit::broker::{Broker, BrokerError, Handler, Headers, Message};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{FutureExt, SpanKind, Status, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};

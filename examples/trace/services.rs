@@ -8,18 +8,18 @@ use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::routing::get;
+use broker::{Broker, Handler};
 use bytes::Bytes;
-use microkit::broker::{Broker, Handler};
-use microkit::discovery::{Channels, LiveNodes};
+use health::{Channels, LiveNodes};
 use microkit::greeter::HelloGreeter;
-use microkit::http::{ApiError, HttpServer};
 use microkit::proto::greeter::greeter_client::GreeterClient;
 use microkit::proto::greeter::greeter_server::{Greeter, GreeterServer};
-use microkit::proto::greeter::{GreetingsRequest, HelloReply, HelloRequest, NamesSummary};
-use microkit::registered::Registered;
-use microkit::registry::Registry;
+use microkit::proto::greeter::{HelloReply, HelloRequest, NamesSummary};
 use microkit::server::RunningServer;
+use microkit_http::{ApiError, HttpServer};
 use opentelemetry_sdk::trace::SdkTracer;
+use registry::Registered;
+use registry::Registry;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tower::{Layer as _, ServiceBuilder};
@@ -126,24 +126,10 @@ impl Greeter for MiddleGreeter {
         Ok(reply)
     }
 
-    type GreetingsStream = futures::stream::Empty<Result<HelloReply, Status>>;
-    async fn greetings(
-        &self,
-        _: Request<GreetingsRequest>,
-    ) -> Result<Response<Self::GreetingsStream>, Status> {
-        Err(Status::unimplemented("only SayHello is traced here"))
-    }
     async fn collect_names(
         &self,
         _: Request<Streaming<HelloRequest>>,
     ) -> Result<Response<NamesSummary>, Status> {
-        Err(Status::unimplemented("only SayHello is traced here"))
-    }
-    type ChatStream = futures::stream::Empty<Result<HelloReply, Status>>;
-    async fn chat(
-        &self,
-        _: Request<Streaming<HelloRequest>>,
-    ) -> Result<Response<Self::ChatStream>, Status> {
         Err(Status::unimplemented("only SayHello is traced here"))
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use microkit::PATIENCE;
-use microkit::backend::Backend;
+use microkit_backend::Backend;
 use serde::{Deserialize, Serialize};
 
 use super::memory::{Envelope, MemoryBus};
@@ -56,7 +56,7 @@ impl Bus {
     /// would have; in memory, a handle on the one bus this process shares.
     pub async fn connect(backend: &Backend, memory: &MemoryBus) -> anyhow::Result<Bus> {
         Ok(match backend {
-            Backend::Nats { url, .. } => Bus::Nats(microkit::backend::connect(url).await?),
+            Backend::Nats { url, .. } => Bus::Nats(microkit_backend::connect(url).await?),
             Backend::Memory { .. } => Bus::Memory(memory.clone()),
         })
     }

@@ -1,250 +1,51 @@
 //! # transport: one handler, carried over HTTP/2 and over NATS
 //!
-//! go-micro kept the *transport* (what carries a request) apart from the client and server
-//! that use it, so the same service could be reached over direct connections or over NATS.
-//! Here `SayHello` is one function, `say_hello` in `service.rs` (next to this file), behind
-//! two adapters there: `OverHttp2` (tonic, on a port listed in the registry) and
-//! `serve_over_nats` (the NATS service protocol: no port, a subject per endpoint, a queue
-//! group that balances, `$SRV.PING`/`INFO`/`STATS` answered by every instance). The run
+//! `SayHello` is written once and carried by two transports: tonic over HTTP/2, on a port the
+//! registry lists, and the NATS service protocol, with no port at all: a subject per endpoint,
+//! a queue group that balances, `$SRV.PING`/`INFO`/`STATS` answered by every instance. The run
 //! prints what changes with the transport: finding, balancing, refusing, counting, dying.
-//! go-micro's NATS transport gave each server an inbox subject of its own, listed in the
-//! registry as its address: the selector still chose the node, queue groups went unused,
-//! the envelope was go-micro's own. This is the standard nats-py and the `nats` CLI speak
-//! (`memory.rs` stands in for the NATS server on the memory backend).
 //!
-//! Run it:
-//! ```text
-//! cargo run --example transport
-//! # or as processes, on one NATS (nats-server -js; export NATS_URL=nats://127.0.0.1:4222):
-//! cargo run --example transport -- serve --id greeter-1
-//! cargo run --example transport -- serve --id greeter-2
-//! cargo run --example transport -- client --name ada --calls 6
-//! target/py/bin/python scripts/nats_service.py call --name ada   # nats-py (scripts/test.sh)
-//! ```
+//! Run it: `cargo run --example transport`
 //!
-//! Prints `tests/golden/transport.txt`; explained in `notes/transport.md`.
+//! Read `service.rs` first; explained in `notes/transport.md`.
 
-mod bus;
-mod memory;
-mod roles;
-mod service;
-
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
-use std::time::Duration;
-
-use anyhow::Context;
-use bytes::Bytes;
-use microkit::PATIENCE;
-use microkit::backend::Backend;
-use microkit::discovery::{Channels, LiveNodes};
-use microkit::proto::greeter::greeter_client::GreeterClient;
-use microkit::proto::greeter::greeter_server::GreeterServer;
-use microkit::proto::greeter::{HelloReply, HelloRequest};
-use microkit::registered::Registered;
-use microkit::registry::Registry;
-use microkit::server::RunningServer;
-use prost::Message;
-use tonic::Code;
-
-use bus::{Answer, Bus, CallError, ERROR_CODE_HEADER, ERROR_HEADER, Info, Ping, Stats};
-use memory::MemoryBus;
-use service::{METHOD, NatsInstance, OverHttp2, SERVICE, VERSION, serve_over_nats};
-
-/// The two nodes; each serves both transports.
-const NODES: [&str; 2] = ["greeter-1", "greeter-2"];
-/// Enough calls that a random queue-group choice gives both instances a share (all 32 to one
-/// has a chance of 2 in 4 billion).
-const CALLS: usize = 32;
-const TTL: Duration = Duration::from_secs(10);
-
-/// What the run saw, for the tests.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Tally {
-    /// Replies per node, over HTTP/2 (the client's round robin) and over NATS (the queue group).
-    pub http2: BTreeMap<String, usize>,
-    pub nats: BTreeMap<String, usize>,
-    /// Over NATS, after greeter-2 stopped.
-    pub after_stop: BTreeMap<String, usize>,
-    /// `$SRV.STATS`, summed over the instances: requests and errors of `SayHello`.
-    pub stats: (u64, u64),
-    /// The calls each NATS instance says it served, as it stopped.
-    pub served: u64,
-    /// Calls that ended other than the story says they must.
-    pub lost: usize,
-}
-
-/// A node: the same handler on both transports.
-struct Node {
-    grpc: Registered<RunningServer>,
-    nats: NatsInstance,
-}
-
-async fn start_node(registry: &Arc<dyn Registry>, bus: &Bus, id: &str) -> anyhow::Result<Node> {
-    let routes = tonic::service::Routes::new(GreeterServer::new(OverHttp2 { node: id.into() }));
-    let server = RunningServer::start(routes).await?;
-    let grpc = Registered::new(registry, server, SERVICE, id, TTL).await?;
-    Ok(Node { grpc, nats: serve_over_nats(bus, id).await? })
-}
-
-pub async fn run(backend: &Backend) -> anyhow::Result<Tally> {
-    let registry = backend.registry();
-    let memory = MemoryBus::new();
-    let mut nodes = Vec::new();
-    for id in NODES {
-        // Each node its own NATS connection, as separate processes would have.
-        nodes.push(start_node(&registry, &Bus::connect(backend, &memory).await?, id).await?);
-    }
-    let bus = Bus::connect(backend, &memory).await?;
-    let mut tally = Tally::default();
-    println!("{METHOD}: one handler, served by {} over two transports", NODES.join(" and "));
-    println!("  HTTP/2: gRPC on a port of each node's own, listed in the registry");
-    println!("  NATS:   service {SERVICE} {VERSION}, subject {SERVICE}.{METHOD}, no port at all");
-
-    println!("finding an instance");
-    let live = LiveNodes::watch(&registry, SERVICE).await?;
-    live.wait_for_ids(&NODES, PATIENCE).await?;
-    let listed: Vec<String> = live.current().into_iter().map(|n| n.id).collect();
-    println!(
-        "  HTTP/2: the registry lists {} (each kept by heartbeats, TTL {TTL:?})",
-        listed.join(", ")
-    );
-    let pings: Vec<Ping> = bus::parse_all(bus.gather(&format!("$SRV.PING.{SERVICE}")).await?);
-    let answered: BTreeSet<String> = pings.iter().map(bus::node_of).collect();
-    let answered = answered.into_iter().collect::<Vec<_>>().join(", ");
-    println!("  NATS:   $SRV.PING.{SERVICE}: every instance answers for itself: {answered}");
-    let infos: Vec<Info> = bus::parse_all(bus.gather(&format!("$SRV.INFO.{SERVICE}")).await?);
-    let endpoints: BTreeSet<String> = infos
-        .iter()
-        .flat_map(|info| &info.endpoints)
-        .map(|e| format!("endpoint {} on {}, queue group {}", e.name, e.subject, e.queue_group))
-        .collect();
-    for endpoint in endpoints {
-        println!("  NATS:   $SRV.INFO.{SERVICE}: {endpoint}, from {} instances", infos.len());
-    }
-
-    println!("balancing {CALLS} calls");
-    let channels = Channels::default();
-    let ada = HelloRequest { name: "ada".into() };
-    for turn in 0..CALLS {
-        let current = live.current();
-        let node = &current[turn % current.len()];
-        let reply = GreeterClient::new(channels.to(node)?).say_hello(ada.clone()).await?;
-        *tally.http2.entry(reply.into_inner().node).or_default() += 1;
-    }
-    println!(
-        "  HTTP/2: the client's round robin over the registry's list: {}",
-        counts(&tally.http2)
-    );
-    tally.lost += call_over_nats(&bus, CALLS, &mut tally.nats).await?;
-    let share = if tally.nats.len() == NODES.len() { "each took a share" } else { "NOT shared" };
-    let answered = tally.nats.values().sum::<usize>();
-    println!(
-        "  NATS:   the queue group, in the server; the client names only the subject: {answered} answered, {share}"
-    );
-
-    println!("refusing a call (an empty name)");
-    let empty = HelloRequest { name: String::new() };
-    let mut client = GreeterClient::new(channels.to(&live.current()[0])?);
-    match client.say_hello(empty.clone()).await {
-        Err(status) => println!(
-            "  HTTP/2: in the trailers: grpc-status {:?}, grpc-message {:?}",
-            status.code(),
-            status.message()
-        ),
-        Ok(_) => tally.lost += 1,
-    }
-    let subject = format!("{SERVICE}.{METHOD}");
-    match bus.request(&subject, empty.encode_to_vec().into()).await {
-        Ok(Answer::ServiceError { code, description }) => {
-            println!(
-                "  NATS:   in the reply's headers: {ERROR_CODE_HEADER} {code}, {ERROR_HEADER} {description:?}"
-            )
-        }
-        _ => tally.lost += 1,
-    }
-
-    println!("counting calls");
-    let stats: Vec<Stats> = bus::parse_all(bus.gather(&format!("$SRV.STATS.{SERVICE}")).await?);
-    for endpoint in stats.iter().flat_map(|s| &s.endpoints).filter(|e| e.name == METHOD) {
-        tally.stats.0 += endpoint.num_requests;
-        tally.stats.1 += endpoint.num_errors;
-    }
-    let (requests, errors) = tally.stats;
-    println!(
-        "  NATS:   $SRV.STATS.{SERVICE}, summed over {} instances: {METHOD} {requests} requests, {errors} of them refused",
-        stats.len()
-    );
-    println!("  HTTP/2: nothing counts calls unless a layer is added (see the wrapper example)");
-
-    println!("losing an instance");
-    let mut nodes = nodes.into_iter();
-    let (one, two) = (nodes.next().context("node 1")?, nodes.next().context("node 2")?);
-    let two_listed = live.current()[1].clone();
-    two.grpc.crash().await;
-    // A client that picks it from the registry dials it anew, and finds nobody there.
-    let fresh = Channels::default().to(&two_listed)?;
-    match GreeterClient::new(fresh).say_hello(ada.clone()).await {
-        Err(status) if status.code() == Code::Unavailable => println!(
-            "  HTTP/2: greeter-2 crashes: still listed until its TTL runs out, and a call to it gets {:?}",
-            status.code()
-        ),
-        other => {
-            tracing::error!(?other, "a call to a crashed node did not fail with Unavailable");
-            tally.lost += 1;
-        }
-    }
-    tally.served += two.nats.stop().await?;
-    tally.lost += call_over_nats(&bus, CALLS / 4, &mut tally.after_stop).await?;
-    println!(
-        "  NATS:   greeter-2 stops: the queue group routes around it: {}",
-        counts(&tally.after_stop)
-    );
-    tally.served += one.nats.stop().await?;
-    match bus.request(&subject, ada.encode_to_vec().into()).await {
-        Err(CallError::NoResponders) => {
-            println!(
-                "  NATS:   greeter-1 stops too: the next call gets \"no responders\" at once, from the server"
-            )
-        }
-        _ => tally.lost += 1,
-    }
-    one.grpc.stop().await?;
-    println!("lost: {}", tally.lost);
-    Ok(tally)
-}
-
-/// `count` calls over NATS, the replies counted per node; returns how many got no reply.
-async fn call_over_nats(
-    bus: &Bus,
-    count: usize,
-    by_node: &mut BTreeMap<String, usize>,
-) -> anyhow::Result<usize> {
-    let payload = Bytes::from(HelloRequest { name: "ada".into() }.encode_to_vec());
-    let mut lost = 0;
-    for _ in 0..count {
-        match bus.request(&format!("{SERVICE}.{METHOD}"), payload.clone()).await {
-            Ok(Answer::Reply(reply)) => {
-                *by_node.entry(HelloReply::decode(reply)?.node).or_default() += 1
-            }
-            other => {
-                tracing::error!(?other, "a call over NATS got no reply");
-                lost += 1;
-            }
-        }
-    }
-    Ok(lost)
-}
-
-fn counts(by_node: &BTreeMap<String, usize>) -> String {
-    by_node.iter().map(|(node, n)| format!("{node} {n}")).collect::<Vec<_>>().join(", ")
-}
-
+// The lesson, `service.rs` (one handler, two transports); `bus.rs`, a client of the bus;
+// `memory.rs`, the memory backend's stand-in for NATS: a library, which the benches use.
+use transport::{bus, memory, service};
+mod roles; // roles, for several terminals
+mod story; // the story the default run tells
 #[cfg(test)]
-mod tests;
+mod tests; // tests
+
+use clap::Parser;
+
+/// One handler carried over HTTP/2 and over NATS (the NATS service protocol)
+#[derive(Parser, Debug)]
+struct Args {
+    #[command(flatten)]
+    backend: microkit_backend::BackendArgs,
+    /// Run one role against a shared NATS server; without a role, everything runs here.
+    #[command(subcommand)]
+    role: Option<roles::Role>,
+}
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     microkit::init_tracing();
-    microkit::report(roles::main().await)
+    microkit::report(run(Args::parse()).await)
+}
+
+/// The whole story in this process, or one role of it over a shared NATS.
+async fn run(args: Args) -> anyhow::Result<()> {
+    // Roles meet only on a shared NATS: without one they refuse before starting anything.
+    let backend = match &args.role {
+        None => args.backend.connect().await?,
+        Some(_) => args.backend.connect_shared("the serve and client roles").await?,
+    };
+    let Some(role) = args.role else {
+        let tally = story::demo(&backend).await?;
+        anyhow::ensure!(tally.lost == 0, "{} calls ended otherwise than they should", tally.lost);
+        return Ok(());
+    };
+    roles::run(role, &backend).await
 }

@@ -1,24 +1,21 @@
-//! The command line: the one-process story by default, or the roles that run as separate
-//! processes on one NATS: instances of the service, and a client that finds and calls them.
+//! The roles, run as separate processes on one NATS: instances of the service, and a client
+//! that finds and calls them.
 
 use std::collections::BTreeSet;
 
 use anyhow::Context;
 use bytes::Bytes;
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 use microkit::proto::greeter::greeter_server::GreeterServer;
 use microkit::proto::greeter::{HelloReply, HelloRequest};
-use microkit::registered::Registered;
 use microkit::server::RunningServer;
 use prost::Message;
+use registry::Registered;
 
-use crate::TTL;
 use crate::bus::{Answer, Bus, Ping};
 use crate::memory::MemoryBus;
 use crate::service::{METHOD, OverHttp2, SERVICE, VERSION};
-
-/// `--backend`, and the role to run (none: the whole story, in this one process).
-pub(crate) type Args = microkit::backend::Cli<Role>;
+use crate::story::TTL;
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum Role {
@@ -38,11 +35,6 @@ pub(crate) enum Role {
     },
 }
 
-impl microkit::backend::Roles for Role {
-    const ABOUT: &'static str =
-        "One handler carried over HTTP/2 and over NATS (the NATS service protocol)";
-}
-
 /// Names and ids: one word of letters, digits, `-` and `_`, at most 64 characters.
 fn word(text: &str) -> Result<String, String> {
     let ok = !text.is_empty()
@@ -55,28 +47,21 @@ fn word(text: &str) -> Result<String, String> {
     }
 }
 
-pub async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let backend = args.backend.connect().await?;
-    let Some(role) = args.role else {
-        let tally = crate::run(&backend).await?;
-        anyhow::ensure!(tally.lost == 0, "{} calls ended otherwise than they should", tally.lost);
-        return Ok(());
-    };
-    backend.require_shared_nats("the serve and client roles")?;
-    let bus = Bus::connect(&backend, &MemoryBus::new()).await?;
+/// One role in this process: an instance until it is stopped, or the client's calls.
+pub(crate) async fn run(role: Role, backend: &microkit_backend::Backend) -> anyhow::Result<()> {
+    let bus = Bus::connect(backend, &MemoryBus::new()).await?;
     match role {
-        Role::Serve { id } => serve(&backend, &bus, &id).await,
+        Role::Serve { id } => serve(backend, &bus, &id).await,
         Role::Client { name, calls } => client(&bus, &name, calls).await,
     }
 }
 
 /// Serves until asked to stop, then leaves the queue group and the registry, and says how
 /// many calls it served over NATS.
-async fn serve(backend: &microkit::backend::Backend, bus: &Bus, id: &str) -> anyhow::Result<()> {
+async fn serve(backend: &microkit_backend::Backend, bus: &Bus, id: &str) -> anyhow::Result<()> {
     let routes = tonic::service::Routes::new(GreeterServer::new(OverHttp2 { node: id.into() }));
     let server = RunningServer::start(routes).await?;
-    let grpc = Registered::new(&backend.registry(), server, SERVICE, id, TTL).await?;
+    let grpc = Registered::new(&registry::on(backend), server, SERVICE, id, TTL).await?;
     let nats = crate::service::serve_over_nats(bus, id).await?;
     println!("{id}: serving {METHOD} over HTTP/2 and as NATS service {SERVICE} {VERSION}");
     let signal = microkit::signal::stop_requested().await?;

@@ -12,11 +12,11 @@ use async_nats::service::ServiceExt;
 use bytes::Bytes;
 use microkit::PATIENCE;
 use microkit::proto::greeter::greeter_server::Greeter;
-use microkit::proto::greeter::{GreetingsRequest, HelloReply, HelloRequest, NamesSummary};
+use microkit::proto::greeter::{HelloReply, HelloRequest};
 use prost::Message;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status};
 
 use super::bus::{self, Bus};
 use super::memory;
@@ -63,30 +63,6 @@ impl Greeter for OverHttp2 {
             Err(Refusal { code: 400, reason }) => Err(Status::invalid_argument(reason)),
             Err(Refusal { reason, .. }) => Err(Status::internal(reason)),
         }
-    }
-
-    type GreetingsStream = futures::stream::Empty<Result<HelloReply, Status>>;
-    type ChatStream = futures::stream::Empty<Result<HelloReply, Status>>;
-
-    async fn greetings(
-        &self,
-        _: Request<GreetingsRequest>,
-    ) -> Result<Response<Self::GreetingsStream>, Status> {
-        Err(Status::unimplemented("only SayHello travels both ways: NATS has no streams here"))
-    }
-
-    async fn collect_names(
-        &self,
-        _: Request<Streaming<HelloRequest>>,
-    ) -> Result<Response<NamesSummary>, Status> {
-        Err(Status::unimplemented("only SayHello travels both ways: NATS has no streams here"))
-    }
-
-    async fn chat(
-        &self,
-        _: Request<Streaming<HelloRequest>>,
-    ) -> Result<Response<Self::ChatStream>, Status> {
-        Err(Status::unimplemented("only SayHello travels both ways: NATS has no streams here"))
     }
 }
 

@@ -1,13 +1,17 @@
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Parser;
-use microkit::backend::{BackendArgs, BackendChoice};
-use microkit::nats::NatsServer;
+use microkit::proto::greeter::{HelloReply, HelloRequest};
+use microkit_backend::nats::NatsServer;
+use microkit_backend::{BackendArgs, BackendChoice};
+use prost::Message;
 
-use super::*;
+use crate::bus::{self, Answer, Bus, CallError, Ping};
 use crate::memory::{Envelope, MemoryBus};
-use crate::service::{Refusal, on_message, say_hello};
+use crate::service::{METHOD, Refusal, SERVICE, on_message, say_hello, serve_over_nats};
+use crate::story::{CALLS, Tally, demo};
 
 #[test]
 fn the_handler_refuses_an_empty_name_and_a_payload_that_is_not_a_request() {
@@ -39,7 +43,7 @@ fn check(tally: &Tally) {
 #[tokio::test]
 async fn the_story_on_the_memory_backend() {
     let backend = BackendArgs { backend: BackendChoice::Memory }.connect_with(None).await.unwrap();
-    check(&run(&backend).await.unwrap());
+    check(&demo(&backend).await.unwrap());
 }
 
 #[tokio::test]
@@ -47,7 +51,7 @@ async fn the_story_on_nats_through_the_real_service_protocol() {
     let server = NatsServer::start().await.expect("these tests need nats-server installed");
     let choice = BackendArgs { backend: BackendChoice::Nats };
     let backend = choice.connect_with(Some(&server.url())).await.unwrap();
-    check(&run(&backend).await.unwrap());
+    check(&demo(&backend).await.unwrap());
 }
 
 #[tokio::test]
@@ -106,7 +110,7 @@ fn bad_flags_are_refused() {
         &["client", "--name", ""],
     ] {
         let args = ["transport"].iter().chain(flags);
-        assert!(roles::Args::try_parse_from(args).is_err(), "{flags:?} was accepted");
+        assert!(crate::Args::try_parse_from(args).is_err(), "{flags:?} was accepted");
     }
 }
 

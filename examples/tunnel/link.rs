@@ -64,7 +64,7 @@ struct Slot {
     answer: Option<oneshot::Sender<Result<(), String>>>,
 }
 
-pub(crate) struct Shared {
+pub struct Shared {
     name: String,
     outgoing: mpsc::Sender<Frame>,
     slots: Mutex<HashMap<u32, Slot>>,
@@ -211,7 +211,7 @@ impl Shared {
     /// A session was dropped: it is gone from the link, and if it had not sent `Close`, the
     /// other node is told (best effort: if the queue is full or the link is gone, the other
     /// node learns of the end when the link closes).
-    pub(crate) fn forget(&self, session: u32, closed: bool) {
+    pub fn forget(&self, session: u32, closed: bool) {
         self.slots.lock().unwrap().remove(&session);
         self.live.send_modify(|live| *live -= 1);
         if !closed {

@@ -32,7 +32,7 @@ pub struct Session {
 }
 
 impl Session {
-    pub(crate) fn new(
+    pub fn new(
         id: u32,
         link: Arc<Shared>,
         incoming: mpsc::Receiver<Bytes>,

@@ -20,7 +20,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use futures::{Stream, StreamExt};
-use microkit::http::ApiError;
+use microkit_http::ApiError;
 use serde_json::json;
 use tokio::sync::{Semaphore, watch};
 use tokio_stream::wrappers::WatchStream;
@@ -213,8 +213,8 @@ mod tests {
     use axum::routing::get;
     use futures::stream::BoxStream;
     use microkit::PATIENCE;
-    use microkit::http::HttpServer;
-    use microkit::registry::{Change, MemoryRegistry, Node, Registry, RegistryError};
+    use microkit_http::HttpServer;
+    use registry::{Change, MemoryRegistry, Node, Registry, RegistryError};
     use tower::ServiceExt;
 
     use super::*;
@@ -254,7 +254,7 @@ mod tests {
     }
 
     /// The same over a socket, so the server polls the stream as it would for a browser.
-    async fn connect(http: &microkit::http::Forwarder, gateway: &HttpServer) -> Events {
+    async fn connect(http: &microkit_http::Forwarder, gateway: &HttpServer) -> Events {
         let url = format!("{}/events", gateway.url());
         let response = http.send(http::Request::get(url).body(Body::empty()).unwrap()).await;
         let response = response.expect("the gateway answers");
@@ -292,7 +292,7 @@ mod tests {
         registry.register(&hello, Duration::from_secs(60)).await.unwrap();
         let gateway = HttpServer::start(router(Gateway::new(registry.clone()))).await.unwrap();
 
-        let http = microkit::http::Forwarder::new();
+        let http = microkit_http::Forwarder::new();
         let mut viewers = Vec::new();
         for _ in 0..20 {
             let mut events = connect(&http, &gateway).await;

@@ -16,12 +16,13 @@ use axum::http::{Request, Uri};
 use axum::response::{Redirect, Response};
 use axum::routing::{any, get};
 use hyper_util::rt::TokioIo;
-use microkit::http::{ApiError, Forwarder};
-use microkit::registry::{Node, Registry};
+use microkit_http::{ApiError, Forwarder};
+use registry::{Node, Registry};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::dashboard::{Feed, MAX_VIEWERS};
-use crate::policy::AllowList;
+// The redirect lesson's allow-list: every redirect here follows its rules.
+use redirect::AllowList;
 
 /// Web services register under this one registry name, each node labelled with its own
 /// service name, so a gateway can find them all with one lookup (go-micro put them under
@@ -299,8 +300,8 @@ mod tests {
     use std::time::Duration;
 
     use axum::http::StatusCode;
-    use microkit::http::HttpServer;
-    use microkit::registry::MemoryRegistry;
+    use microkit_http::HttpServer;
+    use registry::MemoryRegistry;
 
     use super::*;
     use crate::service::tests::call;

@@ -14,7 +14,7 @@ use axum::routing::get;
 use http::Request;
 use microkit::proto::greeter::GreetingsRequest;
 use microkit::proto::greeter::greeter_client::GreeterClient;
-use microkit::registry::Registry;
+use registry::Registry;
 use serde::{Deserialize, Serialize};
 
 /// The most greetings one websocket may ask for: every request is bounded work.
@@ -205,8 +205,8 @@ pub mod tests {
     use axum::http::StatusCode;
     use futures::{SinkExt, StreamExt};
     use microkit::PATIENCE;
-    use microkit::http::{HttpServer, body_text};
-    use microkit::registry::{MemoryRegistry, Node};
+    use microkit_http::{HttpServer, body_text};
+    use registry::{MemoryRegistry, Node};
     use tokio_tungstenite::tungstenite;
     use tower::ServiceExt;
 

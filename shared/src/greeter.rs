@@ -34,7 +34,8 @@ impl HelloGreeter {
     }
 }
 
-type ReplyStream = Pin<Box<dyn Stream<Item = Result<HelloReply, Status>> + Send>>;
+/// What a streaming Greeter call answers with.
+pub type ReplyStream = Pin<Box<dyn Stream<Item = Result<HelloReply, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Greeter for HelloGreeter {
@@ -45,12 +46,10 @@ impl Greeter for HelloGreeter {
         Ok(Response::new(self.reply(&request.into_inner().name, 0)))
     }
 
-    type GreetingsStream = ReplyStream;
-
     async fn greetings(
         &self,
         request: Request<GreetingsRequest>,
-    ) -> Result<Response<Self::GreetingsStream>, Status> {
+    ) -> Result<Response<ReplyStream>, Status> {
         let GreetingsRequest { name, count, interval_ms } = request.into_inner();
         let this = self.clone();
         let interval = Duration::from_millis(interval_ms.into());
@@ -81,12 +80,10 @@ impl Greeter for HelloGreeter {
         Ok(Response::new(NamesSummary { count: names.len() as u32, message }))
     }
 
-    type ChatStream = ReplyStream;
-
     async fn chat(
         &self,
         request: Request<Streaming<HelloRequest>>,
-    ) -> Result<Response<Self::ChatStream>, Status> {
+    ) -> Result<Response<ReplyStream>, Status> {
         let this = self.clone();
         let replies = request
             .into_inner()

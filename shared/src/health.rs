@@ -15,7 +15,6 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use axum::http::StatusCode;
 use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -105,24 +104,6 @@ impl Health {
             .add_service(self.service())
             .add_service(reflection())
             .add_service(reflection_v1alpha())
-    }
-
-    /// `GET /health/live` (200 while the process answers at all) and `GET /health/ready`
-    /// (200 while serving, 503 otherwise), to merge into an axum service's router.
-    pub fn http_routes<S: Clone + Send + Sync + 'static>(&self) -> axum::Router<S> {
-        let ready = self.ready.clone();
-        axum::Router::new().route("/health/live", axum::routing::get(|| async { "live\n" })).route(
-            "/health/ready",
-            axum::routing::get(move || {
-                let serving = *ready.borrow();
-                async move {
-                    match serving {
-                        true => (StatusCode::OK, "ready\n"),
-                        false => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
-                    }
-                }
-            }),
-        )
     }
 }
 

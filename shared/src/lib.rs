@@ -1,35 +1,24 @@
 //! `microkit`: the small toolkit that go-micro's lessons, ported to Rust, stand on.
 //!
-//! It holds only what two or more examples need. Each example keeps the idea it teaches
-//! in its own file; what lives here is plumbing a reader can take on trust:
+//! It holds only plumbing that two or more examples need and that a reader can take on
+//! trust; go-micro's own ideas (the registry, the broker) are lessons of their own, in
+//! `examples/registry` and `examples/broker`.
 //!
 //! - [`proto`]: the Greeter service and the example events, generated from `shared/proto`
 //!   at build time.
-//! - [`registry`]: service discovery (a `Registry` trait, memory and NATS implementations).
-//! - [`broker`]: publish/subscribe (a `Broker` trait, memory and NATS implementations).
+//! - [`server`] and [`greeter`]: a gRPC server on a free loopback port.
 //! - [`health`]: health checking and reflection, mounted on every server.
-//! - [`registered`]: a server listed in the registry for as long as it serves.
-//! - [`discovery`]: a client's live view of a service's nodes, and a channel per node.
-//! - [`backend`]: the one rule every example uses to pick NATS or the memory backend.
-//! - [`server`] and [`greeter`]: a gRPC server on a free loopback port, for demos and tests.
-//! - [`http`]: an axum server on a free loopback port and a forwarding client, for gateways.
-//! - [`nats`]: a private `nats-server` (single node or a small cluster) for demos and tests.
-//! - [`tls`]: an in-memory certificate authority with server and client certificates.
 //! - [`signal`]: the stop request (SIGTERM, SIGINT, SIGHUP) every long-running role honours.
 //! - [`report`] and [`init_tracing`]: how every example's `main` ends and where its logs go.
+//!
+//! Beside it: `microkit-http` (an axum server and a forwarding client, for the HTTP
+//! examples) and `microkit-backend` (NATS or memory: the rule every example follows).
 
-pub mod backend;
-pub mod broker;
-pub mod discovery;
 pub mod greeter;
 pub mod health;
-pub mod http;
-pub mod nats;
-pub mod registered;
-pub mod registry;
 pub mod server;
 pub mod signal;
-pub mod tls;
+pub mod timeout;
 
 /// Code generated from `shared/proto/*.proto`.
 pub mod proto {
@@ -41,28 +30,6 @@ pub mod proto {
     /// The typed events of the pubsub and event examples (messages only, no service).
     pub mod events {
         tonic::include_proto!("events.v1");
-    }
-}
-
-/// The `main` of every example: logs go to stderr, the command line is parsed (a bad flag
-/// exits 2 with clap's message), `run` runs on a multi-threaded tokio runtime, and its error,
-/// if any, is printed by [`report`] with exit code 1.
-///
-/// ```ignore
-/// fn main() -> std::process::ExitCode {
-///     microkit::main(run) // async fn run(args: Args) -> anyhow::Result<()>
-/// }
-/// ```
-pub fn main<A, F>(run: impl FnOnce(A) -> F) -> std::process::ExitCode
-where
-    A: clap::Parser,
-    F: std::future::Future<Output = anyhow::Result<()>>,
-{
-    init_tracing();
-    let args = A::parse();
-    match tokio::runtime::Runtime::new() {
-        Ok(runtime) => report(runtime.block_on(run(args))),
-        Err(error) => report(Err(anyhow::Error::new(error).context("starting the tokio runtime"))),
     }
 }
 

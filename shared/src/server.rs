@@ -36,7 +36,48 @@ use tonic::transport::Server;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::health::Health;
-use crate::http::Limits;
+
+/// The time limits every HTTP server here keeps, because each faces clients it does not
+/// control: one that sends half a request and waits must not hold a connection, or a stop,
+/// for as long as it likes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// From a connection's start, or the end of its last answer, to the end of the next
+    /// request's headers. It is also the idle timeout of a kept-alive connection.
+    pub header_timeout: Duration,
+    /// How long a graceful stop lets requests in flight finish before it cuts them.
+    pub drain_deadline: Duration,
+}
+
+impl Default for Limits {
+    /// 10 s for headers (a browser sends them in one packet; a person does not type them),
+    /// 5 s to drain (longer than any answer here takes, short enough for a process manager
+    /// that sends SIGKILL after 10 s).
+    fn default() -> Self {
+        Limits { header_timeout: Duration::from_secs(10), drain_deadline: Duration::from_secs(5) }
+    }
+}
+
+/// A server that can stop gracefully: stop accepting, let what is in flight finish. The
+/// registry lesson's `Registered` stops any of them in the same order.
+pub trait Drain: Send + Sized {
+    fn addr(&self) -> SocketAddr;
+    /// What its health service or readiness route reports, if it has one.
+    fn health(&self) -> Option<&Health>;
+    fn drain(self) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+impl Drain for RunningServer {
+    fn addr(&self) -> SocketAddr {
+        RunningServer::addr(self)
+    }
+    fn health(&self) -> Option<&Health> {
+        RunningServer::health(self)
+    }
+    fn drain(self) -> impl Future<Output = anyhow::Result<()>> + Send {
+        self.shutdown()
+    }
+}
 
 /// The most streams (calls) one client connection may have open at once; the server refuses
 /// more with `REFUSED_STREAM`, and tonic's client queues them until one ends. Without it,
@@ -260,11 +301,7 @@ pub struct Incoming {
 impl Incoming {
     /// Accepts on `listener`; each connection must complete its first request within
     /// `header_timeout` and counts itself in `open` while it lives.
-    pub(crate) fn new(
-        listener: TcpListener,
-        header_timeout: Duration,
-        open: Arc<AtomicUsize>,
-    ) -> Self {
+    pub fn new(listener: TcpListener, header_timeout: Duration, open: Arc<AtomicUsize>) -> Self {
         Incoming { listener, header_timeout, open, pause: None, failed: 0, last_logged: None }
     }
 }

@@ -12,6 +12,9 @@ use tokio::process::Command;
 
 pub mod golden;
 
+/// Headless Chromium over the DevTools protocol, for pages checked in a real browser.
+pub mod browser;
+
 /// Attacks from outside, for the battery (`tests/hostile.rs`): raw HTTP/2 frames, probes,
 /// a process's memory and CPU.
 #[cfg(target_os = "linux")]
@@ -52,6 +55,7 @@ pub const TOPICS: &[Topic] = &[
     topic("proxy", true),
     topic("pubsub", true),
     topic("redirect", true),
+    topic("registry", true),
     topic("retry", true),
     topic("round-robin", true),
     topic("secure", false),

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use microkit::backend::{BackendArgs, BackendChoice};
-use microkit::registry::Node;
+use microkit_backend::{BackendArgs, BackendChoice};
+use registry::Node;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
 use tokio::sync::mpsc;
@@ -96,7 +96,7 @@ pub struct Bounds {
 }
 
 impl Default for Bounds {
-    /// The shared defaults of `microkit::http` (10 s for headers, 5 s to drain), hyper's
+    /// The shared defaults of `microkit_http` (10 s for headers, 5 s to drain), hyper's
     /// own stream limit (200) with room, and 32 MiB for a flood sized as the battery sizes it.
     fn default() -> Self {
         Bounds {
@@ -340,7 +340,7 @@ pub fn roles(tag: &str, certs: &std::path::Path) -> Vec<Role> {
 pub async fn nodes(nats_url: &str, service: &str) -> Vec<Node> {
     let backend = BackendArgs { backend: BackendChoice::Nats };
     let backend = backend.connect_with(Some(nats_url)).await.expect("reaching the test's NATS");
-    backend.registry().nodes(service).await.expect("reading the registry")
+    registry::on(&backend).nodes(service).await.expect("reading the registry")
 }
 
 /// The ids of `service`'s nodes in the NATS registry.

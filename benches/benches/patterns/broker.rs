@@ -1,10 +1,10 @@
 //! The broker: publish-to-subscribe throughput, each broker beside the raw library under it.
 //!
-//! - `microkit::broker::NatsBroker` vs raw async-nats, on a private `nats-server`: the same
+//! - `broker::NatsBroker` vs raw async-nats, on a private `nats-server`: the same
 //!   128-byte payloads, one connection publishing and another subscribed, with the same
 //!   subscription buffer on both (the broker's, which is larger than async-nats's default:
 //!   with the default the raw side would drop messages and look faster for it).
-//! - `microkit::broker::MemoryBroker` vs a raw tokio mpsc channel of the same capacity: a
+//! - `broker::MemoryBroker` vs a raw tokio mpsc channel of the same capacity: a
 //!   publisher task sending and a subscriber reading on another task.
 //!
 //! A round publishes a batch and ends when the subscriber has received all of it. Nothing
@@ -13,11 +13,11 @@
 
 use std::time::Duration;
 
+use broker::{Broker, DEFAULT_SUBSCRIPTION_CAPACITY, Headers, MemoryBroker, NatsBroker};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use micro_benches::{Effort, Row, Target, throughput_pair};
-use microkit::broker::{Broker, DEFAULT_SUBSCRIPTION_CAPACITY, Headers, MemoryBroker, NatsBroker};
-use microkit::nats::NatsServer;
+use microkit_backend::nats::NatsServer;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -32,7 +32,7 @@ fn payload() -> Bytes {
 
 pub async fn nats_rows(effort: Effort) -> Vec<Row> {
     let (payload, count) = (payload(), effort.messages_per_round);
-    let nats = NatsServer::start().await.expect(microkit::nats::INSTALL_HINT);
+    let nats = NatsServer::start().await.expect(microkit_backend::nats::INSTALL_HINT);
     let url = nats.url();
     let raw_publisher = raw_nats(&url).await;
     let raw_subscriber = raw_nats(&url).await;

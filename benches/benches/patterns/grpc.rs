@@ -3,7 +3,7 @@
 //! and vs the full client stack: those wrappers over round-robin selection among three
 //! registered nodes.
 //!
-//! The round-robin pick is the few lines of `RoundRobin::pick` in `examples/round-robin.rs`,
+//! The round-robin pick is the few lines of `RoundRobin::pick` in `examples/round-robin/main.rs`,
 //! copied here (an example's private code cannot be linked from a bench), and put under the
 //! generated client as a tower service the way `examples/sharding/main.rs` puts its router, so
 //! the wrappers stack on top of it. The node list and the channels come from the shared
@@ -17,13 +17,13 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
+use health::{Channels, LiveNodes};
 use micro_benches::{Effort, Row, Target, say_hello_pair, throughput_pair};
-use microkit::discovery::{Channels, LiveNodes};
 use microkit::greeter::HelloGreeter;
 use microkit::proto::greeter::greeter_client::GreeterClient;
 use microkit::proto::greeter::{GreetingsRequest, HelloRequest};
-use microkit::registry::{MemoryRegistry, Node, Registration, Registry};
 use microkit::server::RunningServer;
+use registry::{MemoryRegistry, Node, Registration, Registry};
 use tonic::body::Body;
 use tonic::service::InterceptorLayer;
 use tonic::transport::{Channel, Server};
@@ -127,7 +127,7 @@ impl RoundRobin {
         RoundRobin { nodes: Arc::new(nodes), next: Arc::default(), channels: Channels::default() }
     }
 
-    /// As `examples/round-robin.rs` picks: the node list sorted by id, one shared counter.
+    /// As `examples/round-robin/main.rs` picks: the node list sorted by id, one shared counter.
     fn pick(&self) -> Result<Node, Status> {
         let nodes = self.nodes.current();
         if nodes.is_empty() {

@@ -15,45 +15,12 @@ mod trace;
 mod transport;
 mod tunnel;
 
-// The tunnel example's own multiplexer and wire format, compiled here unchanged so the
-// bench measures the code a reader reads. (The bench uses only part of their API.)
-// (Its unit tests are not run here, so what they import goes unused.)
-#[allow(dead_code, unused_imports)]
-#[path = "../../../examples/tunnel/deadline.rs"]
-mod deadline;
-#[allow(dead_code)]
-#[path = "../../../examples/tunnel/frame.rs"]
-mod frame;
-#[allow(dead_code)]
-#[path = "../../../examples/tunnel/link.rs"]
-mod link;
-#[allow(dead_code)]
-#[path = "../../../examples/tunnel/session.rs"]
-mod session;
-// The proxy example's proxy, likewise (its calc service and roles stay out).
-#[allow(dead_code)]
-#[path = "../../../examples/proxy/proxy.rs"]
-mod proxy_code;
-// The trace example's layers and its sampler, likewise (its unit tests are not run here).
-#[allow(dead_code, unused_imports)]
-#[path = "../../../examples/trace/metrics.rs"]
-mod metrics;
-#[allow(dead_code)]
-#[path = "../../../examples/trace/propagation.rs"]
-mod propagation;
-// The sharding example's node choosers, likewise.
-#[path = "../../../examples/sharding/hashing.rs"]
-mod hashing;
-// The retry example's policy and attempt service, likewise (the macro its test servers use
-// first: `policy.rs` expects it at the crate root).
-#[allow(dead_code)]
-#[macro_use]
-#[path = "../../../examples/retry/unary.rs"]
-mod unary;
-#[allow(dead_code)]
-#[path = "../../../examples/retry/policy.rs"]
-mod policy;
-
+// The lessons' own code, from their packages, so the bench measures the code a reader reads.
+use ::proxy as proxy_code;
+use ::retry::policy;
+use ::sharding::hashing;
+use ::trace::{metrics, propagation};
+use ::tunnel::link;
 use micro_benches::{Effort, print_table};
 
 fn main() {

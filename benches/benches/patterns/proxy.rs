@@ -10,8 +10,8 @@ use futures::StreamExt;
 use micro_benches::{Effort, Row, Target, say_hello_pair, throughput_pair};
 use microkit::proto::greeter::greeter_client::GreeterClient;
 use microkit::proto::greeter::{GreetingsRequest, HelloRequest};
-use microkit::registered::Registered;
-use microkit::registry::{MemoryRegistry, Registry};
+use registry::Registered;
+use registry::{MemoryRegistry, Registry};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::proxy_code::{Limits, Proxy, ProxyServer};

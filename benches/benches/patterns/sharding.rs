@@ -15,10 +15,10 @@ use futures::future::BoxFuture;
 use micro_benches::{Effort, Row, Target, latency_pair};
 
 use crate::hashing::{crc32_modulo, moved_fraction, rendezvous};
-use microkit::discovery::{Channels, LiveNodes};
+use health::{Channels, LiveNodes};
 use microkit::proto::greeter::HelloRequest;
 use microkit::proto::greeter::greeter_client::GreeterClient;
-use microkit::registry::{MemoryRegistry, Node, Registration, Registry};
+use registry::{MemoryRegistry, Node, Registration, Registry};
 use tonic::Status;
 use tonic::body::Body;
 use tower::{Service, ServiceExt};

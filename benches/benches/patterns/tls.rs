@@ -1,5 +1,5 @@
 //! Transport security: unary calls over TLS and mutual TLS vs plaintext, and what a new
-//! connection's handshake costs. Certificates come from `microkit::tls::Authority`, as in
+//! connection's handshake costs. Certificates come from `secure::Authority`, as in
 //! the secure example; tonic runs rustls on ring.
 //!
 //! Reported, not judged: encryption is the price of the lesson, not overhead to remove.
@@ -9,7 +9,7 @@ use microkit::greeter::HelloGreeter;
 use microkit::proto::greeter::HelloRequest;
 use microkit::proto::greeter::greeter_client::GreeterClient;
 use microkit::server::RunningServer;
-use microkit::tls::Authority;
+use secure::Authority;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint, Server, ServerTlsConfig};
 
 /// The name the server certificate is issued for, and the name the client checks.

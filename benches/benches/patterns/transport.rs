@@ -13,24 +13,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use micro_benches::{Effort, Row, Target, latency_pair, throughput_pair};
-use microkit::nats::{INSTALL_HINT, NatsServer};
 use microkit::proto::greeter::greeter_client::GreeterClient;
 use microkit::proto::greeter::greeter_server::GreeterServer;
 use microkit::proto::greeter::{HelloReply, HelloRequest};
 use microkit::server::RunningServer;
+use microkit_backend::nats::{INSTALL_HINT, NatsServer};
 use prost::Message;
 use tonic::transport::Channel;
 
-#[allow(dead_code)]
-#[path = "../../../examples/transport/bus.rs"]
-mod bus;
-#[allow(dead_code)]
-#[path = "../../../examples/transport/memory.rs"]
-mod memory;
-#[allow(dead_code)]
-#[path = "../../../examples/transport/service.rs"]
-mod service;
-
+use ::transport::{bus, service};
 use bus::{Answer, Bus};
 
 /// Concurrent callers in a throughput round: enough to keep two instances busy.
@@ -82,11 +73,12 @@ pub async fn rows(effort: Effort) -> Vec<Row> {
         Row::latency("transport: SayHello p50, NATS service vs HTTP/2", latency, Target::Report),
         Row::new(
             &format!("transport: NATS service, 2 instances vs 1 ({CALLERS} callers)"),
-            per_second(throughput.0),
-            per_second(throughput.1),
-            throughput.1 / throughput.0,
+            per_second(throughput.raw),
+            per_second(throughput.pattern),
+            throughput.pattern / throughput.raw,
             Target::Report,
-        ),
+        )
+        .with_spread(&throughput),
     ]
 }
 
@@ -95,7 +87,7 @@ async fn nats_server() -> NatsServer {
 }
 
 async fn client(server: &NatsServer) -> Bus {
-    Bus::Nats(microkit::backend::connect(&server.url()).await.unwrap())
+    Bus::Nats(microkit_backend::connect(&server.url()).await.unwrap())
 }
 
 /// An instance on a connection of its own, as a separate process would have.

@@ -159,12 +159,12 @@ mod tests {
     use super::*;
     use microkit::proto::greeter::greeter_client::GreeterClient;
     use microkit::proto::greeter::greeter_server::{Greeter, GreeterServer};
-    use microkit::proto::greeter::{GreetingsRequest, HelloReply, HelloRequest, NamesSummary};
+    use microkit::proto::greeter::{GreetingsRequest, HelloReply};
     use microkit::server::RunningServer;
     use std::time::Duration;
     use tokio::sync::watch;
     use tonic::Status;
-    use tonic::{Request, Response, Streaming};
+    use tonic::{Request, Response};
 
     /// Each reply is bigger than the client's whole window, so with nobody reading, the
     /// second reply is taken from the stream and then waits for window for ever.
@@ -181,15 +181,6 @@ mod tests {
 
     #[tonic::async_trait]
     impl Greeter for Flood {
-        async fn say_hello(
-            &self,
-            _: Request<HelloRequest>,
-        ) -> Result<Response<HelloReply>, Status> {
-            Err(Status::unimplemented("streams only"))
-        }
-
-        type GreetingsStream = Replies;
-
         async fn greetings(
             &self,
             _: Request<GreetingsRequest>,
@@ -200,22 +191,6 @@ mod tests {
                 Ok(HelloReply { message: "x".repeat(REPLY), ..Default::default() })
             });
             Ok(Response::new(Box::pin(replies)))
-        }
-
-        async fn collect_names(
-            &self,
-            _: Request<Streaming<HelloRequest>>,
-        ) -> Result<Response<NamesSummary>, Status> {
-            Err(Status::unimplemented("streams only"))
-        }
-
-        type ChatStream = Replies;
-
-        async fn chat(
-            &self,
-            _: Request<Streaming<HelloRequest>>,
-        ) -> Result<Response<Replies>, Status> {
-            Err(Status::unimplemented("streams only"))
         }
     }
 

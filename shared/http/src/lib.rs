@@ -1,0 +1,588 @@
+//! HTTP plumbing for the edge examples (web, redirect, sidecar): an axum server on a free
+//! loopback port, and a small forwarding client for gateways that pass a request on to a
+//! node found in the registry.
+//!
+//! What each gateway *decides* (which node, which paths, which redirects) lives in its
+//! example; this module only moves bytes.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::body::Body;
+use http::header::{self, HeaderName};
+use http::{Request, Response, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use microkit::health::Health;
+use microkit::server::Drain;
+pub use microkit::server::Limits;
+
+/// An axum server on `127.0.0.1:<free port>`, running until [`HttpServer::shutdown`].
+///
+/// It serves each connection with hyper directly rather than through `axum::serve`, which
+/// has no header timeout and no drain deadline (see [`Limits`]).
+pub struct HttpServer {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: Option<JoinHandle<()>>,
+    health: Option<Health>,
+}
+
+impl HttpServer {
+    /// Binds a free loopback port and serves `router` there in the background.
+    pub async fn start(router: Router) -> std::io::Result<Self> {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), router).await
+    }
+
+    /// Serves `router` on `addr` (port 0: the OS picks one) with the default [`Limits`].
+    pub async fn start_on(addr: SocketAddr, router: Router) -> std::io::Result<Self> {
+        Self::start_with(addr, router, Limits::default()).await
+    }
+
+    /// Like [`HttpServer::start_on`], with `GET /health/live` and `GET /health/ready` added
+    /// to `router` and reporting a [`Health`](Health) of its own, which a
+    /// graceful stop through `Registered` (the registry lesson) turns not ready
+    /// first.
+    pub async fn start_healthy_on(addr: SocketAddr, router: Router) -> std::io::Result<Self> {
+        let health = Health::new(&[]);
+        let server = Self::start_on(addr, router.merge(health_routes(&health))).await?;
+        Ok(server.with_health(health))
+    }
+
+    /// [`HttpServer::start_healthy_on`] a free loopback port.
+    pub async fn start_healthy(router: Router) -> std::io::Result<Self> {
+        Self::start_healthy_on(SocketAddr::from(([127, 0, 0, 1], 0)), router).await
+    }
+
+    /// Serves `router` on `addr` within `limits`.
+    pub async fn start_with(
+        addr: SocketAddr,
+        router: Router,
+        limits: Limits,
+    ) -> std::io::Result<Self> {
+        Self::bind(addr, router, limits, Protocols::Both).await
+    }
+
+    /// [`HttpServer::start`] speaking HTTP/1.1 only: for an endpoint whose clients all speak
+    /// it (a Prometheus scraper does, over plain HTTP), so that none of HTTP/2's
+    /// per-connection streams can be opened against it. An HTTP/2 preface is refused.
+    pub async fn start_http1(router: Router) -> std::io::Result<Self> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self::bind(addr, router, Limits::default(), Protocols::Http1).await
+    }
+
+    async fn bind(
+        addr: SocketAddr,
+        router: Router,
+        limits: Limits,
+        protocols: Protocols,
+    ) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(serve(listener, router, limits, protocols, stop.clone()));
+        Ok(HttpServer { addr, stop, task: Some(task), health: None })
+    }
+
+    /// Names the [`Health`](Health) its `/health/ready` route reports (the
+    /// router merged [`health_routes`]), so a graceful stop reports not ready first.
+    pub fn with_health(mut self, health: Health) -> Self {
+        self.health = Some(health);
+        self
+    }
+
+    pub fn health(&self) -> Option<&Health> {
+        self.health.as_ref()
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting, lets requests in flight finish within the drain deadline, cuts what
+    /// is left, then returns.
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
+        self.stop.cancel();
+        match self.task.take() {
+            Some(task) => task.await.map_err(std::io::Error::other),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What an [`HttpServer`] speaks on its port.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Protocols {
+    /// HTTP/1.1, and HTTP/2 with prior knowledge.
+    Both,
+    Http1,
+}
+
+impl Drop for HttpServer {
+    /// Dropped without `shutdown`: stop serving anyway, so no server outlives its owner.
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// The accept loop: one task per connection, each told to finish when `stop` fires.
+///
+/// Connections come through [`Incoming`](microkit::server::Incoming), as on the gRPC servers:
+/// a failed accept pauses the loop instead of spinning it, and a connection that has sent
+/// no complete request within the header timeout is closed (hyper's own header timeout
+/// starts only once it has sniffed the protocol, so it never saw a client that sent nothing
+/// or only `P`).
+async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: Limits,
+    protocols: Protocols,
+    stop: CancellationToken,
+) {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    if protocols == Protocols::Http1 {
+        builder = builder.http1_only();
+    }
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    // A ping after half the header timeout without a frame, and half of it for the answer:
+    // a peer that stopped reading is gone within the header timeout.
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(limits.header_timeout / 2)
+        .keep_alive_timeout(limits.header_timeout / 2);
+    let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut incoming = microkit::server::Incoming::new(listener, limits.header_timeout, open);
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let connection = tokio::select! {
+            accepted = futures::StreamExt::next(&mut incoming) => match accepted {
+                Some(Ok(connection)) => connection,
+                // `Incoming` pauses and logs failed accepts itself; it yields no error.
+                Some(Err(_)) => continue,
+                None => break,
+            },
+            () = stop.cancelled() => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let builder = builder.clone();
+        let stop = stop.clone();
+        connections.spawn(async move {
+            // Both kinds of connection are driven alike; they share no trait to name.
+            macro_rules! drive {
+                ($connection:expr) => {{
+                    let connection = $connection;
+                    tokio::pin!(connection);
+                    tokio::select! {
+                        result = connection.as_mut() => result,
+                        () = stop.cancelled() => {
+                            // Finish the request in flight, take no more on this connection.
+                            connection.as_mut().graceful_shutdown();
+                            connection.await
+                        }
+                    }
+                }};
+            }
+            let io = TokioIo::new(connection);
+            // `http1_only` holds for `serve_connection` alone: the upgrading variant sniffs.
+            let result = match protocols {
+                Protocols::Both => drive!(builder.serve_connection_with_upgrades(io, service)),
+                Protocols::Http1 => drive!(builder.serve_connection(io, service)),
+            };
+            if let Err(error) = result {
+                tracing::debug!("connection ended: {error}");
+            }
+        });
+        // Reap finished connections so the set holds only live ones.
+        while connections.try_join_next().is_some() {}
+    }
+    drop(incoming);
+    let drained = tokio::time::timeout(limits.drain_deadline, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            left = connections.len(),
+            "requests still open after the drain deadline of {:?}: cut",
+            limits.drain_deadline
+        );
+        connections.shutdown().await;
+    }
+}
+
+/// An HTTP handler's refusal: a status and the one-line reason sent as the body.
+///
+/// Handlers return `Result<_, ApiError>` and use `?`, so every error path answers the
+/// same way and none can forget its status. The reason is plain text; an API that speaks
+/// JSON wraps it in its own type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: http::StatusCode,
+    pub reason: String,
+}
+
+impl ApiError {
+    pub fn new(status: http::StatusCode, reason: impl Into<String>) -> Self {
+        ApiError { status, reason: reason.into() }
+    }
+    pub fn bad_request(reason: impl Into<String>) -> Self {
+        Self::new(http::StatusCode::BAD_REQUEST, reason)
+    }
+    pub fn not_found(reason: impl Into<String>) -> Self {
+        Self::new(http::StatusCode::NOT_FOUND, reason)
+    }
+    pub fn bad_gateway(reason: impl Into<String>) -> Self {
+        Self::new(http::StatusCode::BAD_GATEWAY, reason)
+    }
+    pub fn unavailable(reason: impl Into<String>) -> Self {
+        Self::new(http::StatusCode::SERVICE_UNAVAILABLE, reason)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.status, self.reason)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl axum::response::IntoResponse for ApiError {
+    fn into_response(self) -> axum::response::Response {
+        (self.status, self.reason).into_response()
+    }
+}
+
+/// Why a forwarded request got no answer from the node. Each keeps its cause, so `{:#}`
+/// says what went wrong underneath (a refused connection, a reset, a bad URI).
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("bad node address {address:?}")]
+    BadAddress {
+        address: String,
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+    #[error("node at {address} did not answer")]
+    Unreachable {
+        address: String,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+}
+
+/// Passes HTTP/1.1 requests on to a node (`host:port`) and hands back its answer.
+///
+/// One pooled client for every request, so connections to a node are reused.
+#[derive(Clone)]
+pub struct Forwarder {
+    client: Client<HttpConnector, Body>,
+}
+
+impl Default for Forwarder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Headers about one hop's connection, not the message: a proxy must not pass them on
+/// (RFC 9110, section 7.6.1, which names `Proxy-Connection`, `Keep-Alive`, `TE`,
+/// `Transfer-Encoding` and `Upgrade`; `Trailer` and `Proxy-Authorization` are for this hop
+/// too). Every field that `Connection` names goes with them: [`strip_hop_by_hop`].
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    // Not hop-by-hop, but the client must name the node instead of the gateway.
+    "host",
+];
+
+/// Removes from `headers` the hop-by-hop fields and every field their `Connection` names
+/// (`Connection: close, x-secret` takes `X-Secret` with it), as a proxy must before it
+/// forwards a message either way.
+fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+impl Forwarder {
+    pub fn new() -> Self {
+        Forwarder { client: Client::builder(TokioExecutor::new()).build_http() }
+    }
+
+    /// Sends `request` to `address` with its path replaced by `path_and_query`.
+    ///
+    /// Plain requests only: `Upgrade` is a hop-by-hop header and is dropped, so a websocket
+    /// handshake reaches the node as a plain GET. A gateway that carries websockets splices
+    /// them itself, within timeouts of its own (the web example's gateway shows how).
+    pub async fn forward(
+        &self,
+        address: &str,
+        path_and_query: &str,
+        mut request: Request<Body>,
+    ) -> Result<Response<Body>, ForwardError> {
+        let uri: Uri = format!("http://{address}{path_and_query}").parse().map_err(
+            |source: http::uri::InvalidUri| ForwardError::BadAddress {
+                address: address.to_owned(),
+                source,
+            },
+        )?;
+        *request.uri_mut() = uri;
+        strip_hop_by_hop(request.headers_mut());
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|source| ForwardError::Unreachable { address: address.to_owned(), source })?;
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, Body::new(body)))
+    }
+
+    /// A plain request to a URL, for examples and tests that play the client.
+    pub async fn send(&self, request: Request<Body>) -> Result<Response<Body>, ForwardError> {
+        let address = request.uri().authority().map(|a| a.to_string()).unwrap_or_default();
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|source| ForwardError::Unreachable { address, source })?;
+        Ok(response.map(Body::new))
+    }
+}
+
+/// Reads a whole body as text (lossy), capped at `limit` bytes.
+pub async fn body_text(body: Body, limit: usize) -> String {
+    match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) => format!("<unreadable body: {e}>"),
+    }
+}
+
+/// `GET /health/live` (200 while the process answers at all) and `GET /health/ready`
+/// (200 while `health` reports serving, 503 otherwise), to merge into an axum router.
+pub fn health_routes<S: Clone + Send + Sync + 'static>(health: &Health) -> Router<S> {
+    let ready = health.subscribe();
+    Router::new().route("/health/live", axum::routing::get(|| async { "live\n" })).route(
+        "/health/ready",
+        axum::routing::get(move || {
+            let serving = *ready.borrow();
+            async move {
+                match serving {
+                    true => (http::StatusCode::OK, "ready\n"),
+                    false => (http::StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+                }
+            }
+        }),
+    )
+}
+
+impl Drain for HttpServer {
+    fn addr(&self) -> SocketAddr {
+        HttpServer::addr(self)
+    }
+    fn health(&self) -> Option<&Health> {
+        HttpServer::health(self)
+    }
+    async fn drain(self) -> anyhow::Result<()> {
+        Ok(self.shutdown().await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::{get, post};
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const SHORT: Limits = Limits {
+        header_timeout: Duration::from_millis(300),
+        drain_deadline: Duration::from_millis(300),
+    };
+
+    async fn echo_server(limits: Limits) -> HttpServer {
+        let router = Router::new()
+            .route("/", get(|| async { "ok" }))
+            .route("/upload", post(|body: String| async move { body.len().to_string() }));
+        HttpServer::start_with(SocketAddr::from(([127, 0, 0, 1], 0)), router, limits).await.unwrap()
+    }
+
+    /// Reads until the server closes the connection; fails past `limit`.
+    async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> Vec<u8> {
+        let mut seen = Vec::new();
+        tokio::time::timeout(limit, stream.read_to_end(&mut seen))
+            .await
+            .expect("the server kept the connection open")
+            .ok();
+        seen
+    }
+
+    #[tokio::test]
+    async fn a_stopping_service_is_not_ready_while_it_stays_live() {
+        use registry::Registered;
+        use registry::{MemoryRegistry, Registry};
+        let registry: std::sync::Arc<dyn Registry> = std::sync::Arc::new(MemoryRegistry::new());
+        let server = HttpServer::start_healthy(Router::new()).await.unwrap();
+        let url = server.url();
+        let node =
+            Registered::new(&registry, server, "web", "w1", Duration::from_secs(5)).await.unwrap();
+        let status = async |path: &str| {
+            let request = Request::get(format!("{url}{path}")).body(Body::empty()).unwrap();
+            Forwarder::new().send(request).await.unwrap().status().as_u16()
+        };
+        assert_eq!((status("/health/live").await, status("/health/ready").await), (200, 200));
+        node.not_serving().await;
+        assert_eq!((status("/health/live").await, status("/health/ready").await), (200, 503));
+        node.deregister_and_drain().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn half_sent_headers_are_cut_after_the_header_timeout() {
+        let server = echo_server(SHORT).await;
+        let mut stream = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap(); // no blank line
+        closed_within(&mut stream, Duration::from_secs(3)).await;
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_sends_nothing_or_only_p_is_closed_after_the_header_timeout() {
+        let server = echo_server(SHORT).await;
+        for sent in [&b""[..], b"P", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"] {
+            let mut stream = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+            stream.write_all(sent).await.unwrap();
+            closed_within(&mut stream, Duration::from_secs(3)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_kept_alive_connection_is_closed() {
+        let server = echo_server(SHORT).await;
+        let mut stream = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let seen = closed_within(&mut stream, Duration::from_secs(3)).await;
+        assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200"), "answered first");
+    }
+
+    #[tokio::test]
+    async fn a_stop_cuts_a_half_sent_body_at_the_drain_deadline() {
+        let server = echo_server(SHORT).await;
+        let mut stream = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+        let head = "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789";
+        stream.write_all(head.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await; // the request is in flight
+        let started = std::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(3), server.shutdown())
+            .await
+            .expect("the stop waited for a client that never finished")
+            .unwrap();
+        assert!(started.elapsed() >= SHORT.drain_deadline, "a request in flight gets its drain");
+        closed_within(&mut stream, Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test]
+    async fn forwards_path_query_and_body_and_drops_hop_by_hop_headers() {
+        let node = Router::new().route(
+            "/echo",
+            get(|request: Request<Body>| async move {
+                let seen_connection = request.headers().contains_key(header::CONNECTION);
+                let host = request.headers()[header::HOST].to_str().unwrap().to_owned();
+                format!("{} host-is-node={} connection={seen_connection}", request.uri(), {
+                    host.starts_with("127.0.0.1:")
+                })
+            }),
+        );
+        let server = HttpServer::start(node).await.unwrap();
+        let request = Request::get("http://gateway.local/svc/echo?x=1")
+            .header(header::HOST, "gateway.local")
+            .header(header::CONNECTION, "keep-alive")
+            .body(Body::empty())
+            .unwrap();
+        let address = server.addr().to_string();
+        let response = Forwarder::new().forward(&address, "/echo?x=1", request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let text = body_text(response.into_body(), 1024).await;
+        assert_eq!(text, "/echo?x=1 host-is-node=true connection=false");
+        server.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn fields_named_by_connection_and_keep_alive_stop_at_the_gateway_both_ways() {
+        let node = Router::new().route(
+            "/echo",
+            get(|request: Request<Body>| async move {
+                let mut names: Vec<&str> =
+                    request.headers().keys().map(|name| name.as_str()).collect();
+                names.sort();
+                let answer = Response::builder()
+                    .header(header::CONNECTION, "x-node-internal")
+                    .header("x-node-internal", "1")
+                    .header("keep-alive", "timeout=5")
+                    .header("x-node-public", "1");
+                answer.body(Body::from(names.join(","))).unwrap()
+            }),
+        );
+        let server = HttpServer::start(node).await.unwrap();
+        let request = Request::get("http://gateway.local/echo")
+            .header(header::CONNECTION, "keep-alive, X-Gateway-Secret")
+            .header("keep-alive", "timeout=5")
+            .header("x-gateway-secret", "s3cret")
+            .header("x-public", "1")
+            .body(Body::empty())
+            .unwrap();
+        let address = server.addr().to_string();
+        let response = Forwarder::new().forward(&address, "/echo", request).await.unwrap();
+        let mut answered: Vec<&str> = response
+            .headers()
+            .keys()
+            .map(|name| name.as_str())
+            .filter(|n| n.starts_with("x-") || *n == "keep-alive" || *n == "connection")
+            .collect();
+        answered.sort();
+        assert_eq!(answered, ["x-node-public"], "the answer's hop-by-hop fields reach the client");
+        let seen = body_text(response.into_body(), 1024).await;
+        assert_eq!(seen, "host,x-public", "the node saw the gateway's hop-by-hop fields");
+        server.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_node_is_an_error_naming_it() {
+        // Bind then drop: a loopback port with nothing listening.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let request = Request::get("/").body(Body::empty()).unwrap();
+        let error = Forwarder::new().forward(&port.to_string(), "/", request).await.unwrap_err();
+        assert!(error.to_string().contains(&port.to_string()), "{error}");
+        // The cause is kept, so the whole story can be told.
+        let chain = microkit::error_chain(&error);
+        assert!(chain.len() > error.to_string().len() && chain.contains("onnect"), "{chain}");
+    }
+}
