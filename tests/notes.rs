@@ -467,3 +467,108 @@ fn a_fixed_rendering_that_contains_an_avoided_word_is_not_a_misuse() {
     assert_eq!(misuses("链路追踪把调用串起来", "链路", &fixed), 0);
     assert_eq!(misuses("链路追踪之外，链路还指别的", "链路", &fixed), 1);
 }
+
+#[test]
+fn the_items_a_note_names_beside_a_rust_file_are_defined_in_that_file() {
+    let mut documents = Vec::new();
+    markdown_files(&root().join("notes"), &mut documents);
+    let mut checked = 0;
+    let mut wrong = Vec::new();
+    for document in &documents {
+        let text = std::fs::read_to_string(document).unwrap();
+        for (target, items) in items_beside_rust_links(&text) {
+            let file = document.parent().unwrap().join(&target);
+            let Ok(source) = std::fs::read_to_string(&file) else {
+                continue; // the link test reports a missing file
+            };
+            for item in items {
+                checked += 1;
+                let name = item.trim_end_matches("()").rsplit("::").next().unwrap();
+                if !defines(&source, name) {
+                    wrong.push(format!("{}: `{item}` is not defined in {target}", document.display()));
+                }
+            }
+        }
+    }
+    assert!(checked > 50, "found only {checked} items beside links: is the parser broken?");
+    assert!(wrong.is_empty(), "the notes point at the wrong file:\n{}", wrong.join("\n"));
+}
+
+/// Each link to a `.rs` file, outside code blocks, with the items named right after it:
+/// ``[`x.rs`](../x.rs) `Item`, `Type::method`; ...`` gives `x.rs` and both items. The first
+/// item follows the link after one space; later ones after `, `, ` and ` or `、`.
+fn items_beside_rust_links(markdown: &str) -> Vec<(String, Vec<String>)> {
+    let mut found = Vec::new();
+    let mut in_code = false;
+    for line in markdown.lines() {
+        if line.trim_start().starts_with("```") {
+            in_code = !in_code;
+            continue;
+        }
+        if in_code {
+            continue;
+        }
+        let mut rest = line;
+        while let Some(start) = rest.find("`](") {
+            rest = &rest[start + 3..];
+            let end = rest.find(')').unwrap_or(rest.len());
+            let target = &rest[..end];
+            rest = &rest[end..];
+            if !target.ends_with(".rs") {
+                continue;
+            }
+            let mut after = rest.strip_prefix(')').unwrap_or(rest);
+            let mut items = Vec::new();
+            let mut separators: &[&str] = &[" "];
+            while let Some(next) = separators.iter().find_map(|s| after.strip_prefix(s)) {
+                let Some(item) = next.strip_prefix('`').and_then(|t| t.split('`').next()) else {
+                    break;
+                };
+                let is_path = !item.is_empty()
+                    && item.trim_end_matches("()").chars().all(|c| c.is_alphanumeric() || c == '_' || c == ':')
+                    && !item.starts_with(|c: char| c.is_ascii_digit());
+                if !is_path {
+                    break;
+                }
+                items.push(item.to_owned());
+                after = &next[item.len() + 2..];
+                separators = &[", ", " and ", "、"];
+            }
+            if !items.is_empty() {
+                found.push((target.to_owned(), items));
+            }
+        }
+    }
+    found
+}
+
+/// Whether `source` defines `name`: as a function, type, trait, constant, module or macro,
+/// or names it in an `impl` header.
+fn defines(source: &str, name: &str) -> bool {
+    let keywords = [
+        "fn ", "struct ", "enum ", "trait ", "type ", "const ", "static ", "mod ", "impl ", "for ",
+        "macro_rules! ",
+    ];
+    keywords.iter().any(|keyword| {
+        let pattern = format!("{keyword}{name}");
+        source.match_indices(&pattern).any(|(at, _)| {
+            let before = source[..at].chars().next_back();
+            let after = source[at + pattern.len()..].chars().next();
+            !before.is_some_and(|c| c.is_alphanumeric() || c == '_')
+                && !after.is_some_and(|c| c.is_alphanumeric() || c == '_')
+        })
+    })
+}
+
+#[test]
+fn items_beside_links_are_found_and_checked_against_definitions() {
+    let line = "see [`a.rs`](../a.rs) `Foo::bar`, `baz` and `Qux`; [`b.rs`](b.rs), `NOT` here; \
+                [`c.md`](c.md) `skip`; [`d.rs`](d.rs) (`nope`)";
+    assert_eq!(
+        items_beside_rust_links(line),
+        [("../a.rs".to_owned(), vec!["Foo::bar".to_owned(), "baz".to_owned(), "Qux".to_owned()])]
+    );
+    let source = "pub struct Foo;\nimpl Foo { pub async fn bar() {} }\nimpl Display for Qux {}";
+    assert!(defines(source, "bar") && defines(source, "Foo") && defines(source, "Qux"));
+    assert!(!defines(source, "ba") && !defines(source, "Display2") && !defines(source, "baz"));
+}
