@@ -327,7 +327,9 @@ impl Gateway {
             }
         };
         let answered = tokio::time::timeout_at(deadline, call).await;
-        Ok(answered.unwrap_or_else(|_| Err(late()))?)
+        Ok(answered
+            .unwrap_or_else(|_| Err(late()))
+            .map_err(|status| unreached(status, &node.id))?)
     }
 
     /// The node's channel and its description of `service`, learned by reflection on the
@@ -389,22 +391,34 @@ async fn handle(State(gateway): State<Arc<Gateway>>, request: Request<Body>) -> 
     gateway.call(request).await
 }
 
-/// `/<package>.<Service>/<Method>`: letters, digits, `_` and (in the service) dots, as
-/// protobuf names are; anything else is no route (404).
+/// `/<package>.<Service>/<Method>`: identifiers (a letter or `_`, then letters, digits, `_`),
+/// joined by dots in the service, as protobuf names are; anything else is no route (404).
 pub fn route(path: &str) -> Result<(&str, &str), Status> {
     let no_route =
         || Status::not_found(format!("no route {path:?}: POST /<package.Service>/<Method>"));
     let (service, method) =
         path.strip_prefix('/').and_then(|p| p.split_once('/')).ok_or_else(no_route)?;
-    let word = |s: &str, dots: bool| {
-        !s.is_empty()
-            && s.len() <= 128
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || (dots && b == b'.'))
+    let ident = |s: &str| {
+        s.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
     };
-    if !word(service, true) || !word(method, false) {
+    if service.len() > 128 || !service.split('.').all(ident) || method.len() > 128 || !ident(method)
+    {
         return Err(no_route());
     }
     Ok((service, method))
+}
+
+/// tonic reports a call that failed on the way (a refused connection, a reset) as UNKNOWN
+/// "transport error" or CANCELLED, with the cause as its source; a status the node sent has
+/// no source. The first kind is UNAVAILABLE, as gRPC's clients elsewhere report it.
+fn unreached(status: Status, node: &str) -> Status {
+    match std::error::Error::source(&status) {
+        Some(cause) => {
+            Status::unavailable(format!("{node} unreachable: {}", microkit::error_chain(cause)))
+        }
+        _ => status,
+    }
 }
 
 /// The codes that say the service failed, rather than the request: they count toward

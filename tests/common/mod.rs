@@ -47,6 +47,7 @@ const fn topic(name: &'static str, takes_backend: bool) -> Topic {
 /// Every topic, sorted by name. `every_topic_is_declared` in `tests/examples.rs` fails when
 /// this and `examples/` disagree.
 pub const TOPICS: &[Topic] = &[
+    topic("api", true),
     topic("broker", true),
     topic("event", true),
     topic("health", true),
