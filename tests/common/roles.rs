@@ -205,6 +205,8 @@ pub fn roles(tag: &str, certs: &std::path::Path) -> Vec<Role> {
     let (health, node, greeter) =
         (format!("health-{tag}"), format!("shutdown-{tag}"), format!("greeter-{tag}"));
     let (calc, transport) = (format!("calc-{tag}"), format!("transport-{tag}"));
+    let (api_greeter, api_calc, stock) =
+        (format!("api-greeter-{tag}"), format!("api-calc-{tag}"), format!("stock-{tag}"));
     let certs = certs.to_str().expect("a UTF-8 path").to_owned();
     use Nats::*;
     use Ready::*;
@@ -298,6 +300,33 @@ pub fn roles(tag: &str, certs: &std::path::Path) -> Vec<Role> {
         role("proxy", &["calc", "--name", &calc], Main, Stdout("serving calc.v1.Calculator on"))
             .registers("calc.v1.Calculator", &calc)
             .serves(GRPC, 0),
+        // The api gateway: without a token every call is refused at its edge, so the battery
+        // attacks its listener and its health route; the nodes behind it are gRPC servers.
+        role(
+            "api",
+            &["gateway", "--listen", "127.0.0.1:0", "--secret", "battery"],
+            Main,
+            Stdout("gateway listening on"),
+        )
+        .tally("gateway stopped: 0 calls sent to a node, 0 answered by the gateway", "")
+        .serves(LIVE, 0),
+        role("api", &["greeter", "--id", &api_greeter], Main, Stdout("serving greeter.v1.Greeter"))
+            .tally(format!("{api_greeter} deregistered and stopped"), "")
+            .registers("greeter.v1.Greeter", &api_greeter)
+            .serves(GRPC, 0),
+        role("api", &["calc", "--id", &api_calc], Main, Stdout("serving calc.v1.Calculator on"))
+            .tally(format!("{api_calc} deregistered and stopped"), "")
+            .registers("calc.v1.Calculator", &api_calc)
+            .serves(GRPC, 0),
+        role(
+            "api",
+            &["stock", "--id", &stock, "--revision", "2"],
+            Main,
+            Stdout("serving stock.v1"),
+        )
+        .tally(format!("{stock} was reached by 0 calls"), "")
+        .registers("stock.v1.Stock", &stock)
+        .serves(GRPC, 0),
         // Retry's hops and trace's services serve the Greeter alone (no health service), and
         // a hop calls the next one: each row brings the hops or services behind it.
         role("retry", &["a"], Own, Stdout("a: serving retry-a"))
