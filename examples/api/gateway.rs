@@ -367,7 +367,8 @@ impl Gateway {
         Ok((channel, described))
     }
 
-    fn breaker(&self, service: &str) -> Arc<Breaker> {
+    /// The breaker of `service`, made closed on its first call.
+    pub fn breaker(&self, service: &str) -> Arc<Breaker> {
         let mut breakers = self.breakers.lock().unwrap();
         if breakers.len() >= MAX_REMEMBERED && !breakers.contains_key(service) {
             breakers.clear();

@@ -4,6 +4,7 @@
 //! run only those modules, e.g. under a profiler). Every row is a ratio taken side by side
 //! in this one run; see `notes/performance.md` for what each one means.
 
+mod api;
 mod broker;
 mod grpc;
 mod health;
@@ -36,6 +37,9 @@ fn main() {
     };
     let mut rows = Vec::new();
     runtime.block_on(async {
+        if wanted("api") {
+            rows.extend(api::rows(effort).await);
+        }
         if wanted("grpc") {
             rows.extend(grpc::rows(effort).await);
         }
