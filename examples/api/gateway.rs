@@ -231,7 +231,7 @@ impl Gateway {
     }
 
     /// The body, at most `max_body` bytes of it: 413 past that, whether it says its length
-    /// up front or not.
+    /// up front or not; 408 if it has not all come within the call's time.
     async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<Bytes, Refusal> {
         let max = self.settings.max_body;
         let too_big = || {
@@ -244,7 +244,17 @@ impl Gateway {
         if declared.is_some_and(|n| n > max as u64) {
             return Err(too_big());
         }
-        match Limited::new(body, max).collect().await {
+        // A body that trickles in is bound by the call's time too: it holds a connection.
+        let within = self.settings.call_within;
+        let reading = tokio::time::timeout(within, Limited::new(body, max).collect()).await;
+        let Ok(read) = reading else {
+            let status = Status::deadline_exceeded(format!(
+                "the body did not arrive within {} ms",
+                within.as_millis()
+            ));
+            return Err(Refusal { http: StatusCode::REQUEST_TIMEOUT, ..status.into() });
+        };
+        match read {
             Ok(collected) => Ok(collected.to_bytes()),
             Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_big()),
             Err(e) => {

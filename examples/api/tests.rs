@@ -207,3 +207,26 @@ async fn a_crashed_node_trips_the_breaker_and_later_calls_never_try_it() {
     assert!(body.contains("circuit breaker of calc.v1.Calculator is open"), "{body}");
     assert_eq!(gateway.refused.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
+
+#[tokio::test]
+async fn a_body_without_a_length_is_cut_at_the_bound_and_a_trickling_one_at_the_time() {
+    let settings = Settings { call_within: Duration::from_millis(200), ..Settings::default() };
+    let (gateway, token, node) = calculator_behind_a_gateway(settings).await;
+    let request = |body: Body| {
+        http::Request::post("/calc.v1.Calculator/Add")
+            .header("authorization", format!("Bearer {token}"))
+            .body(body)
+            .unwrap()
+    };
+    // 65 chunks of 1 KiB, no Content-Length: refused at the 64 KiB-th byte.
+    let chunks = futures::stream::iter(
+        (0..65).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b' '; 1024]))),
+    );
+    let response = gateway.call(request(Body::from_stream(chunks))).await;
+    assert_eq!(response.status(), 413);
+    // A body that never ends: refused when the call's time is up.
+    let endless = futures::stream::pending::<Result<bytes::Bytes, std::io::Error>>();
+    let response = gateway.call(request(Body::from_stream(endless))).await;
+    assert_eq!(response.status(), 408);
+    node.stop().await.unwrap();
+}
