@@ -485,7 +485,10 @@ fn the_items_a_note_names_beside_a_rust_file_are_defined_in_that_file() {
                 checked += 1;
                 let name = item.trim_end_matches("()").rsplit("::").next().unwrap();
                 if !defines(&source, name) {
-                    wrong.push(format!("{}: `{item}` is not defined in {target}", document.display()));
+                    wrong.push(format!(
+                        "{}: `{item}` is not defined in {target}",
+                        document.display()
+                    ));
                 }
             }
         }
@@ -525,7 +528,10 @@ fn items_beside_rust_links(markdown: &str) -> Vec<(String, Vec<String>)> {
                     break;
                 };
                 let is_path = !item.is_empty()
-                    && item.trim_end_matches("()").chars().all(|c| c.is_alphanumeric() || c == '_' || c == ':')
+                    && item
+                        .trim_end_matches("()")
+                        .chars()
+                        .all(|c| c.is_alphanumeric() || c == '_' || c == ':')
                     && !item.starts_with(|c: char| c.is_ascii_digit());
                 if !is_path {
                     break;
@@ -546,7 +552,16 @@ fn items_beside_rust_links(markdown: &str) -> Vec<(String, Vec<String>)> {
 /// or names it in an `impl` header.
 fn defines(source: &str, name: &str) -> bool {
     let keywords = [
-        "fn ", "struct ", "enum ", "trait ", "type ", "const ", "static ", "mod ", "impl ", "for ",
+        "fn ",
+        "struct ",
+        "enum ",
+        "trait ",
+        "type ",
+        "const ",
+        "static ",
+        "mod ",
+        "impl ",
+        "for ",
         "macro_rules! ",
     ];
     keywords.iter().any(|keyword| {
