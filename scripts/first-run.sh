@@ -31,6 +31,8 @@ mkdir -p "$bare/src"
   echo 'version = "0.1.0"'
   echo 'edition = "2024"'
   echo 'publish = false'
+  # A workspace of its own: it sits under target/, inside this repository's workspace.
+  echo '[workspace]'
   echo '[dependencies]'
   python3 - "$topic" <<'EOF'
 import json, subprocess, sys
@@ -74,7 +76,8 @@ build() { # dir, args...
   rm -rf "$target"
   local start end
   start=$(date +%s.%N)
-  (cd "$dir" && CARGO_TARGET_DIR="$target" cargo build --quiet --offline "$@")
+  (cd "$dir" && CARGO_TARGET_DIR="$target" cargo build --quiet --offline "$@") >&2 ||
+    { echo "the build in $dir failed" >&2; exit 1; }
   end=$(date +%s.%N)
   echo "$end - $start" | bc
 }
@@ -82,11 +85,11 @@ build() { # dir, args...
 echo "round | ours: cargo build --example $topic (s) | bare crate (s) | ratio"
 for round in $(seq "$rounds"); do
   if [ $((round % 2)) = 1 ]; then
-    ours=$(build "$work/clone" "$work/t-ours" --example "$topic")
-    bare_s=$(build "$bare" "$work/t-bare")
+    ours=$(build "$work/clone" "$work/t-ours" --example "$topic") || exit 1
+    bare_s=$(build "$bare" "$work/t-bare") || exit 1
   else
-    bare_s=$(build "$bare" "$work/t-bare")
-    ours=$(build "$work/clone" "$work/t-ours" --example "$topic")
+    bare_s=$(build "$bare" "$work/t-bare") || exit 1
+    ours=$(build "$work/clone" "$work/t-ours" --example "$topic") || exit 1
   fi
   printf '%s | %.1f | %.1f | %.2f\n' "$round" "$ours" "$bare_s" "$(echo "$ours / $bare_s" | bc -l)"
 done
