@@ -101,6 +101,7 @@ pub fn builder() -> Server {
 }
 
 /// A server running in the background until shut down, crashed or dropped (a drop crashes).
+#[must_use = "dropping a RunningServer stops it at once, cutting calls in flight: keep it, and end it with shutdown()"]
 pub struct RunningServer {
     addr: SocketAddr,
     stop: CancellationToken,
