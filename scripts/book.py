@@ -161,6 +161,11 @@ no-section-label = true
 [output.html.print]
 enable = false
 
+# The excerpts need the workspace's crates: the playground cannot run them (and a page
+# read offline would fail to reach it).
+[output.html.playground]
+runnable = false
+
 [output.html.search]
 enable = true
 """

@@ -6,11 +6,13 @@
 
 (function () {
     // Diagrams: every <pre class="mermaid"> becomes an SVG. The promise is kept so that a
-    // reader's script (and the book's test) can wait for the last one.
+    // reader's script (and the book's test) can wait for the last one; a diagram that cannot be
+    // drawn is a console error.
     const html = document.documentElement;
     const dark = ['coal', 'navy', 'ayu'].some(theme => html.classList.contains(theme));
     mermaid.initialize({ startOnLoad: false, theme: dark ? 'dark' : 'default' });
-    window.bookDiagrams = mermaid.run({ querySelector: 'pre.mermaid' });
+    window.bookDiagrams = mermaid.run({ querySelector: 'pre.mermaid' })
+        .catch(error => console.error('a diagram could not be drawn:', error.message || error));
 
     // The language switch: the same page in the other book. Both books have a page for
     // every note, under the same file name.
@@ -49,6 +51,10 @@
             searchChinese();
         }
     }).observe(header, { childList: true, characterData: true, subtree: true });
+    // The index may have arrived, and mdBook searched, before this script ran.
+    if (header.textContent) {
+        searchChinese();
+    }
 
     function count(text, term) {
         let n = 0;
