@@ -209,7 +209,9 @@ def main():
     shutil.rmtree(os.path.join(ROOT, "target/book"), ignore_errors=True)
     for lang in LANGS:
         layout(lang, order, build, assets)
-        subprocess.run([args.mdbook, "build", os.path.join(build, lang)], check=True)
+        # Warnings and errors only, not mdBook's progress lines.
+        quiet = dict(os.environ, MDBOOK_LOG=os.environ.get("MDBOOK_LOG", "warn"))
+        subprocess.run([args.mdbook, "build", os.path.join(build, lang)], check=True, env=quiet)
         fix_outside_links(os.path.join(ROOT, "target/book", lang))
     with open(os.path.join(ROOT, "target/book/index.html"), "w", encoding="utf-8") as f:
         f.write(
