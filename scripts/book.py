@@ -5,8 +5,9 @@
   target/book/<lang>/       the HTML: en from notes/, zh from notes/zh/
 
 What the copy changes, and nothing else:
-  - a ```mermaid block becomes <pre class="mermaid">, which mermaid.min.js (from the npm
-    registry, pinned in scripts/book.sh) turns into an SVG in the browser;
+  - a ```mermaid block becomes <pre class="mermaid" data-diagram="...">, which book.js and
+    mermaid.min.js (from the npm registry, pinned in scripts/book.sh) turn into an SVG in the
+    browser (the source kept out of the search index);
   - a link that leaves the notes (../examples/..., ../tests/..., ../README.md) points at the
     repository file through a relative path that holds while the book stays in target/book/;
   - a link to a note of the other language points at that book's page;
@@ -89,7 +90,10 @@ def convert(text, source_dir, lang):
         stripped = line.strip()
         if diagram is not None:
             if stripped == "```":
-                out.append('<pre class="mermaid">' + html.escape("\n".join(diagram)) + "</pre>")
+                # The source rides in an attribute, where mdBook's search index does not
+                # look; book.js hands it to Mermaid.
+                source = html.escape("\n".join(diagram), quote=True)
+                out.append(f'<pre class="mermaid" data-diagram="{source}"></pre>')
                 diagram = None
             else:
                 diagram.append(line)

@@ -11,6 +11,9 @@
     const html = document.documentElement;
     const dark = ['coal', 'navy', 'ayu'].some(theme => html.classList.contains(theme));
     mermaid.initialize({ startOnLoad: false, theme: dark ? 'dark' : 'default' });
+    for (const diagram of document.querySelectorAll('pre.mermaid[data-diagram]')) {
+        diagram.textContent = diagram.dataset.diagram;
+    }
     window.bookDiagrams = mermaid.run({ querySelector: 'pre.mermaid' })
         .catch(error => console.error('a diagram could not be drawn:', error.message || error));
 
