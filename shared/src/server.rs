@@ -51,8 +51,8 @@ pub struct Limits {
 
 impl Default for Limits {
     /// 10 s for headers (a browser sends them in one packet; a person does not type them),
-    /// 5 s to drain (longer than any answer here takes, short enough for a process manager
-    /// that sends SIGKILL after 10 s).
+    /// 5 s to drain (longer than any answer here takes, shorter than the shortest default
+    /// grace period before SIGKILL: `docker stop`'s 10 s; Kubernetes 30 s, systemd 90 s).
     fn default() -> Self {
         Limits { header_timeout: Duration::from_secs(10), drain_deadline: Duration::from_secs(5) }
     }
