@@ -46,6 +46,7 @@ pub fn server_config(setup: &Setup<'_>) -> anyhow::Result<ServerConfig> {
         .with_safe_default_protocol_versions()?;
     let builder = match setup.client_ca {
         None => builder.with_no_client_auth(),
+        // exercise begins: for mutual TLS, demand a client certificate signed by the given CA
         Some(ca) => {
             let mut roots = RootCertStore::empty();
             roots.add(CertificateDer::from(ca.cert_der()))?;
@@ -53,6 +54,7 @@ pub fn server_config(setup: &Setup<'_>) -> anyhow::Result<ServerConfig> {
                 WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build()?,
             )
         }
+        // exercise ends
     };
     let chain = vec![CertificateDer::from(setup.identity.cert_der.clone())];
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(setup.identity.key_der.clone()));
