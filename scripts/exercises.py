@@ -48,7 +48,7 @@ UNSOLVED: dict[str, list[str]] = {
         "for member in &group.members {\n    let _ = offer(member, message.clone());\n}"
     ],
     "pubsub": ["let subscription = broker.subscribe(E::TOPIC, None).await?; // never grouped"],
-    "secure": ["Some(_ca) => builder.with_no_client_auth(), // any client, certificate or not"],
+    "secure": ["let builder = builder.with_no_client_auth(); // any client, certificate or not"],
     "wrapper": ["let verdict: Result<(), Refusal> = Ok(()); // every call let through"],
     "health": ["let healthy = known.values(); // every listed node, whatever its health"],
     "event": ["memory.cursors.insert(name.to_owned(), end); // every start at the end"],
@@ -124,9 +124,11 @@ HINTS: dict[str, str] = {
     "transport": "Over NATS nothing decodes for you: `HelloRequest::decode(payload)` (a "
     "failure is a 400 refusal naming it), then `say_hello(node, request)?`, then "
     "`encode_to_vec()` into `Bytes`.",
-    "secure": "For mutual TLS the server demands a client certificate: put the CA's "
-    "certificate in a `RootCertStore` and build a `WebPkiClientVerifier` on it with the same "
-    "provider, then `builder.with_client_cert_verifier(...)`.",
+    "secure": "Match on `setup.client_ca`. Without one, plain TLS: "
+    "`builder.with_no_client_auth()`. With one, mutual TLS: put the CA's certificate in a "
+    "`RootCertStore`, build a `WebPkiClientVerifier` on it with the same provider, and "
+    "`builder.with_client_cert_verifier(...)`: the handshake then fails for a client without "
+    "a certificate from that CA.",
     "mocking": "The desk retries once on `Unavailable` (a node may have just restarted): "
     "match the first answer; on `Err(status)` with `Code::Unavailable` call `say_hello` "
     "again, otherwise keep the answer.",
