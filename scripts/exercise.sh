@@ -57,7 +57,10 @@ args=()
 [ "$backend" = memory ] && args=(--backend memory)
 
 echo "== building exercises/$topic"
-if ! cargo build --quiet -p "exercise-$topic" --example "exercise-$topic"; then
+# The same packages as `cargo run --example <topic>` resolves features over (the workspace
+# but its benches), so the dependencies already built for the examples are used as they are.
+if ! cargo build --quiet --workspace --exclude micro-benches --example "exercise-$topic" \
+  --features "exercise-$topic/exercise"; then
   echo "== it does not build yet: fix the errors above" >&2
   exit 1
 fi

@@ -214,7 +214,19 @@ def manifest(topic: str, text: str) -> str:
         if header:
             section = header[1]
             if section == "example":
-                out += ["[[example]]", f'name = "exercise-{topic}"', 'path = "main.rs"', "test = false"]
+                out += [
+                    "# Built only with its feature, `exercise`: a build, test or lint of the whole",
+                    "# workspace leaves the unsolved exercise alone (scripts/exercise.sh and",
+                    "# tests/exercises.rs turn the feature on).",
+                    "[features]",
+                    "exercise = []",
+                    "",
+                    "[[example]]",
+                    f'name = "exercise-{topic}"',
+                    'path = "main.rs"',
+                    "test = false",
+                    'required-features = ["exercise"]',
+                ]
                 continue
             if section in ("test", "bench"):
                 continue  # the topic's own suites test the example, not the exercise

@@ -168,8 +168,12 @@ fn putting_the_regions_back_gives_the_example_byte_for_byte() {
 /// output a learner can read); solved, the example's run, it equals the golden.
 #[tokio::test]
 async fn each_exercise_builds_fails_unsolved_and_passes_solved() {
+    // Over the same packages as `cargo build --examples` plus the exercises (the workspace but
+    // its benches), so the features of the dependencies, and their builds, are the examples'.
+    let features: Vec<String> = topics().iter().map(|t| format!("exercise-{t}/exercise")).collect();
     let status = common::cargo()
-        .args(["build", "--quiet", "-p", "exercise-*", "--examples"])
+        .args(["build", "--quiet", "--workspace", "--exclude", "micro-benches", "--examples"])
+        .args(["--features", &features.join(",")])
         .status()
         .expect("running cargo build for the exercises");
     assert!(status.success(), "an exercise does not build");
