@@ -38,7 +38,7 @@ END = re.compile(r"^[ \t]*// exercise ends$")
 # What stands in the region's place while it is unsolved, per topic (and per region, in
 # file order, when a topic has two). Code that builds and shows the failure the protection
 # prevents; nothing at all when leaving the lines out already does; `todo!()` only where
-# nothing else builds.
+# nothing else builds. Written as rustfmt writes it: `cargo fmt --all` formats exercises/ too.
 UNSOLVED: dict[str, list[str]] = {
     "round-robin": ["Ok(nodes[0].clone()) // every call to the first node"],
     "retry": ["Code::Unknown | Code::Aborted => true, // retried, whatever the call does"],
@@ -61,7 +61,7 @@ UNSOLVED: dict[str, list[str]] = {
     "web": ["let path = path_and_query; // the service's name left on the path"],
 }
 
-# The hint `scripts/exercise.sh <topic> hint` prints.
+# The hint `scripts/exercise.sh <topic> hint` prints; a topic without one gets `DEFAULT_HINT`.
 HINTS: dict[str, str] = {
     "registry": "The heartbeat task wakes every third of the TTL. A lease lasts one TTL from "
     "its last registration, so each tick has to register the node again "
@@ -136,6 +136,13 @@ HINTS: dict[str, str] = {
     "inject the producer span's context (`cx`) into the headers with "
     "`TraceContextPropagator::new().inject_context(&cx, &mut Carrier(&mut headers))`.",
 }
+
+
+DEFAULT_HINT = (
+    "Read the lesson around the exercise, and notes/{topic}.md: it says what these lines "
+    "protect against. The answer is the example itself, between `// exercise begins` and "
+    "`// exercise ends` in examples/{topic}/."
+)
 
 
 def topics() -> list[str]:
@@ -291,9 +298,7 @@ def generate(out: Path) -> None:
                 shutil.copyfile(path, target / relative)
         if not tasks:
             sys.exit(f"{topic}: no `// exercise begins:` region in examples/{topic}/")
-        hint = HINTS.get(topic)
-        if hint is None:
-            sys.exit(f"{topic}: no hint in scripts/exercises.py's HINTS")
+        hint = HINTS.get(topic, DEFAULT_HINT.format(topic=topic))
         (target / "hint.txt").write_text(hint.strip() + "\n")
         listing.append(f"{topic}\t{'memory' if takes_backend(topic) else '-'}\t{len(tasks)}")
         for task in tasks:

@@ -113,6 +113,26 @@ fn every_topic_has_an_exercise_in_reading_order() {
         assert!((1..=2).contains(&regions), "{topic}: {regions} regions, not one or two");
         let hint = root().join("exercises").join(&topic).join("hint.txt");
         assert!(std::fs::read_to_string(hint).is_ok_and(|h| h.len() > 40), "{topic}: no hint");
+        // The note ends with its exercise, in both languages, naming the command.
+        for (note, heading) in [("notes", "## Exercise"), ("notes/zh", "## 练习")] {
+            let text = std::fs::read_to_string(root().join(note).join(format!("{topic}.md")))
+                .unwrap_or_default();
+            let last = text.rsplit("\n## ").next().unwrap_or_default();
+            assert!(
+                text.contains(&format!("\n{heading}\n"))
+                    && last.starts_with(&heading[3..])
+                    && last.contains(&format!("scripts/exercise.sh {topic}")),
+                "{note}/{topic}.md does not end with its exercise (`{heading}`)"
+            );
+        }
+        let articles = ["notes/README.md", "notes/zh/README.md"]
+            .map(|a| std::fs::read_to_string(root().join(a)).unwrap());
+        for article in &articles {
+            assert!(
+                article.contains(&format!("**{topic}**")),
+                "the articles' exercises miss {topic}"
+            );
+        }
     }
 }
 
