@@ -113,9 +113,11 @@ impl Decoder for FrameCodec {
         let kind = src[0];
         let session = u32::from_be_bytes([src[1], src[2], src[3], src[4]]);
         let length = u32::from_be_bytes([src[5], src[6], src[7], src[8]]) as usize;
+        // exercise begins: refuse a frame of a kind this protocol does not have, from its header alone
         if !(OPEN..=CLOSE).contains(&kind) {
             return Err(FrameError::UnknownKind(kind));
         }
+        // exercise ends
         if length > MAX_PAYLOAD {
             return Err(FrameError::Oversize(length));
         }

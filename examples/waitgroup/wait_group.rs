@@ -105,7 +105,9 @@ impl WaitGroup {
     /// handlers are told to finish. The server itself keeps running, so the replies of
     /// the calls in flight can still be delivered.
     pub fn stop_taking_calls(&self) {
+        // exercise begins: close the tracker, so that `wait()` can return once the calls in flight are done
         self.tracker.close();
+        // exercise ends
         self.draining.cancel();
     }
 

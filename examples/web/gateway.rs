@@ -107,7 +107,9 @@ impl Gateway {
         })?;
         let node = &nodes[self.next.fetch_add(1, Ordering::Relaxed) % nodes.len()];
         let path_and_query = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        // exercise begins: cut `/<service>` off the path, and leave the rest exactly as the client sent it
         let path = path_and_query[1..].find('/').map_or("/", |slash| &path_and_query[slash + 1..]);
+        // exercise ends
         let path = path.to_owned();
         tracing::debug!(%service, node = %node.id, %path, "forwarding");
         if request.headers().contains_key(http::header::UPGRADE) {
