@@ -31,6 +31,8 @@ mkdir -p "$bare/src"
   echo 'version = "0.1.0"'
   echo 'edition = "2024"'
   echo 'publish = false'
+  # A workspace of its own: it sits under target/, inside this repository's workspace.
+  echo '[workspace]'
   echo '[dependencies]'
   python3 - "$topic" <<'EOF'
 import json, subprocess, sys
@@ -68,27 +70,33 @@ EOF
 echo 'fn main() {}' >"$bare/src/main.rs"
 cp Cargo.lock "$bare/Cargo.lock"
 
-build() { # dir, args...
+# Prints "<wall seconds> <CPU seconds>" of one cold build. CPU time (user + system) moves
+# far less than the wall clock when other work shares the machine, so both are reported.
+build() { # dir, target, args...
   local dir=$1 target=$2
   shift 2
   rm -rf "$target"
-  local start end
-  start=$(date +%s.%N)
-  (cd "$dir" && CARGO_TARGET_DIR="$target" cargo build --quiet --offline "$@")
-  end=$(date +%s.%N)
-  echo "$end - $start" | bc
+  (cd "$dir" && CARGO_TARGET_DIR="$target" /usr/bin/time -f '%e %U %S' -o "$work/time.txt" \
+    cargo build --quiet --offline "$@") >&2 ||
+    { echo "the build in $dir failed" >&2; exit 1; }
+  awk '{ printf "%.1f %.1f\n", $1, $2 + $3 }' "$work/time.txt"
 }
+command -v /usr/bin/time >/dev/null || { echo "first-run.sh needs GNU time (Debian: apt-get install time)" >&2; exit 1; }
 
-echo "round | ours: cargo build --example $topic (s) | bare crate (s) | ratio"
+echo "round | ours: cargo build --example $topic, wall s (CPU s) | bare crate, wall s (CPU s) | ratio wall | ratio CPU | load average"
 for round in $(seq "$rounds"); do
   if [ $((round % 2)) = 1 ]; then
-    ours=$(build "$work/clone" "$work/t-ours" --example "$topic")
-    bare_s=$(build "$bare" "$work/t-bare")
+    ours=$(build "$work/clone" "$work/t-ours" --example "$topic") || exit 1
+    bare_s=$(build "$bare" "$work/t-bare") || exit 1
   else
-    bare_s=$(build "$bare" "$work/t-bare")
-    ours=$(build "$work/clone" "$work/t-ours" --example "$topic")
+    bare_s=$(build "$bare" "$work/t-bare") || exit 1
+    ours=$(build "$work/clone" "$work/t-ours" --example "$topic") || exit 1
   fi
-  printf '%s | %.1f | %.1f | %.2f\n' "$round" "$ours" "$bare_s" "$(echo "$ours / $bare_s" | bc -l)"
+  read -r ours_wall ours_cpu <<<"$ours"
+  read -r bare_wall bare_cpu <<<"$bare_s"
+  printf '%s | %s (%s) | %s (%s) | %.2f | %.2f | %s\n' "$round" "$ours_wall" "$ours_cpu" \
+    "$bare_wall" "$bare_cpu" "$(echo "$ours_wall / $bare_wall" | bc -l)" \
+    "$(echo "$ours_cpu / $bare_cpu" | bc -l)" "$(cut -d' ' -f1-3 /proc/loadavg)"
 done
 rm -rf "$work/t-ours" "$work/t-bare"
 

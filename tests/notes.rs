@@ -225,9 +225,13 @@ fn example_sources(topic: &str) -> Vec<(PathBuf, String)> {
 }
 
 /// Whether `source` holds the excerpt: its lines, indentation aside, in one run, or in
-/// several runs in that order where the excerpt has an `// ...` line.
+/// several runs in that order where the excerpt has an `// ...` line. The comments that
+/// mark an exercise's region (`scripts/exercises.py`) are not part of the lesson's code:
+/// an excerpt may run across them.
 fn holds(source: &str, excerpt: &[&str]) -> bool {
-    let source: Vec<&str> = source.lines().map(str::trim).collect();
+    let marker =
+        |line: &&str| line.starts_with("// exercise begins: ") || *line == "// exercise ends";
+    let source: Vec<&str> = source.lines().map(str::trim).filter(|l| !marker(l)).collect();
     let mut from = 0;
     for run in excerpt.split(|line| line.trim() == ELISION) {
         let run: Vec<&str> = run.iter().map(|l| l.trim()).collect();
@@ -289,6 +293,8 @@ fn excerpts_are_found_across_elisions_and_indentation_only() {
     assert!(!holds(source, &["let a = 1;", "let c = 3;"]), "lines must be consecutive");
     assert!(!holds(source, &["let c = 3;", "// ...", "let a = 1;"]), "runs keep their order");
     assert!(!holds(source, &["let a = 2;"]));
+    let marked = "let a = 1;\n// exercise begins: b\nlet b = 2;\n// exercise ends\nlet c = 3;\n";
+    assert!(holds(marked, &["let a = 1;", "let b = 2;", "let c = 3;"]), "markers are skipped");
 }
 
 // ---- the Chinese edition ----
@@ -485,7 +491,10 @@ fn the_items_a_note_names_beside_a_rust_file_are_defined_in_that_file() {
                 checked += 1;
                 let name = item.trim_end_matches("()").rsplit("::").next().unwrap();
                 if !defines(&source, name) {
-                    wrong.push(format!("{}: `{item}` is not defined in {target}", document.display()));
+                    wrong.push(format!(
+                        "{}: `{item}` is not defined in {target}",
+                        document.display()
+                    ));
                 }
             }
         }
@@ -525,7 +534,10 @@ fn items_beside_rust_links(markdown: &str) -> Vec<(String, Vec<String>)> {
                     break;
                 };
                 let is_path = !item.is_empty()
-                    && item.trim_end_matches("()").chars().all(|c| c.is_alphanumeric() || c == '_' || c == ':')
+                    && item
+                        .trim_end_matches("()")
+                        .chars()
+                        .all(|c| c.is_alphanumeric() || c == '_' || c == ':')
                     && !item.starts_with(|c: char| c.is_ascii_digit());
                 if !is_path {
                     break;
@@ -546,7 +558,16 @@ fn items_beside_rust_links(markdown: &str) -> Vec<(String, Vec<String>)> {
 /// or names it in an `impl` header.
 fn defines(source: &str, name: &str) -> bool {
     let keywords = [
-        "fn ", "struct ", "enum ", "trait ", "type ", "const ", "static ", "mod ", "impl ", "for ",
+        "fn ",
+        "struct ",
+        "enum ",
+        "trait ",
+        "type ",
+        "const ",
+        "static ",
+        "mod ",
+        "impl ",
+        "for ",
         "macro_rules! ",
     ];
     keywords.iter().any(|keyword| {

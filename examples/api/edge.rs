@@ -231,9 +231,11 @@ impl Breaker {
         let mut changed = None;
         if inner.state == State::Open {
             let reopens = inner.opened_at + self.pause;
+            // exercise begins: refuse every call at once while the breaker's pause lasts
             if now < reopens {
                 return (Err(reopens - now), None);
             }
+            // exercise ends
             inner.state = State::HalfOpen;
             changed = Some(Transition { from: State::Open, to: State::HalfOpen });
         }

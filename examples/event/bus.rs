@@ -167,7 +167,9 @@ impl EventBus {
             Store::Memory(stream) => {
                 stream.send_modify(|memory| {
                     let end = memory.events.len();
+                    // exercise begins: a consumer name resumes where it stopped; only a new name starts at the end
                     memory.cursors.entry(name.to_owned()).or_insert(end);
+                    // exercise ends
                 });
                 Source::Memory { stream: stream.clone(), name: name.to_owned() }
             }

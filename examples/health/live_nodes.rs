@@ -122,7 +122,9 @@ impl LiveNodes {
                         }
                     }
                 }
+                // exercise begins: keep only the nodes whose health watch last said SERVING
                 let healthy = known.values().filter(|(_, s)| *s == Some(true));
+                // exercise ends
                 let healthy: Vec<Node> = healthy.map(|(n, _)| n.clone()).collect();
                 tx.send_if_modified(|nodes| {
                     let changed = *nodes != healthy;

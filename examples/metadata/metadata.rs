@@ -21,11 +21,13 @@ pub struct TraceEveryCall {
 
 impl Interceptor for TraceEveryCall {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        // exercise begins: put the request id (text) and the trace (binary, under a `-bin` key) on every outgoing call
         let n = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
         let metadata = request.metadata_mut();
         metadata.insert("x-request-id", ascii(&format!("req-{n}"))?);
         // Raw bytes: sent base64-encoded on the wire, decoded again on the other side.
         metadata.insert_bin("trace-bin", MetadataValue::from_bytes(&[0xde, 0xad, 0xbe, 0xef]));
+        // exercise ends
         Ok(request)
     }
 }

@@ -35,12 +35,14 @@ impl<G: Greet> WelcomeDesk<G> {
                 welcome.skipped += 1;
                 continue;
             }
+            // exercise begins: ask again, once, when the answer is `Unavailable`
             let reply = match self.greeter.say_hello(guest).await {
                 Err(status) if status.code() == Code::Unavailable => {
                     self.greeter.say_hello(guest).await
                 }
                 reply => reply,
             };
+            // exercise ends
             match reply {
                 Ok(reply) => welcome.greeted.push(reply),
                 Err(status) => welcome.failed.push((guest.to_owned(), status.code())),

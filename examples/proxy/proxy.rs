@@ -142,7 +142,9 @@ impl Proxy {
                  (does the registry list the proxy as a node?)"
             )));
         }
+        // exercise begins: send the call to a node of the service its path names
         let rotation = self.rotation(service).await?;
+        // exercise ends
         // The permits travel with the reply's body: a stream holds its slots until it ends.
         let share = rotation.slots.clone().try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(

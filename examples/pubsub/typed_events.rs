@@ -64,7 +64,9 @@ where
     E: Event,
     F: FnMut(E) + Send + 'static,
 {
+    // exercise begins: subscribe to the event's topic, in the queue group when one is given
     let subscription = broker.subscribe(E::TOPIC, queue).await?;
+    // exercise ends
     let service = service.to_owned();
     Ok(subscription.handle(move |message| {
         // No label, no event: protobuf decodes almost any bytes (even none) into something,

@@ -44,10 +44,6 @@ pub const LOGIN_TARGETS: [&str; 15] = [
     "elsewhere.example",
 ];
 
-/// How many of [`LOGIN_TARGETS`] are fair.
-#[cfg(test)]
-pub const FAIR: usize = 3;
-
 /// What the one-process run saw, for the tests to check.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Story {

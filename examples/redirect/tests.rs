@@ -4,7 +4,10 @@ use std::sync::Arc;
 
 use registry::MemoryRegistry;
 
-use crate::story::{Answer, FAIR, LOGIN_TARGETS, demo};
+use crate::story::{Answer, LOGIN_TARGETS, demo};
+
+/// How many of [`LOGIN_TARGETS`] are fair: the first ones.
+pub const FAIR: usize = 3;
 
 /// Status and `Location` of an answer, the part a browser acts on.
 fn seen(answer: &Answer) -> (u16, Option<&str>) {

@@ -62,9 +62,11 @@ impl Registration {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tick.tick() => {
+                        // exercise begins: renew the lease at each tick: register the node again, for another TTL
                         if let Err(e) = reg.register(&beat_node, ttl).await {
                             tracing::warn!(id = %beat_node.id, "heartbeat failed: {e}");
                         }
+                        // exercise ends
                     }
                 }
             }

@@ -31,7 +31,9 @@ pub fn worth_retrying(code: Code, idempotent: bool) -> bool {
         // send it again, whatever it does.
         Code::Unavailable => true,
         // The work may have been done and only the reply lost: again only if twice is harmless.
+        // exercise begins: a failure after which the work may have been done: retry it only if running it twice is harmless
         Code::Unknown | Code::Aborted => idempotent,
+        // exercise ends
         // DeadlineExceeded: the caller's time is gone, for every attempt. The rest are answers.
         _ => false,
     }

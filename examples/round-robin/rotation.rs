@@ -54,8 +54,10 @@ impl RoundRobin {
                 "no node of service \"{service}\" in the registry"
             )));
         }
+        // exercise begins: take the node whose turn it is, one turn per call, over the live nodes
         let turn = self.next.fetch_add(1, Ordering::Relaxed);
         Ok(nodes[turn % nodes.len()].clone())
+        // exercise ends
     }
 
     /// [`RoundRobin::pick`], but under wait-for-ready an empty list is waited out, until

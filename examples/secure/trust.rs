@@ -44,6 +44,7 @@ pub fn server_config(setup: &Setup<'_>) -> anyhow::Result<ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()?;
+    // exercise begins: for mutual TLS, demand a client certificate signed by the given CA
     let builder = match setup.client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
@@ -54,6 +55,7 @@ pub fn server_config(setup: &Setup<'_>) -> anyhow::Result<ServerConfig> {
             )
         }
     };
+    // exercise ends
     let chain = vec![CertificateDer::from(setup.identity.cert_der.clone())];
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(setup.identity.key_der.clone()));
     let mut config = builder.with_single_cert(chain, key)?;

@@ -9,7 +9,9 @@ use registry::Node;
 /// score wins. A node that joins wins only the users it now outscores everyone for; a node
 /// that leaves gives up only its own users. No ring, no virtual nodes.
 pub fn rendezvous<'a>(user: &str, nodes: &'a [Node]) -> Option<&'a Node> {
+    // exercise begins: every node scores the user; the highest score wins
     nodes.iter().max_by_key(|node| score(user, &node.id))
+    // exercise ends
 }
 
 /// A stable score: the same on every machine, in every process, in every Rust version.

@@ -125,9 +125,11 @@ impl Serving {
         // 1. The heartbeat heard `serving` and stops; wait for it, or its next beat could
         //    re-register the node we are about to remove.
         heartbeat.await.context("the heartbeat task failed")?;
+        // exercise begins: deregister the node before the drain begins
         tokio::time::timeout(REGISTRY_TIMEOUT, registry.deregister(SERVICE, &node.id))
             .await
             .context("the registry did not answer the deregistration")??;
+        // exercise ends
         let listed = is_listed(&*registry, &node).await?;
         println!("1. deregister: heartbeat stopped; in the registry: {}", yes_no(listed));
 

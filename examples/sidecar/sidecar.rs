@@ -183,8 +183,10 @@ async fn register(
     let listed = listed_ids(&sidecar, &join.service).await?;
     let ttl = Duration::from_secs(join.ttl_secs);
     let names = (join.service.as_str(), join.id.as_str());
+    // exercise begins: admit the node only if its service is new, or the caller holds the service's token
     let token =
         sidecar.held.lock().unwrap().admit(names, ttl, owners::bearer(&headers), &listed)?;
+    // exercise ends
     let mut node = Node::new(&join.service, &join.id, &join.address);
     node.metadata.insert(PROTOCOL.to_owned(), HTTP.to_owned());
     if let Err(e) = sidecar.registry.register(&node, ttl).await {

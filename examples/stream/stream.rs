@@ -185,7 +185,9 @@ pub async fn bidirectional(client: &mut GreeterClient<Channel>) -> anyhow::Resul
         replies.push(reply.message);
     }
     println!("  client half-closes");
+    // exercise begins: half-close: end the client's sending half, and only it
     drop(to_server);
+    // exercise ends
     // We can still read after half-closing: the server decides when its side ends.
     while let Some(reply) = stream.message().await? {
         println!("  client got a late reply: {}", reply.message);

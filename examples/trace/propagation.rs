@@ -102,7 +102,9 @@ impl TracedBroker {
         let name = format!("publish {topic}");
         let cx = start(&self.tracer, &Context::current(), name, SpanKind::Producer);
         let mut headers = Headers::new();
+        // exercise begins: carry the producer span's context in the message headers
         TraceContextPropagator::new().inject_context(&cx, &mut Carrier(&mut headers));
+        // exercise ends
         let published = self.broker.publish(topic, headers, payload).await;
         finish(&cx, published.as_ref().err().map(ToString::to_string));
         published

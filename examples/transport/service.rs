@@ -69,9 +69,11 @@ impl Greeter for OverHttp2 {
 /// Transport two, NATS: what tonic does for HTTP/2, by hand. The payload is the same
 /// protobuf; a refusal becomes the protocol's error headers.
 pub fn on_message(node: &str, payload: &[u8]) -> Result<Bytes, Refusal> {
+    // exercise begins: what tonic does for HTTP/2, by hand: decode the request, call the handler, encode the reply
     let request = HelloRequest::decode(payload)
         .map_err(|error| Refusal { code: 400, reason: format!("not a HelloRequest: {error}") })?;
     Ok(say_hello(node, request)?.encode_to_vec().into())
+    // exercise ends
 }
 
 /// One instance of the NATS service, answering until [`NatsInstance::stop`].

@@ -101,15 +101,17 @@ impl WaitGroup {
         let _ = admitted.wait_for(|taken| *taken >= calls).await;
     }
 
-    /// Phase one of a drain: new calls are refused with `Unavailable`, and long-lived
+    /// Step 1 of the stop: new calls are refused with `Unavailable`, and long-lived
     /// handlers are told to finish. The server itself keeps running, so the replies of
     /// the calls in flight can still be delivered.
     pub fn stop_taking_calls(&self) {
+        // exercise begins: close the tracker, so that `wait()` can return once the calls in flight are done
         self.tracker.close();
+        // exercise ends
         self.draining.cancel();
     }
 
-    /// Phase two: waits for every call in flight to end, for at most `deadline`; then cuts
+    /// Step 2 of the stop: waits for every call in flight to end, for at most `deadline`; then cuts
     /// the rest, which end at once with `Cancelled`. A call the cut cannot reach (its client
     /// stopped reading) has its connection closed [`CUT_GRACE`] later. Returns how many
     /// calls were cut, either way.

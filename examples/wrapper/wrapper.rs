@@ -220,6 +220,7 @@ fn add_token(token: String, journal: Journal) -> impl Interceptor + Clone {
 /// The server half: refuses a call before it reaches the handler.
 pub fn check_token(journal: Journal) -> impl Interceptor + Clone {
     move |request: Request<()>| {
+        // exercise begins: judge the call by its `authorization` metadata: the bearer token, or why there is none
         let verdict = match request.metadata().get("authorization").map(|v| v.to_str()) {
             None => Err(Refusal::NoToken),
             Some(Err(_)) => Err(Refusal::Unreadable),
@@ -229,6 +230,7 @@ pub fn check_token(journal: Journal) -> impl Interceptor + Clone {
                 None => Err(Refusal::NoToken),
             },
         };
+        // exercise ends
         match verdict {
             Ok(()) => {
                 journal.note(1, "server auth: token accepted");

@@ -29,7 +29,7 @@ pub use tonic_health::pb::health_check_response::ServingStatus as WireStatus;
 pub use tonic_health::pb::health_client::HealthClient;
 
 /// The protos of this crate, as `build.rs` encoded them for reflection.
-pub const DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
+const DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
 
 /// One node's health: what its health service and its readiness probe both report.
 /// Clones share the status.

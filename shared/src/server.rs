@@ -51,8 +51,8 @@ pub struct Limits {
 
 impl Default for Limits {
     /// 10 s for headers (a browser sends them in one packet; a person does not type them),
-    /// 5 s to drain (longer than any answer here takes, short enough for a process manager
-    /// that sends SIGKILL after 10 s).
+    /// 5 s to drain (longer than any answer here takes, shorter than the shortest default
+    /// grace period before SIGKILL: `docker stop`'s 10 s; Kubernetes 30 s, systemd 90 s).
     fn default() -> Self {
         Limits { header_timeout: Duration::from_secs(10), drain_deadline: Duration::from_secs(5) }
     }
@@ -83,13 +83,13 @@ impl Drain for RunningServer {
 /// more with `REFUSED_STREAM`, and tonic's client queues them until one ends. Without it,
 /// one connection held 10,000 never-read streams and 60 MB. 100 is the least RFC 9113
 /// (section 6.5.2) recommends a server allow.
-pub const MAX_STREAMS_PER_CONNECTION: u32 = 100;
+const MAX_STREAMS_PER_CONNECTION: u32 = 100;
 
 /// HTTP/2 keepalive of every gRPC server: a ping after this long without a frame from the
 /// client, and the connection closed if its answer takes this long again. Any HTTP/2
 /// client answers at once, busy or idle; one that has gone (a host cut off) or never read
 /// (a raw socket) is closed within twice this, the header timeout.
-pub const KEEPALIVE: Duration = Duration::from_secs(5);
+const KEEPALIVE: Duration = Duration::from_secs(5);
 
 /// `Server::builder()` with the defaults every gRPC server here keeps: at most
 /// [`MAX_STREAMS_PER_CONNECTION`] streams per connection, and [`KEEPALIVE`] pings.
@@ -101,6 +101,7 @@ pub fn builder() -> Server {
 }
 
 /// A server running in the background until shut down, crashed or dropped (a drop crashes).
+#[must_use = "dropping a RunningServer stops it at once, cutting calls in flight: keep it, and end it with shutdown()"]
 pub struct RunningServer {
     addr: SocketAddr,
     stop: CancellationToken,
@@ -203,8 +204,9 @@ impl RunningServer {
     }
 
     /// How long [`RunningServer::shutdown`] lets calls in flight finish before it cuts them
-    /// (default 5 s, as [`Limits`] says why).
-    pub fn with_drain_deadline(mut self, deadline: Duration) -> Self {
+    /// (default 5 s, as [`Limits`] says why). Only the tests shorten it.
+    #[cfg(test)]
+    fn with_drain_deadline(mut self, deadline: Duration) -> Self {
         self.drain_deadline = deadline;
         self
     }
@@ -230,7 +232,7 @@ impl RunningServer {
 
     /// [`RunningServer::shutdown`], returning how many connections were still open at the
     /// drain deadline and were cut (0: everything finished in time).
-    pub async fn shutdown_counting_cuts(mut self) -> anyhow::Result<usize> {
+    async fn shutdown_counting_cuts(mut self) -> anyhow::Result<usize> {
         if let Some(health) = &self.health {
             health.close();
         }

@@ -34,6 +34,9 @@ pub struct Browser {
     cdp: Socket,
     ids: u64,
     session: String,
+    /// What the page reported as an error since `watch_errors`: console errors, uncaught
+    /// exceptions, resources that failed to load.
+    errors: Vec<String>,
     /// Its own profile, so no state leaks between runs; deleted on drop.
     _profile: tempfile::TempDir,
 }
@@ -74,7 +77,14 @@ impl Browser {
         // Keep draining stderr so Chromium never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
         let (cdp, _) = tokio_tungstenite::connect_async(&devtools).await.unwrap();
-        let mut browser = Browser { child, cdp, ids: 0, session: String::new(), _profile: profile };
+        let mut browser = Browser {
+            child,
+            cdp,
+            ids: 0,
+            session: String::new(),
+            errors: Vec::new(),
+            _profile: profile,
+        };
         browser.attach().await;
         browser
     }
@@ -109,6 +119,62 @@ impl Browser {
         None
     }
 
+    /// From now on, records every console error, uncaught exception and failed load of the
+    /// page (and of the pages it navigates to); `take_errors` hands them over.
+    pub async fn watch_errors(&mut self) {
+        for domain in ["Runtime.enable", "Log.enable"] {
+            self.call(true, domain, json!({})).await.unwrap();
+        }
+    }
+
+    /// The errors recorded since the last call (see `watch_errors`).
+    pub fn take_errors(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.errors)
+    }
+
+    /// Loads `url` in the page. It returns at once: `evaluate` waits for the new page.
+    pub async fn navigate(&mut self, url: &str) {
+        let answer = self.call(true, "Page.navigate", json!({ "url": url })).await.unwrap();
+        assert!(answer.get("errorText").is_none(), "{url} did not load: {answer}");
+    }
+
+    /// Keeps what an event says about an error, if it is one.
+    fn record(&mut self, event: &Value) {
+        let params = &event["params"];
+        let error = match event["method"].as_str() {
+            Some("Runtime.consoleAPICalled") if params["type"] == "error" => {
+                let args = params["args"].as_array().cloned().unwrap_or_default();
+                let text: Vec<String> = args
+                    .iter()
+                    .map(|a| {
+                        a["value"]
+                            .as_str()
+                            .map_or_else(|| a["description"].to_string(), str::to_owned)
+                    })
+                    .collect();
+                format!("console.error: {}", text.join(" "))
+            }
+            Some("Runtime.exceptionThrown") => {
+                let details = &params["exceptionDetails"];
+                format!(
+                    "uncaught: {} {} ({}:{})",
+                    details["text"].as_str().unwrap_or(""),
+                    details["exception"]["description"].as_str().unwrap_or(""),
+                    details["url"].as_str().unwrap_or(""),
+                    details["lineNumber"]
+                )
+            }
+            Some("Log.entryAdded") if params["entry"]["level"] == "error" => format!(
+                "{}: {} {}",
+                params["entry"]["source"].as_str().unwrap_or(""),
+                params["entry"]["text"].as_str().unwrap_or(""),
+                params["entry"]["url"].as_str().unwrap_or("")
+            ),
+            _ => return,
+        };
+        self.errors.push(error);
+    }
+
     /// Closes the browser, and kills it if it does not go.
     pub async fn close(mut self) {
         let _ = self.call(false, "Browser.close", json!({})).await;
@@ -127,6 +193,10 @@ impl Browser {
         while let Some(message) = self.cdp.next().await {
             let Ok(Message::Text(text)) = message else { continue };
             let answer: Value = serde_json::from_str(&text).unwrap();
+            if answer.get("method").is_some() {
+                self.record(&answer);
+                continue;
+            }
             if answer["id"] == json!(self.ids) {
                 return match answer.get("error") {
                     Some(error) => Err(error.clone()),

@@ -106,26 +106,34 @@ pub fn example_dirs() -> Vec<String> {
 pub fn example_binary(topic: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let mut cargo = std::process::Command::new(env!("CARGO"));
-        cargo.args(["build", "--quiet", "--examples"]).current_dir(root());
-        // Cargo gives a test the variables of its package; some build scripts track them,
-        // so a nested build that inherits them would rebuild half the dependency tree.
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy();
-            if name.starts_with("CARGO_PKG_")
-                || ["CARGO_MANIFEST_DIR", "CARGO_MANIFEST_PATH", "CARGO_CRATE_NAME"]
-                    .contains(&name.as_ref())
-                || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR"].contains(&name.as_ref())
-            {
-                cargo.env_remove(name.as_ref());
-            }
-        }
+        let mut cargo = cargo();
+        cargo.args(["build", "--quiet", "--examples"]);
         let status = cargo.status().expect("running cargo build --examples");
         assert!(status.success(), "cargo build --examples failed");
     });
     // This test binary lives in target/<profile>/deps/; the examples in target/<profile>/examples/.
     let deps = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
     deps.parent().unwrap().join("examples").join(topic)
+}
+
+/// Cargo, run from the workspace root by a test: the same cargo and target directory as the
+/// test's own build.
+pub fn cargo() -> std::process::Command {
+    let mut cargo = std::process::Command::new(env!("CARGO"));
+    cargo.current_dir(root());
+    // Cargo gives a test the variables of its package; some build scripts track them,
+    // so a nested build that inherits them would rebuild half the dependency tree.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || ["CARGO_MANIFEST_DIR", "CARGO_MANIFEST_PATH", "CARGO_CRATE_NAME"]
+                .contains(&name.as_ref())
+            || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR"].contains(&name.as_ref())
+        {
+            cargo.env_remove(name.as_ref());
+        }
+    }
+    cargo
 }
 
 /// A command for an example with a clean environment: no backend choice, NATS URL or log

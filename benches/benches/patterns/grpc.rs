@@ -3,11 +3,12 @@
 //! and vs the full client stack: those wrappers over round-robin selection among three
 //! registered nodes.
 //!
-//! The round-robin pick is the few lines of `RoundRobin::pick` in `examples/round-robin/main.rs`,
-//! copied here (an example's private code cannot be linked from a bench), and put under the
-//! generated client as a tower service the way `examples/sharding/main.rs` puts its router, so
-//! the wrappers stack on top of it. The node list and the channels come from the shared
-//! `microkit::discovery`, as in both examples.
+//! The round-robin pick is the few lines of `RoundRobin::pick` in
+//! `examples/round-robin/rotation.rs`, written again here (the rotation is that example's
+//! own module, not part of its library), and put under the generated client as a tower
+//! service the way `examples/sharding/affinity.rs` puts its router, so the wrappers stack on
+//! top of it. The node list and the channels are the health lesson's `LiveNodes` and
+//! `Channels`, as in both examples.
 
 use std::pin::Pin;
 use std::sync::Arc;

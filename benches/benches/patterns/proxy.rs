@@ -1,5 +1,5 @@
 //! The proxy: a gRPC call through the proxy example's own code (`examples/proxy/proxy.rs`,
-//! compiled into this bench by path, see `main.rs`) vs the same call straight to the node.
+//! the `proxy` package's library, which this bench depends on) vs the same call straight to the node.
 //! One more hop over loopback: the unary target allows for it (<= 1.6), and streaming must
 //! keep most of its rate (>= 0.8) because frames pass through unread.
 

@@ -1,7 +1,7 @@
 //! Retry: a unary call through the retry example's layers, when nothing fails, vs a bare call.
 //!
 //! The policy and the attempt service are the example's own (`examples/retry/policy.rs`,
-//! compiled into this bench by path, see `main.rs`): tower's `Retry` clones each call and
+//! from the `retry` package's library): tower's `Retry` clones each call and
 //! asks the policy after each answer, the budget takes a deposit for every call, and each
 //! attempt carries the call's deadline as `grpc-timeout`, which tonic's server turns into a
 //! timer around the handler. That is what a call pays for being retryable and bounded.

@@ -2,7 +2,7 @@
 //! users move when a node joins.
 //!
 //! The rendezvous hash and go-micro's crc32 modulo are the example's own
-//! `examples/sharding/hashing.rs`, compiled into this bench by path (see `main.rs`); the
+//! `examples/sharding/hashing.rs`, from the `sharding` package's library; the
 //! router is a few lines of that example's `ShardRouter`, without its round-robin fallback.
 
 use std::hint::black_box;

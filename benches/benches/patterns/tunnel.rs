@@ -2,7 +2,7 @@
 //! link, vs the same call on its own TCP connection.
 //!
 //! The link, session and frame code is the tunnel example's own (`examples/tunnel/link.rs`,
-//! `session.rs` and `frame.rs`, compiled into this bench by path, see `main.rs`); the wiring
+//! `session.rs` and `frame.rs`, from the `tunnel` package's library); the wiring
 //! of the two nodes is the example's `NodeB::start` and `NodeA::channel` in a few lines,
 //! without the example's relinking and bookkeeping. Both servers run on this bench's
 //! runtime, so the only difference between the two calls is the path their bytes take.

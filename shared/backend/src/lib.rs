@@ -106,7 +106,7 @@ impl BackendArgs {
     }
 
     /// [`connect_shared`](Self::connect_shared), with `NATS_URL`'s value passed in.
-    pub async fn connect_shared_with(
+    async fn connect_shared_with(
         &self,
         nats_url: Option<&str>,
         roles: &str,

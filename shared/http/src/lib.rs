@@ -25,6 +25,7 @@ pub use microkit::server::Limits;
 ///
 /// It serves each connection with hyper directly rather than through `axum::serve`, which
 /// has no header timeout and no drain deadline (see [`Limits`]).
+#[must_use = "dropping an HttpServer stops it at once, without draining: keep it, and end it with shutdown()"]
 pub struct HttpServer {
     addr: SocketAddr,
     stop: CancellationToken,

@@ -1,0 +1,3 @@
+//! The retry lesson's policy, as a library: its example and the benches use the same code.
+
+pub mod policy;
