@@ -5,8 +5,6 @@
 //! either: [`MemoryBroker`] (`memory.rs`: this process, tokio channels, nothing to install)
 //! and [`NatsBroker`] (`nats.rs`: core NATS, publishers and subscribers in any process).
 
-#[cfg(test)]
-mod conformance;
 mod memory;
 mod nats;
 mod subscription;
@@ -163,6 +161,10 @@ pub(crate) fn check_headers(headers: &Headers) -> Result<(), BrokerError> {
     }
     Ok(())
 }
+
+/// The rules both brokers keep, run against each of them.
+#[cfg(test)]
+mod conformance;
 
 #[cfg(test)]
 mod tests {

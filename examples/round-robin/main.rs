@@ -13,8 +13,6 @@
 mod roles; // roles, for several terminals
 mod rotation; // the lesson
 mod story; // the story the default run tells
-#[cfg(test)]
-mod tests; // tests
 
 use std::time::Duration;
 
@@ -89,3 +87,6 @@ async fn main() -> std::process::ExitCode {
     microkit::init_tracing();
     microkit::report(run(Args::parse()).await)
 }
+
+#[cfg(test)]
+mod tests; // tests

@@ -14,8 +14,6 @@
 mod affinity; // the lesson (its hashing is in hashing.rs, the package's library)
 mod roles; // roles, for several terminals
 mod story; // the story the default run tells
-#[cfg(test)]
-mod tests; // tests
 
 use std::time::Duration;
 
@@ -86,3 +84,6 @@ async fn main() -> std::process::ExitCode {
     microkit::init_tracing();
     microkit::report(run(Args::parse()).await)
 }
+
+#[cfg(test)]
+mod tests; // tests

@@ -17,8 +17,6 @@ mod gateway; // the lesson: find the service on every request, forward to it
 mod roles; // roles, for several terminals
 mod service; // the web service: a page, a greet route, a websocket
 mod story; // the story the default run tells
-#[cfg(test)]
-mod tests; // tests
 
 use std::time::Duration;
 
@@ -95,3 +93,6 @@ async fn main() -> std::process::ExitCode {
     microkit::init_tracing();
     microkit::report(run(Args::parse()).await)
 }
+
+#[cfg(test)]
+mod tests; // tests

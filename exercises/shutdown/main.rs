@@ -13,8 +13,6 @@
 
 mod signals; // where a stop request comes from
 mod story; // the story the default run tells, and the `serve` role
-#[cfg(test)]
-mod tests; // tests
 mod token_tree; // the lesson
 
 use clap::{Parser, Subcommand};
@@ -75,3 +73,6 @@ async fn main() -> std::process::ExitCode {
     microkit::init_tracing();
     microkit::report(run(Args::parse()).await)
 }
+
+#[cfg(test)]
+mod tests; // tests
