@@ -64,18 +64,22 @@ fn markdown_files(dir: &Path, found: &mut Vec<PathBuf>) {
     }
 }
 
+/// The lines of a Markdown text outside its fenced blocks.
+fn prose_lines(markdown: &str) -> impl Iterator<Item = &str> {
+    let mut in_code = false;
+    markdown.lines().filter(move |line| {
+        let fence = line.trim_start().starts_with("```");
+        if fence {
+            in_code = !in_code;
+        }
+        !fence && !in_code
+    })
+}
+
 /// The targets of `[text](target)` links, outside code blocks.
 fn link_targets(markdown: &str) -> Vec<String> {
     let mut targets = Vec::new();
-    let mut in_code = false;
-    for line in markdown.lines() {
-        if line.trim_start().starts_with("```") {
-            in_code = !in_code;
-            continue;
-        }
-        if in_code {
-            continue;
-        }
+    for line in prose_lines(markdown) {
         let mut rest = line;
         while let Some(start) = rest.find("](") {
             rest = &rest[start + 2..];
@@ -508,15 +512,7 @@ fn the_items_a_note_names_beside_a_rust_file_are_defined_in_that_file() {
 /// item follows the link after one space; later ones after `, `, ` and ` or `、`.
 fn items_beside_rust_links(markdown: &str) -> Vec<(String, Vec<String>)> {
     let mut found = Vec::new();
-    let mut in_code = false;
-    for line in markdown.lines() {
-        if line.trim_start().starts_with("```") {
-            in_code = !in_code;
-            continue;
-        }
-        if in_code {
-            continue;
-        }
+    for line in prose_lines(markdown) {
         let mut rest = line;
         while let Some(start) = rest.find("`](") {
             rest = &rest[start + 3..];
