@@ -120,8 +120,8 @@ async fn the_deadline_shrinks_from_process_to_process_and_runs_out_at_c() {
     let [a, b, c] = given[..] else { unreachable!() };
     assert!(a <= 1000 && b < a && c < b, "given: a {a}, b {b}, c {c}");
 
-    // 200 ms: enough to reach c, not for c's 120 ms of work after the margins.
-    let stdout = client(&nats, &["--deadline-ms", "200"]).await;
+    // 420 ms: enough to reach c, not for c's 200 ms of work after the margins.
+    let stdout = client(&nats, &["--deadline-ms", "420"]).await;
     assert_eq!(stdout, "client: DeadlineExceeded \"c: the deadline passed during its work\"\n");
     for hop in hops {
         let id = hop.id;

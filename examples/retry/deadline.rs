@@ -19,7 +19,7 @@ use tonic::{Request, Status};
 /// travel back. Without it, a hop and its caller would give up at the same instant, and the
 /// caller's own timer would hide which hop ran out. (Generous here, so the story holds on a
 /// busy machine; a few milliseconds do between two nodes of one data centre.)
-pub const MARGIN: Duration = Duration::from_millis(40);
+pub const MARGIN: Duration = Duration::from_millis(100);
 
 /// The moment a call must be answered by, as this hop sees it.
 #[derive(Clone, Copy, Debug)]

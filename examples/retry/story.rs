@@ -25,7 +25,7 @@ use crate::policy::{Call, Flaky, RetryPolicy, attempt, budget};
 /// How long a and b work before they call the next hop, and how long c, the slow one at the
 /// end (a database, say), works before it answers.
 pub const WORK: [Duration; 3] =
-    [Duration::from_millis(10), Duration::from_millis(10), Duration::from_millis(120)];
+    [Duration::from_millis(10), Duration::from_millis(10), Duration::from_millis(200)];
 /// A registration's TTL: how long a crashed node stays listed.
 const TTL: Duration = Duration::from_secs(3);
 /// The hops, first to last: (node id, service).
@@ -187,9 +187,11 @@ pub fn policy(budgeted: bool) -> RetryPolicy {
 }
 
 /// Deadlines that run out at c, at b and at a. a and b each use their work and keep their
-/// margin (50 ms together): 200 ms reaches c with its deadline in the middle of its work; 70 ms
-/// reaches b with less than its margin left, 30 ms does the same to a.
-pub const SHORT_DEADLINES: [u64; 3] = [200, 70, 30];
+/// margin (110 ms together). 420 ms reach c with about 200 ms: its margin and half of its
+/// work, so c stops mid-work with a margin either side for a busy machine. 210 ms reach b
+/// with less than its margin, and 100 ms reach a with exactly its margin: each answers at
+/// once, and its reply has almost a whole margin to travel back before the caller's timer.
+pub const SHORT_DEADLINES: [u64; 3] = [420, 210, 100];
 
 /// The most each hop can have been given when the client allows `deadline`: every hop
 /// before it has used its work and kept its margin. A hop that was given more would show

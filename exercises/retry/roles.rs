@@ -32,7 +32,7 @@ pub(crate) enum Role {
 #[derive(Args, Debug)]
 pub(crate) struct HopArgs {
     /// How long this hop works on each call before it answers or calls the next hop
-    /// [default: 10 for a and b, 120 for c].
+    /// [default: 10 for a and b, 200 for c].
     #[arg(long, value_name = "MS")]
     work_ms: Option<u64>,
 }
