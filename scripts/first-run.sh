@@ -7,8 +7,9 @@
 #   scripts/first-run.sh [topic] [rounds]      e.g. scripts/first-run.sh metadata 2
 #
 # The bare crate's dependencies are read off `cargo metadata`: the registry crates that the
-# topic's package and the crates of ours under it name directly, with the features the
-# resolver gave them, so the bare build does the same work minus the repository's own code. Nothing is left behind
+# topic's package (with its dev-dependencies, which cargo builds for its example) and the
+# crates of ours under it name directly, with the features the resolver gave them, so the
+# bare build does the same work minus the repository's own code. Nothing is left behind
 # outside target/first-run/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,8 +43,9 @@ packages = {p["id"]: p for p in meta["packages"]}
 local = {p["id"] for p in meta["packages"] if p["source"] is None}
 nodes = {n["id"]: n for n in meta["resolve"]["nodes"]}
 start = next(p["id"] for p in meta["packages"] if p["name"] == topic and p["source"] is None)
-# Walk our own crates reachable from the topic by normal and build edges; collect the
-# registry crates they name directly, with the features the resolver gave them.
+# Walk our own crates reachable from the topic by normal and build edges (and the topic's
+# own dev edges: its example program is built with them); collect the registry crates they
+# name directly, with the features the resolver gave them.
 seen, todo, wanted = set(), [start], {}
 while todo:
     pid = todo.pop()
@@ -52,7 +54,7 @@ while todo:
     seen.add(pid)
     for dep in nodes[pid]["deps"]:
         kinds = {k["kind"] for k in dep["dep_kinds"]}
-        if not kinds & {None, "build"}:
+        if not kinds & ({None, "build", "dev"} if pid == start else {None, "build"}):
             continue
         if dep["pkg"] in local:
             todo.append(dep["pkg"])

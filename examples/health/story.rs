@@ -1,5 +1,5 @@
 //! The default run: a dependency goes away and comes back, a client that watches health
-//! follows it, then a node stops in three phases.
+//! follows it, then a node stops in the shutdown lesson's steps 0 to 3.
 
 use std::fmt;
 use std::sync::Arc;
@@ -64,13 +64,13 @@ pub async fn demo(registry: &Arc<dyn Registry>, ttl: Duration) -> anyhow::Result
     client.nodes.wait_for_ids(&["greeter-1", "greeter-2"], PATIENCE).await?;
     println!("{}", client.calls(4).await?);
 
-    // The stop, phase by phase, as `Registered::stop` runs it.
+    // The stop, step by step as `Registered::stop` runs it, numbered as in the shutdown lesson.
     follower.abort();
     greeter_1.grpc.not_serving().await;
-    println!("greeter-1 stops: 1. NOT_SERVING");
+    println!("greeter-1 stops: 0. NOT_SERVING");
     println!("watch greeter-1: {}", next_status(&mut statuses).await?);
     greeter_1.grpc.deregister_and_drain().await?;
-    println!("greeter-1 stops: 2. deregistered, 3. drained");
+    println!("greeter-1 stops: 1. deregistered, 2. stopped accepting, 3. drained");
     println!("watch greeter-1: {}", next_status(&mut statuses).await?);
     client.nodes.wait_for_ids(&["greeter-2"], PATIENCE).await?;
     println!("{}", client.calls(2).await?);

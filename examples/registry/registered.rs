@@ -114,9 +114,9 @@ mod tests {
         let node = Registered::new(&registry, server, "greeter", "a", Duration::from_secs(5))
             .await
             .unwrap();
-        assert!(node.server().health().unwrap().is_serving());
+        assert!(*node.server().health().unwrap().subscribe().borrow());
         node.not_serving().await;
-        assert!(!node.server().health().unwrap().is_serving());
+        assert!(!*node.server().health().unwrap().subscribe().borrow());
         assert_eq!(registry.nodes("greeter").await.unwrap().len(), 1, "still listed");
         node.deregister_and_drain().await.unwrap();
         assert!(registry.nodes("greeter").await.unwrap().is_empty());

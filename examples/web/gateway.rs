@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{Request, Uri};
+use axum::http::{Request, StatusCode, Uri};
 use axum::response::{Redirect, Response};
 use axum::routing::{any, get};
 use hyper_util::rt::TokioIo;
@@ -103,7 +103,7 @@ impl Gateway {
     async fn forward(&self, service: &str, request: Request<Body>) -> Result<Response, ApiError> {
         let services = self.services().await?;
         let nodes = services.get(service).ok_or_else(|| {
-            ApiError::not_found(format!("no web service named {service:?} is registered"))
+            ApiError::new(StatusCode::NOT_FOUND, format!("no web service named {service:?} is registered"))
         })?;
         let node = &nodes[self.next.fetch_add(1, Ordering::Relaxed) % nodes.len()];
         let path_and_query = request.uri().path_and_query().map_or("/", |p| p.as_str());

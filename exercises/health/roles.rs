@@ -13,7 +13,7 @@ use tonic::transport::Channel;
 
 use crate::readiness::{GreeterNode, SERVICE};
 
-/// The `node` role: serve until a stop request, then stop in the three phases.
+/// The `node` role: serve until a stop request, then stop in the shutdown lesson's steps 0 to 3.
 pub async fn node(registry: &Arc<dyn Registry>, id: &str, ttl: Duration) -> anyhow::Result<()> {
     let GreeterNode { grpc, probes } = GreeterNode::start(registry, id, ttl).await?;
     let stop = microkit::signal::stop_requested();

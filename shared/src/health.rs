@@ -24,9 +24,9 @@ use tonic_health::pb::health_server::{Health as HealthApi, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use tonic_health::server::{HealthReporter, HealthService};
 
-pub use tonic_health::ServingStatus;
 pub use tonic_health::pb::health_check_response::ServingStatus as WireStatus;
-pub use tonic_health::pb::health_client::HealthClient;
+use tonic_health::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 /// The protos of this crate, as `build.rs` encoded them for reflection.
 const DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
@@ -76,7 +76,7 @@ impl Health {
         }
     }
 
-    pub fn is_serving(&self) -> bool {
+    fn is_serving(&self) -> bool {
         *self.ready.borrow()
     }
 
@@ -91,7 +91,7 @@ impl Health {
     }
 
     /// The `grpc.health.v1.Health` service for `Server::builder().add_service(..)`.
-    pub fn service(&self) -> HealthServer<HealthEndpoint> {
+    pub fn service(&self) -> HealthServer<impl HealthApi + use<>> {
         HealthServer::new(HealthEndpoint {
             inner: HealthService::from_health_reporter(self.reporter.clone()),
             closing: self.closing.clone(),
@@ -114,7 +114,7 @@ impl std::fmt::Debug for Health {
 }
 
 /// tonic-health's service, with `Watch` streams that end when the server drains.
-pub struct HealthEndpoint {
+struct HealthEndpoint {
     inner: HealthService,
     closing: CancellationToken,
 }

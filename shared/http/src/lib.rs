@@ -242,9 +242,6 @@ impl ApiError {
     pub fn bad_request(reason: impl Into<String>) -> Self {
         Self::new(http::StatusCode::BAD_REQUEST, reason)
     }
-    pub fn not_found(reason: impl Into<String>) -> Self {
-        Self::new(http::StatusCode::NOT_FOUND, reason)
-    }
     pub fn bad_gateway(reason: impl Into<String>) -> Self {
         Self::new(http::StatusCode::BAD_GATEWAY, reason)
     }
