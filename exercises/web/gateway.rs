@@ -103,7 +103,10 @@ impl Gateway {
     async fn forward(&self, service: &str, request: Request<Body>) -> Result<Response, ApiError> {
         let services = self.services().await?;
         let nodes = services.get(service).ok_or_else(|| {
-            ApiError::new(StatusCode::NOT_FOUND, format!("no web service named {service:?} is registered"))
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no web service named {service:?} is registered"),
+            )
         })?;
         let node = &nodes[self.next.fetch_add(1, Ordering::Relaxed) % nodes.len()];
         let path_and_query = request.uri().path_and_query().map_or("/", |p| p.as_str());

@@ -24,8 +24,8 @@ use tonic_health::pb::health_server::{Health as HealthApi, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use tonic_health::server::{HealthReporter, HealthService};
 
-pub use tonic_health::pb::health_check_response::ServingStatus as WireStatus;
 use tonic_health::ServingStatus;
+pub use tonic_health::pb::health_check_response::ServingStatus as WireStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 /// The protos of this crate, as `build.rs` encoded them for reflection.
