@@ -54,6 +54,63 @@ fn every_example_has_a_golden_file_a_note_and_an_in_process_test() {
     assert!(missing.is_empty(), "topics slipping in untested:\n{}", missing.join("\n"));
 }
 
+/// A topic whose library later topics use lists under `[dependencies]` only the crates that
+/// library names; its example program's crates are `[dev-dependencies]`. Otherwise every
+/// topic built on the library compiles them too (round-robin would build health's HTTP
+/// probes and axum), which is what a learner's first build pays for.
+#[test]
+fn a_topic_library_depends_only_on_the_crates_it_names() {
+    let mut extra = Vec::new();
+    for topic in topics() {
+        let dir = common::root().join("examples").join(&topic);
+        let manifest: toml::Table =
+            std::fs::read_to_string(dir.join("Cargo.toml")).unwrap().parse().unwrap();
+        let Some(lib) = manifest.get("lib") else { continue };
+        let root = lib.get("path").and_then(toml::Value::as_str).unwrap_or("src/lib.rs");
+        let source = library_source(&dir.join(root));
+        let dependencies = manifest.get("dependencies").and_then(toml::Value::as_table);
+        for name in dependencies.into_iter().flat_map(|table| table.keys()) {
+            let name = name.replace('-', "_");
+            let named = [format!("{name}::"), format!("use {name}"), format!("{name}!")]
+                .iter()
+                .any(|form| source.contains(form.as_str()));
+            // Code generated from a proto names its codec crate, not the file including it.
+            let generated = name == "tonic_prost" && source.contains("env!(\"OUT_DIR\")");
+            if !named && !generated {
+                extra.push(format!("{topic}: the library never names `{name}`"));
+            }
+        }
+    }
+    assert!(extra.is_empty(), "move these to [dev-dependencies]:\n{}", extra.join("\n"));
+}
+
+/// The text of a library's files outside its test modules: `root` and every file a
+/// `mod name;` reaches from it (`name.rs` beside the file, or in a folder named after it).
+fn library_source(root: &std::path::Path) -> String {
+    let mut text = String::new();
+    let mut files = vec![root.to_path_buf()];
+    while let Some(file) = files.pop() {
+        let source = std::fs::read_to_string(&file).unwrap();
+        let mut after_cfg_test = false;
+        for line in source.lines() {
+            let declared = line.trim().trim_start_matches("pub ").trim_start_matches("pub(crate) ");
+            if let Some(name) = declared.strip_prefix("mod ").and_then(|m| m.strip_suffix(';')) {
+                if !after_cfg_test {
+                    let stem = file.with_extension("");
+                    let beside = file.with_file_name(format!("{name}.rs"));
+                    let nested = stem.join(format!("{name}.rs"));
+                    files.push(if beside.is_file() { beside } else { nested });
+                }
+            } else {
+                text.push_str(line);
+                text.push('\n');
+            }
+            after_cfg_test = line.trim() == "#[cfg(test)]";
+        }
+    }
+    text
+}
+
 #[tokio::test]
 async fn every_example_prints_its_golden_output_and_exits_0() {
     let nats = NatsServer::start().await.expect("the NATS runs need nats-server");
