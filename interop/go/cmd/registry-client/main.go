@@ -48,7 +48,7 @@ func run(url, service string, calls int, deadline time.Duration) error {
 	if err != nil {
 		return err
 	}
-	nodes, err := registry.Nodes(kv, service)
+	nodes, err := registry.Nodes(js, kv, service)
 	if err != nil {
 		return err
 	}
