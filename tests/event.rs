@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStdout};
 
 const LIMIT: Duration = Duration::from_secs(30);
-/// `microkit_http::Limits::default()`, which the serve role keeps: the header timeout and
+/// `microkit::server::Limits::default()`, which the serve role keeps: the header timeout and
 /// the drain deadline.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_DEADLINE: Duration = Duration::from_secs(5);

@@ -3,7 +3,7 @@
 //! header timeout; a stop request ends the process within the drain deadline however much
 //! is still half-sent; a second stop request ends it at once with exit code 1.
 //!
-//! The bounds are microkit's `http::Limits` defaults, which both roles serve with.
+//! The bounds are microkit's `server::Limits` defaults, which both roles serve with.
 
 mod common;
 

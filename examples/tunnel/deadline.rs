@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-/// The header timeout of every other server here (`microkit_http::Limits`): a node writes a
+/// The header timeout of every other server here (`microkit::server::Limits`): a node writes a
 /// frame in one go, so even a slow network finishes one in far less.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 

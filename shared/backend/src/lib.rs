@@ -267,7 +267,7 @@ mod tests {
     async fn without_a_url_a_private_server_is_started() {
         let backend = args(BackendChoice::Nats).connect_with(None).await.unwrap();
         let Backend::Nats { client, server, .. } = backend else { panic!("not NATS") };
-        assert!(server.is_some_and(|s| s.is_running()));
+        assert!(server.is_some(), "the private server is kept with the backend");
         client.flush().await.unwrap();
     }
 

@@ -75,10 +75,6 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     /// The server's own log (it says why a start failed).
     fn log_path(&self) -> PathBuf {
         self.dir.path().join("nats-server.log")
@@ -113,10 +109,6 @@ impl NatsServer {
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.stop().await?;
         self.spawn().await
-    }
-
-    pub fn is_running(&self) -> bool {
-        self.child.is_some()
     }
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
@@ -210,8 +202,8 @@ wait "$server""#;
 }
 
 /// A port the OS says is free now. Another process could take it before the server binds;
-/// on loopback in tests that race is rare, and a failed start says so.
-pub fn free_port() -> std::io::Result<u16> {
+/// `NatsServer::start` then tries another.
+fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -229,13 +221,13 @@ mod tests {
         let mut server = NatsServer::start().await.expect(INSTALL_HINT);
         let client = async_nats::connect(server.url()).await.unwrap();
         client.flush().await.unwrap();
-        let port = server.port();
+        let url = server.url();
 
         server.stop().await.unwrap();
         assert!(async_nats::connect(server.url()).await.is_err(), "stopped means unreachable");
 
         server.restart().await.unwrap();
-        assert_eq!(server.port(), port);
+        assert_eq!(server.url(), url);
         let again = async_nats::connect(server.url()).await.unwrap();
         again.flush().await.unwrap();
     }

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use microkit::health::Health;
 use microkit::server::Drain;
-pub use microkit::server::Limits;
+use microkit::server::Limits;
 
 /// An axum server on `127.0.0.1:<free port>`, running until [`HttpServer::shutdown`].
 ///
@@ -59,12 +59,8 @@ impl HttpServer {
         Self::start_healthy_on(SocketAddr::from(([127, 0, 0, 1], 0)), router).await
     }
 
-    /// Serves `router` on `addr` within `limits`.
-    pub async fn start_with(
-        addr: SocketAddr,
-        router: Router,
-        limits: Limits,
-    ) -> std::io::Result<Self> {
+    /// Serves `router` on `addr` within `limits` (only this crate's tests shorten them).
+    async fn start_with(addr: SocketAddr, router: Router, limits: Limits) -> std::io::Result<Self> {
         Self::bind(addr, router, limits, Protocols::Both).await
     }
 

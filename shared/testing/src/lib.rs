@@ -1,7 +1,9 @@
 //! Fixtures only tests use: a NATS cluster on this machine. Only dev-dependencies pull this
 //! crate, so no example's build compiles it.
 
-use microkit_backend::nats::{NatsServer, free_port};
+use std::net::TcpListener;
+
+use microkit_backend::nats::NatsServer;
 
 /// Three `nats-server` nodes routed into one cluster, JetStream replicated across them.
 pub struct NatsCluster {
@@ -34,6 +36,12 @@ impl NatsCluster {
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(NatsServer::url).collect()
     }
+}
+
+/// A port the OS says is free now (another process may take it before a node binds; the
+/// node's start then fails saying so).
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 #[cfg(test)]
