@@ -84,6 +84,73 @@ fn a_topic_library_depends_only_on_the_crates_it_names() {
     assert!(extra.is_empty(), "move these to [dev-dependencies]:\n{}", extra.join("\n"));
 }
 
+/// Every crate a package of the workspace lists (a topic, the helpers, the benches, this
+/// one), for its program, tests or build script alike, is named in its code (comments
+/// aside): a crate nobody names still costs a build, and in a topic the learner's first one.
+#[test]
+fn no_package_lists_a_crate_its_code_never_names() {
+    let root = common::root();
+    let mut packages = vec![root.to_path_buf(), root.join("benches")];
+    packages.extend(
+        ["shared", "shared/backend", "shared/http", "shared/testing"].map(|p| root.join(p)),
+    );
+    packages.extend(topics().iter().map(|topic| root.join("examples").join(topic)));
+    let mut unused = Vec::new();
+    for dir in packages {
+        let manifest: toml::Table =
+            std::fs::read_to_string(dir.join("Cargo.toml")).unwrap().parse().unwrap();
+        let code = package_code(&dir);
+        let package = match dir.strip_prefix(root).unwrap().display().to_string() {
+            folder if folder.is_empty() => "the root package".to_owned(),
+            folder => folder,
+        };
+        for section in ["dependencies", "dev-dependencies", "build-dependencies"] {
+            let table = manifest.get(section).and_then(toml::Value::as_table);
+            for name in table.into_iter().flat_map(|table| table.keys()) {
+                // Code names a crate by its library's name, which one package changes.
+                let name = match name.as_str() {
+                    "cloudevents-sdk" => "cloudevents".to_owned(),
+                    other => other.replace('-', "_"),
+                };
+                let named = [format!("{name}::"), format!("use {name}"), format!("{name}!")]
+                    .iter()
+                    .any(|form| code.contains(form.as_str()));
+                let generated = name == "tonic_prost"
+                    && (code.contains("include_proto!") || code.contains("env!(\"OUT_DIR\")"));
+                if !named && !generated {
+                    unused.push(format!("{package} [{section}]: `{name}` is never named"));
+                }
+            }
+        }
+    }
+    assert!(unused.is_empty(), "remove these, or name them in the code:\n{}", unused.join("\n"));
+}
+
+/// The code lines (comments left out) of every `.rs` file in a package's folder, leaving
+/// out the folders of other packages inside it and `target`.
+fn package_code(dir: &std::path::Path) -> String {
+    let mut code = String::new();
+    let mut folders = vec![dir.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                let nested = path.join("Cargo.toml").is_file();
+                if !nested && !path.ends_with("target") && !path.ends_with(".git") {
+                    folders.push(path);
+                }
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let source = std::fs::read_to_string(&path).unwrap();
+                for line in source.lines().filter(|l| !l.trim_start().starts_with("//")) {
+                    code.push_str(line);
+                    code.push('\n');
+                }
+            }
+        }
+    }
+    code
+}
+
 /// The text of a library's files outside its test modules: `root` and every file a
 /// `mod name;` reaches from it (`name.rs` beside the file, or in a folder named after it).
 fn library_source(root: &std::path::Path) -> String {
@@ -101,7 +168,8 @@ fn library_source(root: &std::path::Path) -> String {
                     let nested = stem.join(format!("{name}.rs"));
                     files.push(if beside.is_file() { beside } else { nested });
                 }
-            } else {
+            } else if !line.trim_start().starts_with("//") {
+                // A comment naming a crate is no use of it.
                 text.push_str(line);
                 text.push('\n');
             }
