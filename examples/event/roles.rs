@@ -16,13 +16,6 @@ use crate::bus::EventBus;
 use crate::http;
 use crate::story::{AUDIT, user_of};
 
-/// Says which signal asked, and makes a second one exit at once.
-fn stopping(signal: std::io::Result<&'static str>, what: &str) -> anyhow::Result<()> {
-    tracing::info!(signal = signal?, "stopping: {what}");
-    microkit::signal::exit_on_next();
-    Ok(())
-}
-
 /// The `serve` role: the HTTP endpoints on `listen`, until stopped.
 ///
 /// Served by microkit's `HttpServer` rather than `axum::serve`, which has no header timeout
@@ -50,7 +43,7 @@ pub async fn serve(bus: Arc<EventBus>, listen: SocketAddr) -> anyhow::Result<()>
     let stop = microkit::signal::stop_requested();
     // The bound address: with port 0 the system picks a free one.
     println!("serving POST /user/login and POST /events on {} (Ctrl-C to stop)", server.url());
-    stopping(stop.await, "finishing the requests in flight")?;
+    microkit::signal::stopping(stop.await, "finishing the requests in flight")?;
     // Not ready first (a balancer probing /health/ready stops sending), then the drain.
     if let Some(health) = server.health() {
         health.set_serving(false).await;
@@ -86,7 +79,7 @@ pub async fn audit(bus: &EventBus) -> anyhow::Result<()> {
             // An event handled but not yet acknowledged when the stop comes is delivered
             // again to the next run: at-least-once.
             signal = &mut stop => {
-                stopping(signal, "the durable consumer")?;
+                microkit::signal::stopping(signal, "the durable consumer")?;
                 break;
             }
         }

@@ -18,7 +18,7 @@ pub async fn node(registry: &Arc<dyn Registry>, id: &str, ttl: Duration) -> anyh
     let GreeterNode { grpc, probes } = GreeterNode::start(registry, id, ttl).await?;
     let stop = microkit::signal::stop_requested();
     println!("{id} serving {GREETER} on {}; probes on {}", grpc.addr(), probes.url());
-    microkit::signal::stopping(stop, "NOT_SERVING, deregistering, then draining").await?;
+    microkit::signal::stopping(stop.await, "NOT_SERVING, deregistering, then draining")?;
     grpc.stop().await?;
     probes.shutdown().await?;
     println!("{id} stopped: NOT_SERVING, deregistered, drained");
@@ -44,7 +44,10 @@ pub async fn watch(registry: &Arc<dyn Registry>, id: &str) -> anyhow::Result<()>
                 Some(status) => println!("{id}: {}", status?.as_str_name()),
                 None => { println!("{id}: the stream ended"); return Ok(()); }
             },
-            signal = &mut stop => { signal?; microkit::signal::exit_on_next(); return Ok(()); }
+            signal = &mut stop => {
+                microkit::signal::stopping(signal, "ending the watch")?;
+                return Ok(());
+            }
         }
     }
 }

@@ -82,8 +82,7 @@ pub(crate) async fn run(
             let proxy = Arc::new(Proxy::new(registry, limits));
             let server = ProxyServer::start(proxy.clone(), listen).await?;
             println!("proxy listening on {}; ctrl-c stops it", server.addr());
-            microkit::signal::stopping(stop, "proxy stopping: draining the calls in flight")
-                .await?;
+            microkit::signal::stopping(stop.await, "proxy stopping: draining the calls in flight")?;
             let drained = server.stop(limits.drain_deadline).await;
             let forwarded = proxy.forwarded.load(Ordering::Relaxed);
             let refused = proxy.refused.load(Ordering::Relaxed);
@@ -96,7 +95,7 @@ pub(crate) async fn run(
                 _ => (calc::SERVICE, start_calc(&registry, name, ttl).await?),
             };
             println!("{name} serving {service} on {}", node.addr());
-            microkit::signal::stopping(stop, "deregistering, then draining").await?;
+            microkit::signal::stopping(stop.await, "deregistering, then draining")?;
             node.stop().await?;
             println!("{name} deregistered and stopped");
         }

@@ -47,8 +47,7 @@ pub async fn until_stopped(running: Running, max_events: Option<u64>) -> anyhow:
     tokio::select! {
         () = enough => {}
         signal = stop => {
-            tracing::info!(signal = signal?, "stopping: draining the subscription");
-            microkit::signal::exit_on_next();
+            microkit::signal::stopping(signal, "draining the subscription")?;
         }
     }
     running.handler.stop().await;

@@ -58,7 +58,7 @@ pub async fn serve(
     // Armed before the ready line: a signal that follows it is a stop request, not a kill.
     let stop = microkit::signal::stop_requested();
     println!("{name} serving {SERVICE} on {}, registered with a TTL of {ttl:?}", node.addr());
-    microkit::signal::stopping(stop, "deregistering, then draining").await?;
+    microkit::signal::stopping(stop.await, "deregistering, then draining")?;
     node.stop().await?;
     let calls = received.load(Ordering::Relaxed);
     println!("{name} deregistered and stopped after {calls} calls");
@@ -139,7 +139,7 @@ pub async fn call_until_stopped(
         let n = tally.calls + 1;
         let outcome = tokio::select! {
             outcome = call(n) => outcome,
-            signal = &mut stop => { stopping(signal?); break; }
+            signal = &mut stop => { microkit::signal::stopping(signal, "making no more calls")?; break; }
         };
         tally.calls = n;
         match outcome {
@@ -154,7 +154,7 @@ pub async fn call_until_stopped(
         }
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
-            signal = &mut stop => { stopping(signal?); break; }
+            signal = &mut stop => { microkit::signal::stopping(signal, "making no more calls")?; break; }
         }
     }
     println!("{} calls, {} failed", tally.calls, tally.failed);
@@ -162,11 +162,6 @@ pub async fn call_until_stopped(
         anyhow::bail!("{} of {} calls failed", tally.failed, tally.calls);
     }
     Ok(tally)
-}
-
-fn stopping(signal: &'static str) {
-    microkit::signal::exit_on_next();
-    tracing::info!("{signal}: stopping");
 }
 
 /// For the examples' tests: a memory registry with a greeter node registered per name, and

@@ -96,6 +96,6 @@ pub(crate) async fn role(
 async fn wait(
     stop: impl std::future::Future<Output = std::io::Result<&'static str>>,
 ) -> anyhow::Result<()> {
-    microkit::signal::stopping(stop, "stopping").await?;
+    microkit::signal::stopping(stop.await, "stopping")?;
     Ok(())
 }

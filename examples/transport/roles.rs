@@ -63,9 +63,10 @@ async fn serve(backend: &microkit_backend::Backend, bus: &Bus, id: &str) -> anyh
     let server = RunningServer::start(routes).await?;
     let grpc = Registered::new(&registry::on(backend), server, SERVICE, id, TTL).await?;
     let nats = crate::service::serve_over_nats(bus, id).await?;
+    // Armed before the ready line: a signal that follows it is a stop request.
+    let stop = microkit::signal::stop_requested();
     println!("{id}: serving {METHOD} over HTTP/2 and as NATS service {SERVICE} {VERSION}");
-    let signal = microkit::signal::stop_requested().await?;
-    microkit::signal::exit_on_next();
+    let signal = microkit::signal::stopping(stop.await, "leaving the queue group, then draining")?;
     let served = nats.stop().await;
     // Deregister, then drain the HTTP/2 calls in flight, for at most PATIENCE; even if the
     // NATS side failed, so the registry never keeps a node that has gone.

@@ -123,7 +123,7 @@ pub(crate) async fn run(role: Role, registry: Arc<dyn Registry>) -> anyhow::Resu
             let server = HttpServer::start_healthy_on(listen, gateway.clone().router()).await?;
             let stop = microkit::signal::stop_requested();
             println!("gateway listening on {}; ctrl-c stops it", server.url());
-            microkit::signal::stopping(stop, "draining the calls in flight").await?;
+            microkit::signal::stopping(stop.await, "draining the calls in flight")?;
             server.shutdown().await?;
             let called = gateway.called.load(Ordering::Relaxed);
             let refused = gateway.refused.load(Ordering::Relaxed);
@@ -166,7 +166,7 @@ async fn serve_until_stopped(
 ) -> anyhow::Result<()> {
     let stop = microkit::signal::stop_requested();
     println!("{id} serving {service} on {}", node.addr());
-    microkit::signal::stopping(stop, "deregistering, then draining").await?;
+    microkit::signal::stopping(stop.await, "deregistering, then draining")?;
     node.stop().await?;
     println!("{id} deregistered and stopped");
     Ok(())

@@ -82,11 +82,11 @@ async fn serve_hop(
     let (id, service) = HOPS[index];
     let (node, tally) = story::hop(registry, index, work, false).await?;
     let next = HOPS.get(index + 1).map_or(String::new(), |(_, s)| format!(", calling {s}"));
+    // Armed before the ready line: a signal that follows it is a stop request.
+    let stop = microkit::signal::stop_requested();
     println!("{id}: serving {service}{next}");
     let reporter = tokio::spawn(report(id, tally.clone()));
-    let signal = microkit::signal::stop_requested().await?;
-    microkit::signal::exit_on_next();
-    tracing::info!("{id}: {signal}, stopping");
+    microkit::signal::stopping(stop.await, "deregistering, then draining")?;
     reporter.abort();
     node.stop().await?;
     let t = tally.borrow().clone();

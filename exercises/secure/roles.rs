@@ -37,6 +37,8 @@ pub async fn server(listen: SocketAddr, certs: &Path) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr()?;
+    // Armed before the ready line: a signal that follows it is a stop request.
+    let stop_request = microkit::signal::stop_requested();
     println!("serving with mutual TLS on {addr}; CA and client certificate in {}", certs.display());
 
     // Each refused client is logged: the operator's only view of a client that gave up.
@@ -57,7 +59,7 @@ pub async fn server(listen: SocketAddr, certs: &Path) -> anyhow::Result<()> {
     let serving =
         tokio::spawn(serve_tls(tcp, acceptor, routes, refusal, stop.clone().cancelled_owned()));
 
-    let signal = microkit::signal::stopping(microkit::signal::stop_requested(), "draining").await?;
+    let signal = microkit::signal::stopping(stop_request.await, "draining")?;
     stop.cancel();
     match tokio::time::timeout(PATIENCE, serving).await {
         Ok(served) => served.context("the server task failed")??,

@@ -38,7 +38,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             // Armed before the ready line: a signal that follows it is a stop request.
             let stop = microkit::signal::stop_requested();
             println!("sidecar listening on {}; ctrl-c stops", server.url());
-            microkit::signal::stopping(stop, "stopping").await?;
+            microkit::signal::stopping(stop.await, "stopping")?;
         }
     }
     // Requests in flight finish first (they may be calling the Greeter), then the Greeter

@@ -40,7 +40,7 @@ pub async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
             .serve_with_incoming_shutdown(incoming, stopped),
     );
 
-    let signal = microkit::signal::stopping(stop_requested, "draining").await?;
+    let signal = microkit::signal::stopping(stop_requested.await, "draining")?;
     // NOT_SERVING first, then end the Watch streams, which would hold the drain open.
     health.set_serving(false).await;
     health.close();

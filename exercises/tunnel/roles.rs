@@ -14,7 +14,7 @@ pub async fn node_b(listen: SocketAddr) -> anyhow::Result<()> {
     // Armed before the ready line: a signal that follows it is a stop request.
     let stop = microkit::signal::stop_requested();
     println!("node-b listens for links on {}; ctrl-c stops it", node_b.addr);
-    microkit::signal::stopping(stop, "node-b stopping").await?;
+    microkit::signal::stopping(stop.await, "node-b stopping")?;
     let NodeBTally { links, sessions, drained } = node_b.stop().await;
     let calls = if drained { "every call finished" } else { "calls cut at the deadline" };
     println!("node-b stopped: {links} link(s), {sessions} session(s) served, {calls}");

@@ -14,7 +14,7 @@ use crate::edge::{Edge, start_gateway, start_greeter, start_web};
 pub async fn until_stopped(
     stop: impl Future<Output = std::io::Result<&'static str>>,
 ) -> anyhow::Result<()> {
-    microkit::signal::stopping(stop, "stopping").await?;
+    microkit::signal::stopping(stop.await, "stopping")?;
     Ok(())
 }
 

@@ -2,8 +2,8 @@
 //!
 //! Every role stops the same way, whichever of the usual signals asks: SIGTERM (a process
 //! manager, `kill`), SIGINT (ctrl-c) or SIGHUP (the terminal closed). The first one starts a
-//! graceful stop; [`exit_on_next`] makes a second one end the process at once with exit code
-//! 1, for an operator whose patience ran out. The shutdown example teaches the same in full
+//! graceful stop; after [`stopping`] a second one ends the process at once with exit code 1,
+//! for an operator whose patience ran out. The shutdown example teaches the same in full
 //! (a token tree, timers); the other roles only need these two calls.
 //!
 //! On platforms without Unix signals, ctrl-c is the one stop request there is.
@@ -21,28 +21,22 @@ pub fn stop_requested() -> impl Future<Output = std::io::Result<&'static str>> +
     async move { armed?.next().await }
 }
 
-/// After the first stop request: a second one exits the process at once with code 1.
-///
-/// Call it right after [`stop_requested`] returned, before the drain starts.
-pub fn exit_on_next() {
+/// What every role does once its stop request came (`signal`, what the future of
+/// [`stop_requested`] gave): from now on a second signal ends the process at once with exit
+/// code 1, for an operator whose patience ran out, and the log says which signal asked and
+/// what the role does now (`what`).
+pub fn stopping(
+    signal: std::io::Result<&'static str>,
+    what: &str,
+) -> std::io::Result<&'static str> {
+    let signal = signal?;
     let armed = imp::Armed::install();
     tokio::spawn(async move {
-        if let Ok(signal) = async { armed?.next().await }.await {
-            eprintln!("{signal} again: exiting at once");
+        if let Ok(again) = async { armed?.next().await }.await {
+            eprintln!("{again} again: exiting at once");
             std::process::exit(1);
         }
     });
-}
-
-/// Waits for `stop` (a [`stop_requested`] the role armed earlier), then makes a second signal
-/// exit at once and logs which signal asked and what the role does now: the three steps
-/// every role takes when its stop begins.
-pub async fn stopping(
-    stop: impl Future<Output = std::io::Result<&'static str>>,
-    what: &str,
-) -> std::io::Result<&'static str> {
-    let signal = stop.await?;
-    exit_on_next();
     tracing::info!(signal, "stopping: {what}");
     Ok(signal)
 }
