@@ -6,6 +6,9 @@
 //! roles of a round run side by side.
 //!
 //! (The shutdown, waitgroup and secure examples are tested in their own files.)
+//!
+//! And every role of the table, those files' included, takes a signal sent the moment its
+//! ready line appears as a stop request: it armed its handlers before it said it was ready.
 
 mod common;
 
@@ -84,6 +87,29 @@ async fn stop_with(role: Role, signal: &'static str, servers: &Servers) {
     }
 }
 
+/// What the clients call, on `nats`: a server that is not under test, so no call of theirs
+/// can fail because a node of the round is stopping.
+async fn fixture(nats: &NatsServer) -> Running {
+    let fixture = role(
+        "round-robin",
+        &["server", "--name", "fixture", "--ttl-ms", "60000"],
+        Nats::Clients,
+        Ready::Stdout("serving greeter on"),
+    );
+    let mut fixture = spawn(&fixture, Some(&nats.url()), &[]);
+    let listening = async {
+        while let Some((is_stdout, line)) = fixture.lines.recv().await {
+            if is_stdout {
+                return line;
+            }
+        }
+        panic!("the fixture server ended")
+    };
+    let listening = tokio::time::timeout(LIMIT, listening).await.expect("the fixture serves");
+    assert!(listening.starts_with("fixture serving greeter on"), "{listening}");
+    fixture
+}
+
 #[tokio::test]
 async fn every_long_running_role_stops_cleanly_on_each_stop_signal() {
     let started = Instant::now();
@@ -95,25 +121,7 @@ async fn every_long_running_role_stops_cleanly_on_each_stop_signal() {
         web_serve: nats().await,
     };
 
-    // What the clients call: a server that is not under test, so no call of theirs can
-    // fail because a node of the round is stopping.
-    let fixture = role(
-        "round-robin",
-        &["server", "--name", "fixture", "--ttl-ms", "60000"],
-        Nats::Clients,
-        Ready::Stdout("serving greeter on"),
-    );
-    let mut fixture = spawn(&fixture, servers.url(Nats::Clients).as_deref(), &[]);
-    let listening = async {
-        while let Some((is_stdout, line)) = fixture.lines.recv().await {
-            if is_stdout {
-                return line;
-            }
-        }
-        panic!("the fixture server ended")
-    };
-    let listening = tokio::time::timeout(LIMIT, listening).await.expect("the fixture serves");
-    assert!(listening.starts_with("fixture serving greeter on"), "{listening}");
+    let mut fixture = fixture(&servers.clients).await;
 
     for signal in ["TERM", "INT", "HUP"] {
         let round = Instant::now();
@@ -123,4 +131,44 @@ async fn every_long_running_role_stops_cleanly_on_each_stop_signal() {
     }
     fixture.child.kill().await.unwrap();
     eprintln!("measured: {:?} in all", started.elapsed());
+}
+
+/// A role arms its signal handlers before it prints its ready line, so a signal sent the
+/// moment that line appears is a stop request (exit 0), never the signal's default action,
+/// which kills the process. Every role of the table alone (companions left out), one after
+/// the other so that none shares a registry name with another running.
+#[tokio::test]
+async fn a_signal_the_moment_a_role_is_ready_is_a_stop_request() {
+    let nats = NatsServer::start().await.expect(INSTALL_HINT);
+    let clients = NatsServer::start().await.expect(INSTALL_HINT);
+    let mut fixture = fixture(&clients).await;
+    let certs = tempfile::tempdir().unwrap();
+    let (started, table) = (Instant::now(), roles("at-once", certs.path()));
+    let count = table.len();
+    for role in table {
+        let name = role.name();
+        let url = match role.nats {
+            Nats::None => None,
+            Nats::Clients => Some(clients.url()),
+            _ => Some(nats.url()),
+        };
+        let mut running = spawn(&role, url.as_deref(), &[]);
+        let mut seen = match running.ready(role.ready, LIMIT).await {
+            Ok(line) => vec![line],
+            Err(seen) => panic!("{name}: never said it was ready:\n{}", seen.join("\n")),
+        };
+        let pid = running.child.id().unwrap().to_string();
+        let sent = std::process::Command::new("kill").args(["-HUP", &pid]).status();
+        assert!(sent.unwrap().success(), "kill -HUP {pid}");
+        let status = tokio::time::timeout(LIMIT, running.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{name}: still running {LIMIT:?} after SIGHUP"))
+            .unwrap();
+        while let Some((_, line)) = running.lines.recv().await {
+            seen.push(line);
+        }
+        assert_eq!(status.code(), Some(0), "{name}: {status} after SIGHUP:\n{}", seen.join("\n"));
+    }
+    fixture.child.kill().await.unwrap();
+    eprintln!("measured: {count} roles signalled as they said ready, in {:?}", started.elapsed());
 }
