@@ -120,6 +120,29 @@ async fn a_watcher_hears_a_crashed_registration_leave(f: Fixture) {
     assert!(ids(&registry).await.is_empty());
 }
 
+/// A listing taken while heartbeats rewrite keys holds every node once. On NATS, a listing
+/// read from a replay of the keys (a watch's first values, or the bucket's `keys()`) can end
+/// early while keys are rewritten, missing one node and holding another twice.
+async fn lists_each_node_once_while_heartbeats_rewrite_keys(f: Fixture) {
+    let registry = f.registry;
+    for id in ["a", "b", "c"] {
+        registry.register(&node(id), TTL * 10).await.unwrap();
+    }
+    let beating = registry.clone();
+    let beats = tokio::spawn(async move {
+        loop {
+            for id in ["a", "b"] {
+                beating.register(&node(id), TTL * 10).await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    for listing in 1..=100 {
+        assert_eq!(ids(&registry).await, ["a", "b", "c"], "listing {listing}");
+    }
+    beats.abort();
+}
+
 macro_rules! conformance {
     ($($behaviour:ident),* $(,)?) => {
         mod in_memory {
@@ -138,6 +161,7 @@ conformance!(
     watch_reports_current_nodes_then_joins_and_leaves,
     a_watch_opens_with_the_nodes_listed_now_sorted_by_id,
     a_watcher_hears_a_crashed_registration_leave,
+    lists_each_node_once_while_heartbeats_rewrite_keys,
 );
 
 /// What someone else wrote into the bucket is skipped, and the good nodes still show.
