@@ -139,7 +139,10 @@ pub async fn call_until_stopped(
         let n = tally.calls + 1;
         let outcome = tokio::select! {
             outcome = call(n) => outcome,
-            signal = &mut stop => { microkit::signal::stopping(signal, "making no more calls")?; break; }
+            signal = &mut stop => {
+                microkit::signal::stopping(signal, "making no more calls")?;
+                break;
+            }
         };
         tally.calls = n;
         match outcome {
@@ -154,7 +157,10 @@ pub async fn call_until_stopped(
         }
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
-            signal = &mut stop => { microkit::signal::stopping(signal, "making no more calls")?; break; }
+            signal = &mut stop => {
+                microkit::signal::stopping(signal, "making no more calls")?;
+                break;
+            }
         }
     }
     println!("{} calls, {} failed", tally.calls, tally.failed);
