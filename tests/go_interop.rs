@@ -284,7 +284,7 @@ async fn a_go_node_keeps_its_lease_leaves_at_once_when_stopped_and_expires_when_
 }
 
 #[tokio::test]
-async fn a_go_client_finds_our_nodes_in_the_registry_and_skips_the_expired() {
+async fn a_go_client_finds_our_nodes_in_the_registry_and_skips_the_expired_and_the_left() {
     let nats = nats().await;
     let servers =
         common::greeter_servers("round-robin", &nats.url(), &["greeter-a", "greeter-b"], &[]).await;
@@ -296,6 +296,10 @@ async fn a_go_client_finds_our_nodes_in_the_registry_and_skips_the_expired() {
     // One that crashed: its key is still there, its TTL long over.
     let crashed = Node::new("greeter", "greeter-0", "127.0.0.1:9");
     registry.register(&crashed, Duration::from_millis(100)).await.unwrap();
+    // One that left gracefully: its key now holds a delete marker, which is no node.
+    let gone = Node::new("greeter", "greeter-gone", "127.0.0.1:9");
+    registry.register(&gone, Duration::from_secs(30)).await.unwrap();
+    registry.deregister("greeter", "greeter-gone").await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let stdout = go_run("registry-client", &["-nats", &nats.url(), "-calls", "6"]).await;
