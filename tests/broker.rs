@@ -7,7 +7,7 @@ use std::time::Duration;
 use broker::{Broker, BrokerError, Headers, NatsBroker, Subscription};
 use bytes::Bytes;
 use futures::StreamExt;
-use microkit_backend::nats::{INSTALL_HINT, NatsServer};
+use microkit_backend::nats::NatsServer;
 use microkit_testing::NatsCluster;
 
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -75,7 +75,7 @@ async fn numbers_until(sub: &mut Subscription, end: u32) -> Vec<u32> {
 
 #[tokio::test]
 async fn core_nats_across_a_server_restart_reconnects_and_says_what_was_lost() {
-    let mut server = NatsServer::start().await.expect(INSTALL_HINT);
+    let mut server = NatsServer::start().await.unwrap();
     let publisher = NatsBroker::connect(&server.url()).await.unwrap();
     let subscriber = NatsBroker::connect(&server.url()).await.unwrap();
     let mut sub = subscriber.subscribe("ticks", None).await.unwrap();
@@ -124,7 +124,7 @@ async fn core_nats_across_a_server_restart_reconnects_and_says_what_was_lost() {
 
 #[tokio::test]
 async fn a_publisher_and_a_subscriber_on_different_cluster_nodes_exchange_messages() {
-    let cluster = NatsCluster::start(3).await.expect(INSTALL_HINT);
+    let cluster = NatsCluster::start(3).await.unwrap();
     let urls = cluster.urls();
     let subscriber = NatsBroker::connect(&urls[0]).await.unwrap();
     let worker_a = NatsBroker::connect(&urls[1]).await.unwrap();
@@ -177,7 +177,7 @@ fn signal_server(server: &NatsServer, signal: &str) {
 
 #[tokio::test]
 async fn a_publish_to_a_stalled_server_gives_up_at_its_bound_instead_of_hanging() {
-    let server = NatsServer::start().await.expect(INSTALL_HINT);
+    let server = NatsServer::start().await.unwrap();
     let limit = Duration::from_millis(500);
     let publisher = NatsBroker::connect(&server.url()).await.unwrap().with_publish_limit(limit);
 

@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{example, next_line, terminate};
-use microkit_backend::nats::{INSTALL_HINT, NatsServer};
+use microkit_backend::nats::NatsServer;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStdout};
@@ -61,7 +61,7 @@ async fn closed_within(stream: &mut TcpStream, since: Instant, within: Duration)
 
 #[tokio::test]
 async fn the_audit_process_gets_the_logins_it_missed_while_stopped() {
-    let server = NatsServer::start().await.expect(INSTALL_HINT);
+    let server = NatsServer::start().await.unwrap();
     let (mut serve, mut serve_out) = spawn(&server, &["serve", "--listen", "127.0.0.1:0"]);
     let address = address_in(&next_line(&mut serve_out).await);
 
@@ -117,7 +117,7 @@ async fn the_audit_process_gets_the_logins_it_missed_while_stopped() {
 /// drain deadline, then cuts it and exits 0 with the tally of what it answered.
 #[tokio::test]
 async fn serve_bounds_half_sent_requests_and_its_stop() {
-    let server = NatsServer::start().await.expect(INSTALL_HINT);
+    let server = NatsServer::start().await.unwrap();
     let (mut serve, mut serve_out) = spawn(&server, &["serve", "--listen", "127.0.0.1:0"]);
     let address = address_in(&next_line(&mut serve_out).await);
 

@@ -21,7 +21,7 @@ use common::{Process, example, run_within, text};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use microkit::proto::greeter::HelloRequest;
-use microkit_backend::nats::{INSTALL_HINT, NatsServer};
+use microkit_backend::nats::NatsServer;
 use prost::Message;
 use registry::{Change, NatsRegistry, Node, Registry};
 use tokio::process::Command;
@@ -74,9 +74,7 @@ fn go_program(name: &str) -> Command {
 }
 
 async fn nats() -> NatsServer {
-    NatsServer::start()
-        .await
-        .unwrap_or_else(|e| panic!("these tests need nats-server: {e}; {INSTALL_HINT}"))
+    NatsServer::start().await.unwrap_or_else(|e| panic!("these tests need nats-server: {e:#}"))
 }
 
 /// An example's role on `nats`, running once it printed its ready line (returned).
@@ -235,7 +233,9 @@ async fn the_round_robin_client_takes_turns_over_rust_and_go_nodes() {
 #[tokio::test]
 async fn a_go_node_keeps_its_lease_leaves_at_once_when_stopped_and_expires_when_killed() {
     let nats = nats().await;
-    let registry = NatsRegistry::new(microkit_backend::connect(&nats.url()).await.unwrap());
+    let registry = NatsRegistry::new(
+        microkit_backend::connect(&nats.url(), Default::default()).await.unwrap(),
+    );
     let mut changes = registry.watch("greeter").await.unwrap();
 
     let ttl = Duration::from_secs(1);
@@ -288,7 +288,9 @@ async fn a_go_client_finds_our_nodes_in_the_registry_and_skips_the_expired_and_t
     let nats = nats().await;
     let servers =
         common::greeter_servers("round-robin", &nats.url(), &["greeter-a", "greeter-b"], &[]).await;
-    let registry = NatsRegistry::new(microkit_backend::connect(&nats.url()).await.unwrap());
+    let registry = NatsRegistry::new(
+        microkit_backend::connect(&nats.url(), Default::default()).await.unwrap(),
+    );
     // A node whose name must be escaped in its key, served by a Greeter in this process.
     let dotted = microkit::greeter::serve("greeter.c").await.unwrap();
     let node = Node::new("greeter", "greeter.c", dotted.addr());
@@ -326,7 +328,9 @@ const LISTINGS_UNDER_HEARTBEATS: usize = 100;
 #[tokio::test]
 async fn a_go_client_lists_every_node_once_while_heartbeats_rewrite_their_keys() {
     let nats = nats().await;
-    let registry = NatsRegistry::new(microkit_backend::connect(&nats.url()).await.unwrap());
+    let registry = NatsRegistry::new(
+        microkit_backend::connect(&nats.url(), Default::default()).await.unwrap(),
+    );
     let ttl = Duration::from_secs(30);
     let nodes: Vec<Node> = ["greeter-a", "greeter-b", "greeter.c"]
         .into_iter()

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use common::hostile::{self, H2};
 use common::roles::{At, Endpoint, Protocol, Role, Running, nodes, roles, spawn};
 use microkit::proto::greeter::{HelloReply, HelloRequest};
-use microkit_backend::nats::{INSTALL_HINT, NatsServer};
+use microkit_backend::nats::NatsServer;
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -223,7 +223,7 @@ async fn attack(row: Role, one_at_a_time: &Semaphore) -> Report {
     let started = Instant::now();
     let nats = match row.nats {
         common::roles::Nats::None => None,
-        _ => Some(NatsServer::start().await.expect(INSTALL_HINT)),
+        _ => Some(NatsServer::start().await.unwrap()),
     };
     let url = nats.as_ref().map(NatsServer::url);
     let mut companions = Vec::new();

@@ -21,7 +21,7 @@ use microkit::proto::greeter::greeter_client::GreeterClient;
 use microkit::proto::greeter::greeter_server::{Greeter, GreeterServer};
 use microkit::proto::greeter::{GreetingsRequest, HelloReply, HelloRequest};
 use microkit::server::RunningServer;
-use microkit_backend::nats::{INSTALL_HINT, NatsServer};
+use microkit_backend::nats::NatsServer;
 use registry::Registered;
 use registry::{NatsRegistry, Registry};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
@@ -135,8 +135,8 @@ async fn setup(extra: &[&str]) -> Setup {
 
 /// The proxy role started as `wrapper` (a shell line, the binary and arguments after it).
 async fn setup_with(wrapper: &[&str], extra: &[&str]) -> Setup {
-    let nats = NatsServer::start().await.expect(INSTALL_HINT);
-    let client = microkit_backend::connect(&nats.url()).await.unwrap();
+    let nats = NatsServer::start().await.unwrap();
+    let client = microkit_backend::connect(&nats.url(), Default::default()).await.unwrap();
     let registry: Arc<dyn Registry> = Arc::new(NatsRegistry::new(client));
     let args = ["proxy", "--listen", "127.0.0.1:0"];
     let (proxy, addr) = spawn_role_with(&nats, wrapper, &args, extra).await;
@@ -176,7 +176,7 @@ async fn spawn_role_with(
     (Role { child, stdout: lines }, addr)
 }
 
-async fn echo_node(registry: &Arc<dyn Registry>, id: &str) -> Registered<RunningServer> {
+async fn echo_node(registry: &Arc<dyn Registry>, id: &str) -> Registered {
     let server = RunningServer::start(Routes::new(GreeterServer::new(Echo))).await.unwrap();
     Registered::new(registry, server, GREETER, id, Duration::from_secs(30)).await.unwrap()
 }
@@ -531,7 +531,7 @@ async fn the_proxy_answers_its_own_health_and_reflection() {
 async fn an_unknown_service_is_refused_without_a_watch() {
     let setup = setup(&[]).await;
     let _node = echo_node(&setup.registry, "echo-1").await;
-    let client = microkit_backend::connect(&setup.nats.url()).await.unwrap();
+    let client = microkit_backend::connect(&setup.nats.url(), Default::default()).await.unwrap();
     let jetstream = async_nats::jetstream::new(client);
     let stream = format!("KV_{}", registry::DEFAULT_BUCKET);
     let consumers = || async {

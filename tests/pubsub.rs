@@ -6,14 +6,14 @@ mod common;
 use std::time::Duration;
 
 use common::{example, run_within, text};
-use microkit_backend::nats::{INSTALL_HINT, NatsServer};
+use microkit_backend::nats::NatsServer;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
 #[tokio::test]
 async fn a_subscriber_process_gets_what_a_publisher_process_sends() {
-    let server = NatsServer::start().await.expect(INSTALL_HINT);
+    let server = NatsServer::start().await.unwrap();
 
     let mut subscriber = example("pubsub");
     subscriber.env("NATS_URL", server.url()).args(["subscriber", "--service", "mailer"]);
@@ -61,7 +61,7 @@ async fn a_role_without_nats_url_says_what_to_do() {
 
 #[tokio::test]
 async fn a_subscriber_stopped_by_sigterm_prints_its_tally_and_exits_0() {
-    let server = NatsServer::start().await.expect(INSTALL_HINT);
+    let server = NatsServer::start().await.unwrap();
     let mut subscriber = example("pubsub");
     subscriber.env("NATS_URL", server.url()).args(["subscriber", "--service", "billing"]);
     let mut subscriber = subscriber.spawn().unwrap();

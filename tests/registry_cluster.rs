@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use microkit_backend::nats::INSTALL_HINT;
 use microkit_testing::NatsCluster;
 use registry::NatsRegistry;
 use registry::{Change, Node, Registration, Registry};
@@ -44,7 +43,7 @@ async fn ids(registry: &Arc<dyn Registry>) -> Result<Vec<String>, String> {
 #[tokio::test]
 async fn registration_and_discovery_go_on_when_a_nats_node_dies() {
     microkit::init_tracing();
-    let mut cluster = NatsCluster::start(3).await.expect(INSTALL_HINT);
+    let mut cluster = NatsCluster::start(3).await.unwrap();
     let client = async_nats::connect(cluster.urls().as_slice()).await.unwrap();
     let registry: Arc<dyn Registry> = Arc::new(NatsRegistry::new(client.clone()).with_replicas(3));
 

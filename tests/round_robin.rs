@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Process, example, terminate};
-use microkit_backend::nats::{INSTALL_HINT, NatsServer};
+use microkit_backend::nats::NatsServer;
 use tokio::process::Command;
 
 const TTL_MS: u64 = 1500;
@@ -49,7 +49,7 @@ fn role(nats: &NatsServer, args: &[&str]) -> Command {
 
 #[tokio::test]
 async fn a_client_rotates_over_server_processes_and_drops_a_killed_one() {
-    let nats = NatsServer::start().await.expect(INSTALL_HINT);
+    let nats = NatsServer::start().await.unwrap();
     let names = ["greeter-a", "greeter-b", "greeter-c"];
     let ttl = TTL_MS.to_string();
     let mut servers =
@@ -112,7 +112,7 @@ async fn a_client_rotates_over_server_processes_and_drops_a_killed_one() {
 
 #[tokio::test]
 async fn a_client_started_after_the_servers_serves_its_first_call() {
-    let nats = NatsServer::start().await.expect(INSTALL_HINT);
+    let nats = NatsServer::start().await.unwrap();
     let ttl = TTL_MS.to_string();
     let names = ["greeter-a", "greeter-b"];
     let _servers =
@@ -136,7 +136,7 @@ async fn a_client_started_after_the_servers_serves_its_first_call() {
 
 #[tokio::test]
 async fn a_client_started_before_its_server_fails_fast_or_waits_for_ready_if_asked() {
-    let nats = NatsServer::start().await.expect(INSTALL_HINT);
+    let nats = NatsServer::start().await.unwrap();
     // Fail fast, gRPC's default: with no node the first call fails at once.
     let output = common::run_within(role(&nats, &["client", "--calls", "1"]), PATIENCE).await;
     let stdout = common::text(&output.stdout);

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{example, run_within, text};
-use microkit_backend::nats::{INSTALL_HINT, NatsServer};
+use microkit_backend::nats::NatsServer;
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -28,7 +28,7 @@ async fn client_nodes(nats: &NatsServer, args: &[&str]) -> Vec<String> {
 
 #[tokio::test]
 async fn one_user_one_node_across_client_processes() {
-    let nats = NatsServer::start().await.expect(INSTALL_HINT);
+    let nats = NatsServer::start().await.unwrap();
     let names = ["greeter-a", "greeter-b", "greeter-c"];
     let _servers = common::greeter_servers("sharding", &nats.url(), &names, &[]).await; // killed on drop
 

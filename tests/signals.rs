@@ -15,7 +15,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::roles::{Nats, Ready, Role, Running, node_ids, role, roles, spawn};
-use microkit_backend::nats::{INSTALL_HINT, NatsServer};
+use microkit_backend::nats::NatsServer;
 
 /// A hang guard per step (start, stop), never a pace.
 const LIMIT: Duration = Duration::from_secs(30);
@@ -113,7 +113,7 @@ async fn fixture(nats: &NatsServer) -> Running {
 #[tokio::test]
 async fn every_long_running_role_stops_cleanly_on_each_stop_signal() {
     let started = Instant::now();
-    let nats = || async { NatsServer::start().await.expect(INSTALL_HINT) };
+    let nats = || async { NatsServer::start().await.unwrap() };
     let servers = Servers {
         main: nats().await,
         clients: nats().await,
@@ -139,8 +139,8 @@ async fn every_long_running_role_stops_cleanly_on_each_stop_signal() {
 /// the other so that none shares a registry name with another running.
 #[tokio::test]
 async fn a_signal_the_moment_a_role_is_ready_is_a_stop_request() {
-    let nats = NatsServer::start().await.expect(INSTALL_HINT);
-    let clients = NatsServer::start().await.expect(INSTALL_HINT);
+    let nats = NatsServer::start().await.unwrap();
+    let clients = NatsServer::start().await.unwrap();
     let mut fixture = fixture(&clients).await;
     let certs = tempfile::tempdir().unwrap();
     let (started, table) = (Instant::now(), roles("at-once", certs.path()));

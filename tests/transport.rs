@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{Process, example, python, root, run_within, text};
 use microkit::proto::greeter::{HelloReply, HelloRequest};
-use microkit_backend::nats::{INSTALL_HINT, NatsServer};
+use microkit_backend::nats::NatsServer;
 use prost::Message;
 use registry::{NatsRegistry, Registry};
 use tokio::process::Command;
@@ -27,9 +27,7 @@ const SERVICE: &str = "transport-greeter";
 const SUBJECT: &str = "transport-greeter.SayHello";
 
 async fn nats() -> NatsServer {
-    NatsServer::start()
-        .await
-        .unwrap_or_else(|e| panic!("these tests need nats-server: {e}; {INSTALL_HINT}"))
+    NatsServer::start().await.unwrap_or_else(|e| panic!("these tests need nats-server: {e:#}"))
 }
 
 /// An instance of our service, serving once this returns.
@@ -180,7 +178,9 @@ async fn no_single_request_ends_an_instance_nats_side() {
 
     // The instance still serves, and stops as every role does.
     assert_eq!(calls(&client, 3).await, BTreeMap::from([("greeter-a".to_owned(), 3)]));
-    let registry = NatsRegistry::new(microkit_backend::connect(&server.url()).await.unwrap());
+    let registry = NatsRegistry::new(
+        microkit_backend::connect(&server.url(), Default::default()).await.unwrap(),
+    );
     assert_eq!(registry.nodes(SERVICE).await.unwrap().len(), 1);
     let (last, status) = ours.stop().await;
     assert!(status.success(), "greeter-a exited with {status}");

@@ -10,7 +10,6 @@ use api::backends::{self, CALCULATOR, STOCK, Switch};
 use api::edge::{Claims, Keys};
 use api::{Gateway, Settings};
 use clap::{Args, Subcommand};
-use microkit_http::HttpServer;
 use registry::{Registered, Registry};
 
 /// The Greeter's name in gRPC paths, the name its nodes register under.
@@ -120,7 +119,7 @@ pub(crate) async fn run(role: Role, registry: Arc<dyn Registry>) -> anyhow::Resu
             let gateway =
                 Gateway::new(registry, secret.as_bytes(), settings).on_transition(Box::new(print));
             let gateway = Arc::new(gateway);
-            let server = HttpServer::start_healthy_on(listen, gateway.clone().router()).await?;
+            let server = microkit_http::start_healthy_on(listen, gateway.clone().router()).await?;
             let stop = microkit::signal::stop_requested();
             println!("gateway listening on {}; ctrl-c stops it", server.url());
             microkit::signal::stopping(stop.await, "draining the calls in flight")?;
@@ -159,11 +158,7 @@ pub(crate) async fn run(role: Role, registry: Arc<dyn Registry>) -> anyhow::Resu
     Ok(())
 }
 
-async fn serve_until_stopped(
-    node: Registered<microkit::server::RunningServer>,
-    service: &str,
-    id: &str,
-) -> anyhow::Result<()> {
+async fn serve_until_stopped(node: Registered, service: &str, id: &str) -> anyhow::Result<()> {
     let stop = microkit::signal::stop_requested();
     println!("{id} serving {service} on {}", node.addr());
     microkit::signal::stopping(stop.await, "deregistering, then draining")?;

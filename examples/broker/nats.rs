@@ -66,22 +66,15 @@ impl NatsBroker {
         let slow_consumer_drops = Arc::new(watch::Sender::new(0));
         let closed = Arc::new(AtomicBool::new(false));
         let (counter, draining) = (slow_consumer_drops.clone(), closed.clone());
-        let client = async_nats::ConnectOptions::new()
+        let options = async_nats::ConnectOptions::new()
             .subscription_capacity(capacity.max(1))
-            .connection_timeout(Duration::from_secs(3))
             .event_callback(move |event| {
                 let (counter, draining) = (counter.clone(), draining.clone());
                 async move { on_event(event, &counter, draining.load(Ordering::Acquire)) }
-            })
-            .connect(microkit_backend::server_list(url))
-            .await
-            .map_err(|error| BrokerError::Nats {
-                what: format!(
-                    "cannot reach NATS at {url} (is a server running there? Start one with \
-                     `nats-server -js`)"
-                ),
-                source: Some(error.into()),
-            })?;
+            });
+        let client = microkit_backend::connect(url, options).await.map_err(|error| {
+            BrokerError::Nats { what: "connecting".into(), source: Some(error.into()) }
+        })?;
         Ok(NatsBroker { client, slow_consumer_drops, closed, publish_limit: PUBLISH_LIMIT })
     }
 

@@ -9,7 +9,7 @@ use cloudevents::{AttributesReader, Event};
 use futures::StreamExt;
 use microkit::PATIENCE;
 use microkit::proto::events::UserLoggedIn;
-use microkit_backend::nats::{INSTALL_HINT, NatsServer};
+use microkit_backend::nats::NatsServer;
 use microkit_backend::{Backend, BackendArgs, BackendChoice};
 
 use crate::bus::{self, EventBus};
@@ -46,7 +46,7 @@ async fn the_durable_consumer_misses_nothing_in_memory() {
 
 #[tokio::test]
 async fn the_durable_consumer_misses_nothing_on_nats_jetstream() {
-    let server = NatsServer::start().await.expect(INSTALL_HINT);
+    let server = NatsServer::start().await.unwrap();
     assert_the_story_holds(&run_all_here(&nats_backend(&server).await).await.unwrap());
 }
 
@@ -109,7 +109,7 @@ async fn publish_when_back(bus: &EventBus, event: &Event) {
 
 #[tokio::test]
 async fn the_durable_consumer_loses_nothing_across_a_nats_server_restart() {
-    let mut server = NatsServer::start().await.expect(INSTALL_HINT);
+    let mut server = NatsServer::start().await.unwrap();
     let backend = nats_backend(&server).await;
     let bus = EventBus::connect(&backend).await.unwrap();
     let audit = bus.durable(AUDIT).await.unwrap();
@@ -159,7 +159,7 @@ async fn the_durable_consumer_loses_nothing_across_a_nats_server_restart() {
 /// `Nats-Msg-Id` that the bus's own publish would add.
 #[tokio::test]
 async fn a_second_delivery_of_an_event_is_dropped_and_counted() {
-    let server = NatsServer::start().await.expect(INSTALL_HINT);
+    let server = NatsServer::start().await.unwrap();
     let backend = nats_backend(&server).await;
     let bus = EventBus::connect(&backend).await.unwrap();
     let audit = bus.durable(AUDIT).await.unwrap();
@@ -195,7 +195,7 @@ async fn a_second_delivery_of_an_event_is_dropped_and_counted() {
 /// the ack wait has passed, not after the server's default 30 s.
 #[tokio::test]
 async fn an_event_delivered_but_never_acknowledged_comes_again_after_the_ack_wait() {
-    let server = NatsServer::start().await.expect(INSTALL_HINT);
+    let server = NatsServer::start().await.unwrap();
     let backend = nats_backend(&server).await;
     let bus = EventBus::connect(&backend).await.unwrap();
     let audit = bus.durable(AUDIT).await.unwrap();
@@ -263,7 +263,7 @@ async fn post_until_accepted(router: &Router, body: &str) {
 
 #[tokio::test]
 async fn a_503_means_not_stored_and_a_retried_id_is_stored_once() {
-    let mut server = NatsServer::start().await.expect(INSTALL_HINT);
+    let mut server = NatsServer::start().await.unwrap();
     let backend = nats_backend(&server).await;
     let bus = Arc::new(EventBus::connect(&backend).await.unwrap());
     let audit = bus.durable(AUDIT).await.unwrap();
@@ -366,7 +366,7 @@ async fn what_the_cloudevents_spec_forbids_is_refused() {
 
 #[tokio::test]
 async fn an_event_over_the_bound_is_413_on_both_backends() {
-    let server = NatsServer::start().await.expect(INSTALL_HINT);
+    let server = NatsServer::start().await.unwrap();
     let big = |bytes: usize| sso_login("big", &"a".repeat(bytes));
     for backend in [memory_backend().await, nats_backend(&server).await] {
         let router = http::router(Arc::new(EventBus::connect(&backend).await.unwrap()));

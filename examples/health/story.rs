@@ -1,6 +1,7 @@
 //! The default run: a dependency goes away and comes back, a client that watches health
 //! follows it, then a node stops in the shutdown lesson's steps 0 to 3.
 
+use microkit::server::RunningServer;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,7 +14,7 @@ use microkit::PATIENCE;
 use microkit::health::WireStatus;
 use microkit::proto::greeter::HelloRequest;
 use microkit::proto::greeter::greeter_client::GreeterClient;
-use microkit_http::{Forwarder, HttpServer};
+use microkit_http::Forwarder;
 use registry::Registry;
 use tonic::transport::Channel;
 use tonic_reflection::pb::v1::ServerReflectionRequest;
@@ -144,7 +145,7 @@ impl fmt::Display for Probes {
 }
 
 /// Asks both probes of `probes`, as an orchestrator would.
-pub async fn probe(probes: &HttpServer) -> anyhow::Result<Probes> {
+pub async fn probe(probes: &RunningServer) -> anyhow::Result<Probes> {
     let http = Forwarder::new();
     let status = async |path: &str| -> anyhow::Result<u16> {
         let request =

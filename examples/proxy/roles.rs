@@ -53,7 +53,7 @@ pub async fn start_greeter(
     registry: &Arc<dyn Registry>,
     name: &str,
     ttl: Duration,
-) -> anyhow::Result<Registered<RunningServer>> {
+) -> anyhow::Result<Registered> {
     let server = microkit::greeter::serve(name).await?;
     Ok(Registered::new(registry, server, GREETER, name, ttl).await?)
 }
@@ -63,7 +63,7 @@ pub async fn start_calc(
     registry: &Arc<dyn Registry>,
     name: &str,
     ttl: Duration,
-) -> anyhow::Result<Registered<RunningServer>> {
+) -> anyhow::Result<Registered> {
     let server = RunningServer::start(Routes::new(CalculatorServer::new(name))).await?;
     Ok(Registered::new(registry, server, calc::SERVICE, name, ttl).await?)
 }

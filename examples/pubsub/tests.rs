@@ -5,7 +5,7 @@ use bytes::Bytes;
 use clap::Parser;
 use microkit::PATIENCE;
 use microkit::proto::events::{OrderPlaced, UserSignedUp};
-use microkit_backend::nats::{INSTALL_HINT, NatsServer};
+use microkit_backend::nats::NatsServer;
 use microkit_backend::{BackendArgs, BackendChoice};
 use prost::Message as _;
 use tokio::sync::watch;
@@ -35,7 +35,7 @@ async fn every_service_gets_its_share_in_memory() {
 
 #[tokio::test]
 async fn every_service_gets_its_share_on_nats() {
-    let server = NatsServer::start().await.expect(INSTALL_HINT);
+    let server = NatsServer::start().await.unwrap();
     let args = BackendArgs { backend: BackendChoice::Nats };
     let backend = args.connect_with(Some(&server.url())).await.unwrap();
     assert_every_service_got_its_share(&run_all_here(&backend).await.unwrap());

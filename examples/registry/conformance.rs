@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use microkit_backend::nats::{INSTALL_HINT, NatsServer};
+use microkit_backend::nats::NatsServer;
 use registry::{Change, MemoryRegistry, Node, Registration, Registry};
 use registry::{DEFAULT_BUCKET, NatsRegistry};
 
@@ -26,7 +26,7 @@ fn in_memory() -> Fixture {
 }
 
 async fn on_nats() -> Fixture {
-    let server = NatsServer::start().await.expect(INSTALL_HINT);
+    let server = NatsServer::start().await.unwrap();
     let client = async_nats::connect(server.url()).await.unwrap();
     Fixture { registry: Arc::new(NatsRegistry::new(client.clone())), nats: Some((server, client)) }
 }

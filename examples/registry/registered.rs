@@ -4,26 +4,26 @@
 //! port, register the node with a TTL and keep it alive with heartbeats, and on a graceful
 //! stop report NOT_SERVING (so clients watching its health stop sending at once), leave the
 //! registry (so no new client is sent to it), and only then drain. [`Registered`] does
-//! those in that order, for a gRPC [`RunningServer`] or an axum [`HttpServer`] alike.
+//! those in that order, for a gRPC server or an axum one alike (both are a [`RunningServer`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::{Node, Registration, Registry, RegistryError};
-use microkit::server::{Drain, RunningServer};
+use microkit::server::RunningServer;
 
 /// A serving node and its registration, stopped together in the right order.
-pub struct Registered<S> {
-    server: S,
+pub struct Registered {
+    server: RunningServer,
     registration: Registration,
 }
 
-impl<S: Drain> Registered<S> {
+impl Registered {
     /// Registers `server` as node `id` of `service` at its address, with heartbeats.
     pub async fn new(
         registry: &Arc<dyn Registry>,
-        server: S,
+        server: RunningServer,
         service: &str,
         id: &str,
         ttl: Duration,
@@ -35,7 +35,7 @@ impl<S: Drain> Registered<S> {
     /// Registers `server` as `node` (for a node with metadata; its address is the caller's).
     pub async fn with_node(
         registry: &Arc<dyn Registry>,
-        server: S,
+        server: RunningServer,
         node: Node,
         ttl: Duration,
     ) -> Result<Self, RegistryError> {
@@ -51,7 +51,7 @@ impl<S: Drain> Registered<S> {
         self.registration.node()
     }
 
-    pub fn server(&self) -> &S {
+    pub fn server(&self) -> &RunningServer {
         &self.server
     }
 
@@ -73,11 +73,9 @@ impl<S: Drain> Registered<S> {
     pub async fn deregister_and_drain(self) -> anyhow::Result<()> {
         let Registered { server, registration } = self;
         registration.deregister().await?;
-        server.drain().await
+        server.shutdown().await
     }
-}
 
-impl Registered<RunningServer> {
     /// A crash: every connection dies and the heartbeat stops, but the node stays listed
     /// until its TTL runs out, exactly as when the process is killed.
     pub async fn crash(self) {

@@ -3,7 +3,7 @@
 //! until its count is reached or it is asked to stop. How a client *picks* its node is each
 //! example's lesson and stays in that example; everything here is the same for both.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -11,7 +11,7 @@ use std::time::Duration;
 use health::LiveNodes;
 use microkit::greeter::HelloGreeter;
 use microkit::health::Health;
-use microkit::server::RunningServer;
+use microkit::server::{Limits, RunningServer};
 use registry::Registered;
 use registry::Registry;
 use tonic::body::Body;
@@ -26,7 +26,7 @@ pub async fn start_node(
     registry: &Arc<dyn Registry>,
     name: &str,
     ttl: Duration,
-) -> anyhow::Result<Registered<RunningServer>> {
+) -> anyhow::Result<Registered> {
     let server = microkit::greeter::serve(name).await?;
     Ok(Registered::new(registry, server, SERVICE, name, ttl).await?)
 }
@@ -75,7 +75,8 @@ async fn counting_greeter(
     let greeter = HelloGreeter::new(name).into_service();
     let health = Health::new(&[microkit::greeter::GREETER]);
     let routes = health.mount(Routes::new(greeter));
-    let server = RunningServer::start_on(listen, move |incoming, stop| {
+    let addr = SocketAddr::new(listen, 0);
+    let server = RunningServer::start_on(addr, Limits::default(), move |incoming, stop| {
         let count = tower::util::MapRequestLayer::new(move |request: http::Request<Body>| {
             if request.uri().path().starts_with("/greeter.v1.Greeter/") {
                 received.fetch_add(1, Ordering::Relaxed);
@@ -175,7 +176,7 @@ pub async fn call_until_stopped(
 pub async fn memory_cluster(
     names: &[&str],
     ttl: Duration,
-) -> (Arc<dyn Registry>, Vec<Registered<RunningServer>>, LiveNodes) {
+) -> (Arc<dyn Registry>, Vec<Registered>, LiveNodes) {
     let registry: Arc<dyn Registry> = Arc::new(registry::MemoryRegistry::new());
     let mut nodes = Vec::new();
     for name in names {

@@ -4,7 +4,6 @@ use clap::Parser;
 use health::LiveNodes;
 use microkit::PATIENCE;
 use microkit::proto::greeter::greeter_client::GreeterClient;
-use microkit::server::RunningServer;
 use registry::{MemoryRegistry, Node, Registered, Registry};
 use round_robin::{SERVICE, start_node};
 use sharding::hashing::{crc32, crc32_modulo, fnv1a, moved_fraction, rendezvous};
@@ -25,9 +24,7 @@ fn population() -> Vec<String> {
 }
 
 /// A memory registry with `names` registered, and a router that sees them all.
-async fn cluster(
-    names: &[&str],
-) -> (Arc<dyn Registry>, Vec<Registered<RunningServer>>, ShardRouter) {
+async fn cluster(names: &[&str]) -> (Arc<dyn Registry>, Vec<Registered>, ShardRouter) {
     let (registry, running, live) = round_robin::memory_cluster(names, TTL).await;
     (registry, running, ShardRouter::new(live))
 }

@@ -16,7 +16,7 @@ use microkit::proto::greeter::greeter_client::GreeterClient;
 use microkit::proto::greeter::greeter_server::{Greeter, GreeterServer};
 use microkit::proto::greeter::{HelloReply, HelloRequest, NamesSummary};
 use microkit::server::RunningServer;
-use microkit_http::{ApiError, HttpServer};
+use microkit_http::ApiError;
 use opentelemetry_sdk::trace::SdkTracer;
 use registry::Registered;
 use registry::Registry;
@@ -76,7 +76,7 @@ pub async fn directory(
     registry: &Arc<dyn Registry>,
     tracer: &SdkTracer,
     ttl: Duration,
-) -> anyhow::Result<Registered<RunningServer>> {
+) -> anyhow::Result<Registered> {
     let server =
         serve_grpc("directory", tracer, HelloGreeter::new("directory").into_service()).await?;
     Ok(Registered::new(registry, server, "directory", "directory-1", ttl).await?)
@@ -88,7 +88,7 @@ pub async fn greeter(
     broker: Arc<dyn Broker>,
     tracer: &SdkTracer,
     ttl: Duration,
-) -> anyhow::Result<Registered<RunningServer>> {
+) -> anyhow::Result<Registered> {
     let greeter = MiddleGreeter {
         directory: LiveNodes::watch_listed(registry, "directory").await?,
         channels: Channels::default(),
@@ -162,7 +162,7 @@ pub async fn gateway(
     tracer: &SdkTracer,
     propagate: bool,
     port: u16,
-) -> anyhow::Result<HttpServer> {
+) -> anyhow::Result<RunningServer> {
     let gateway = Arc::new(Gateway {
         greeter: LiveNodes::watch_listed(registry, GREETER).await?,
         channels: Channels::default(),
@@ -177,7 +177,7 @@ pub async fn gateway(
                 .layer(RedLayer::http("gateway")),
         )
         .merge(crate::metrics::route());
-    Ok(HttpServer::start_on(std::net::SocketAddr::from(([127, 0, 0, 1], port)), router).await?)
+    Ok(microkit_http::start_on(std::net::SocketAddr::from(([127, 0, 0, 1], port)), router).await?)
 }
 
 struct Gateway {

@@ -56,7 +56,9 @@ impl Bus {
     /// would have; in memory, a handle on the one bus this process shares.
     pub async fn connect(backend: &Backend, memory: &MemoryBus) -> anyhow::Result<Bus> {
         Ok(match backend {
-            Backend::Nats { url, .. } => Bus::Nats(microkit_backend::connect(url).await?),
+            Backend::Nats { url, .. } => {
+                Bus::Nats(microkit_backend::connect(url, Default::default()).await?)
+            }
             Backend::Memory { .. } => Bus::Memory(memory.clone()),
         })
     }

@@ -51,7 +51,7 @@ pub struct Tally {
 
 /// A node: the same handler on both transports.
 struct Node {
-    grpc: Registered<RunningServer>,
+    grpc: Registered,
     nats: NatsInstance,
 }
 

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use microkit::server::RunningServer;
-use microkit_http::HttpServer;
 use registry::Registered;
 use registry::Registry;
 
@@ -17,10 +16,7 @@ use crate::service::{GREETER, WebService};
 /// How long a node stays listed without a heartbeat.
 pub const TTL: Duration = Duration::from_secs(10);
 
-pub async fn start_greeter(
-    registry: &Arc<dyn Registry>,
-    id: &str,
-) -> anyhow::Result<Registered<RunningServer>> {
+pub async fn start_greeter(registry: &Arc<dyn Registry>, id: &str) -> anyhow::Result<Registered> {
     let server = microkit::greeter::serve(id).await?;
     Ok(Registered::new(registry, server, GREETER, id, TTL).await?)
 }
@@ -31,9 +27,9 @@ pub async fn start_greeter(
 pub async fn start_web(
     registry: &Arc<dyn Registry>,
     id: &str,
-) -> anyhow::Result<(Registered<HttpServer>, WebService)> {
+) -> anyhow::Result<(Registered, WebService)> {
     let service = WebService::new(id, registry.clone());
-    let server = HttpServer::start_healthy(crate::service::router(service.clone())).await?;
+    let server = microkit_http::start_healthy(crate::service::router(service.clone())).await?;
     let node = web_node("hello", id, server.addr());
     Ok((Registered::with_node(registry, server, node, TTL).await?, service))
 }
@@ -41,10 +37,10 @@ pub async fn start_web(
 pub async fn start_gateway(
     registry: &Arc<dyn Registry>,
     port: u16,
-) -> anyhow::Result<(HttpServer, Gateway)> {
+) -> anyhow::Result<(RunningServer, Gateway)> {
     let address = ([127, 0, 0, 1], port).into();
     let gateway = Gateway::new(registry.clone());
-    let server = HttpServer::start_healthy_on(address, crate::gateway::router(gateway.clone()))
+    let server = microkit_http::start_healthy_on(address, crate::gateway::router(gateway.clone()))
         .await
         .with_context(|| format!("cannot listen on {address}"))?;
     Ok((server, gateway))
@@ -52,10 +48,10 @@ pub async fn start_gateway(
 
 /// The three servers of the one-process run, each registered where it belongs.
 pub struct Edge {
-    pub greeter: Registered<RunningServer>,
-    pub hello: Option<Registered<HttpServer>>,
+    pub greeter: Registered,
+    pub hello: Option<Registered>,
     pub service: WebService,
-    pub gateway: HttpServer,
+    pub gateway: RunningServer,
     pub routes: Gateway,
 }
 

@@ -145,9 +145,7 @@ fn grpc_codes_map_to_the_standard_http_statuses() {
 }
 
 /// A gateway with a Calculator node behind it, and a token for it.
-async fn calculator_behind_a_gateway(
-    settings: Settings,
-) -> (Gateway, String, Registered<microkit::server::RunningServer>) {
+async fn calculator_behind_a_gateway(settings: Settings) -> (Gateway, String, Registered) {
     let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
     let node = backends::calculator("calc-1").await.unwrap();
     let ttl = Duration::from_secs(5);

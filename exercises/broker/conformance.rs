@@ -11,7 +11,7 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
 
 use super::{Broker, BrokerError, Headers, MemoryBroker, Message, NatsBroker, Subscription};
-use microkit_backend::nats::{INSTALL_HINT, NatsServer};
+use microkit_backend::nats::NatsServer;
 
 /// Generous: only there to turn a hang into a failure.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -37,7 +37,7 @@ async fn memory(small: usize) -> Pair {
 
 async fn nats(small: usize) -> Pair {
     microkit::init_tracing();
-    let server = NatsServer::start().await.expect(INSTALL_HINT);
+    let server = NatsServer::start().await.unwrap();
     let url = server.url();
     Pair {
         publisher: Arc::new(NatsBroker::connect(&url).await.unwrap()),

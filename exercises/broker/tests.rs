@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 
 use clap::Parser;
-use microkit_backend::nats::{INSTALL_HINT, NatsServer};
+use microkit_backend::nats::NatsServer;
 use microkit_backend::{Backend, BackendArgs, BackendChoice};
 
 use crate::Args;
@@ -38,14 +38,14 @@ async fn the_rules_hold_in_memory() {
 
 #[tokio::test]
 async fn the_rules_hold_on_nats() {
-    let server = NatsServer::start().await.expect(INSTALL_HINT);
+    let server = NatsServer::start().await.unwrap();
     let seen = observe(&on(BackendChoice::Nats, Some(&server)).await, 10).await.unwrap();
     assert_the_rules_hold(&seen, 10);
 }
 
 #[tokio::test]
 async fn many_messages_on_nats_lose_nothing() {
-    let server = NatsServer::start().await.expect(INSTALL_HINT);
+    let server = NatsServer::start().await.unwrap();
     let seen = observe(&on(BackendChoice::Nats, Some(&server)).await, 5000).await.unwrap();
     assert_the_rules_hold(&seen, 5000);
 }

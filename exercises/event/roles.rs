@@ -10,7 +10,6 @@ use anyhow::Context;
 use axum::response::Response;
 use cloudevents::{AttributesReader, Event};
 use microkit::PATIENCE;
-use microkit_http::HttpServer;
 
 use crate::bus::EventBus;
 use crate::http;
@@ -18,7 +17,7 @@ use crate::story::{AUDIT, user_of};
 
 /// The `serve` role: the HTTP endpoints on `listen`, until stopped.
 ///
-/// Served by microkit's `HttpServer` rather than `axum::serve`, which has no header timeout
+/// Served by `microkit_http` rather than `axum::serve`, which has no header timeout
 /// and no drain deadline: a client gets 10 s to send a request's headers (counted from the
 /// connection's start, so one that sends nothing is closed too), and a stop lets requests
 /// in flight run for 5 s, then cuts them, so a login whose body never comes holds neither a
@@ -36,7 +35,7 @@ pub async fn serve(bus: Arc<EventBus>, listen: SocketAddr) -> anyhow::Result<()>
     };
     // The probes are merged after the counting layer: a probe is not a login.
     let router = http::router(bus).layer(axum::middleware::map_response(count));
-    let server = HttpServer::start_healthy_on(listen, router)
+    let server = microkit_http::start_healthy_on(listen, router)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     // Armed before saying so: from here on a signal is a stop request, never a kill.

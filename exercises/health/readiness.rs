@@ -8,8 +8,8 @@ use futures::StreamExt;
 use microkit::greeter::{GREETER, HelloGreeter};
 use microkit::health::{Health, WireStatus};
 use microkit::server::RunningServer;
-use microkit_http::HttpServer;
 use registry::{Registered, Registry};
+use tonic::service::Routes;
 use tonic::transport::Channel;
 
 /// Keeps `health` equal to what the node needs: SERVING while `dependency` (a server that
@@ -31,8 +31,8 @@ pub async fn follow_dependency(dependency: Channel, health: Health) {
 /// A registered Greeter node, and the HTTP probes that report the same health as its
 /// `grpc.health.v1.Health` service.
 pub struct GreeterNode {
-    pub grpc: Registered<RunningServer>,
-    pub probes: HttpServer,
+    pub grpc: Registered,
+    pub probes: RunningServer,
 }
 
 /// The registry name of this topic's nodes: its own, because every topic's roles may run
@@ -47,10 +47,17 @@ impl GreeterNode {
         ttl: Duration,
     ) -> anyhow::Result<Self> {
         let health = Health::new(&[GREETER]);
-        let routes = tonic::service::Routes::new(HelloGreeter::new(id).into_service());
-        let server = RunningServer::start_with_health(routes, health.clone()).await?;
+        let routes = health.mount(Routes::new(HelloGreeter::new(id).into_service()));
+        let server = RunningServer::start_with(move |incoming, stop| {
+            microkit::server::builder()
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, stop)
+        })
+        .await?
+        .with_health(health.clone());
+        // The same `Health` answers the HTTP probes.
         let probes =
-            HttpServer::start(microkit_http::health_routes(&health)).await?.with_health(health);
+            microkit_http::start(microkit_http::health_routes(&health)).await?.with_health(health);
         let grpc = Registered::new(registry, server, SERVICE, id, ttl).await?;
         Ok(GreeterNode { grpc, probes })
     }

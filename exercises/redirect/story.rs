@@ -9,7 +9,7 @@ use anyhow::Context;
 use axum::body::Body;
 use http::{Method, StatusCode, header};
 use microkit::PATIENCE;
-use microkit_http::{Forwarder, HttpServer, body_text};
+use microkit_http::{Forwarder, body_text};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use registry::Registered;
 use registry::Registry;
@@ -56,11 +56,11 @@ pub struct Story {
 /// The service and the gateway in one process; the client visits redirecting routes, then
 /// tries every `next=` target (and `extra`, from `--next`) on the login route.
 pub async fn demo(registry: Arc<dyn Registry>, extra: Option<&str>) -> anyhow::Result<Story> {
-    let server = HttpServer::start_healthy(service::router()).await?;
+    let server = microkit_http::start_healthy(service::router()).await?;
     let links = Registered::new(&registry, server, "links", "links-1", TTL).await?;
     let allow = Arc::new(AllowList::new(&[ALLOWED_HOST]));
     let gateway = Gateway { registry, allow, forwarder: Forwarder::new() };
-    let gateway = HttpServer::start_healthy(gateway::router(gateway)).await?;
+    let gateway = microkit_http::start_healthy(gateway::router(gateway)).await?;
     println!(
         "links-1 registered as links; redirects allowed to paths and to https://{ALLOWED_HOST}"
     );

@@ -37,7 +37,7 @@ pub async fn serve<G: Greeter>(
     service: &str,
     id: &str,
     greeter: G,
-) -> anyhow::Result<Registered<RunningServer>> {
+) -> anyhow::Result<Registered> {
     let server = RunningServer::start_with(move |incoming, stop| {
         microkit::server::builder()
             .add_service(GreeterServer::new(greeter))
@@ -75,7 +75,7 @@ pub async fn hop(
     index: usize,
     work: Duration,
     wait_for_next: bool,
-) -> anyhow::Result<(Registered<RunningServer>, watch::Receiver<Tally>)> {
+) -> anyhow::Result<(Registered, watch::Receiver<Tally>)> {
     let (id, service) = HOPS[index];
     let next = match HOPS.get(index + 1) {
         Some((next_id, next_service)) => {
@@ -91,7 +91,7 @@ pub async fn hop(
 
 /// A, B and C, started last to first so each finds the next in the registry.
 pub struct Chain {
-    nodes: Vec<Registered<RunningServer>>,
+    nodes: Vec<Registered>,
     pub tallies: Vec<watch::Receiver<Tally>>,
     entry: Next,
 }

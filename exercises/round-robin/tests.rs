@@ -23,9 +23,7 @@ use crate::{Args, run};
 const TTL: Duration = Duration::from_secs(5);
 
 /// A memory registry with `names` registered, and a client that sees them all.
-async fn cluster(
-    names: &[&str],
-) -> (Arc<dyn Registry>, Vec<Registered<RunningServer>>, RoundRobin) {
+async fn cluster(names: &[&str]) -> (Arc<dyn Registry>, Vec<Registered>, RoundRobin) {
     let (registry, nodes, _listed) = round_robin::memory_cluster(names, TTL).await;
     let client = RoundRobin::new(LiveNodes::watch_healthy(&registry, SERVICE).await.unwrap());
     client.nodes.wait_for_ids(names, PATIENCE).await.unwrap();

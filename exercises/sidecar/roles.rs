@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use microkit_http::HttpServer;
 use registry::Registered;
 
 use crate::sidecar::{self, Sidecar};
@@ -28,7 +27,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let address = ([127, 0, 0, 1], port).into();
     let (router, tally) = counted(sidecar::router(Sidecar::new(registry, broker.clone())));
-    let server = HttpServer::start_healthy_on(address, router)
+    let server = microkit_http::start_healthy_on(address, router)
         .await
         .with_context(|| format!("cannot listen on {address}"))?;
 

@@ -1,6 +1,7 @@
 //! The story the default run tells: calls converted to gRPC, a plain HTTP program that
 //! joins through the sidecar, a publish, and the mistakes a client can make.
 
+use microkit::server::RunningServer;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -10,14 +11,14 @@ use axum::{Json, Router};
 use broker::Broker;
 use http::{Method, header};
 use microkit::PATIENCE;
-use microkit_http::{Forwarder, HttpServer, body_text};
+use microkit_http::{Forwarder, body_text};
 use registry::Node;
 use serde_json::{Value, json};
 
 use crate::sidecar;
 
 /// `subscriber` is another client of the broker: a service somewhere that listens.
-pub async fn demo(server: &HttpServer, subscriber: Arc<dyn Broker>) -> anyhow::Result<()> {
+pub async fn demo(server: &RunningServer, subscriber: Arc<dyn Broker>) -> anyhow::Result<()> {
     let client = Caller { http: Forwarder::new(), base: server.url() };
     println!("greeter-1 registered as greeter (gRPC); the sidecar speaks HTTP/JSON");
 
@@ -27,7 +28,7 @@ pub async fn demo(server: &HttpServer, subscriber: Arc<dyn Broker>) -> anyhow::R
     client.post("/greeter/CollectNames", r#"[{"name":"cy"},{"name":"di"}]"#).await?;
 
     println!("a plain HTTP program joins through the sidecar:");
-    let shouter = HttpServer::start(shouter(client.base.clone())).await?;
+    let shouter = microkit_http::start(shouter(client.base.clone())).await?;
     let address = shouter.addr().to_string();
     let join = json!({ "service": "shouter", "id": "shouter-1", "address": address });
     // The address and the token change every run, so they are left out of what is printed.

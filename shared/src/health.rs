@@ -284,9 +284,8 @@ mod tests {
 
     #[tokio::test]
     async fn watch_sees_not_serving_then_ends_when_the_server_drains() {
-        let health = Health::new(&["greeter.v1.Greeter"]);
-        let server =
-            RunningServer::start_with_health(Routes::default(), health.clone()).await.unwrap();
+        let server = crate::greeter::serve("n").await.unwrap();
+        let health = server.health().unwrap().clone();
         let channel = tonic::transport::Channel::from_shared(server.url()).unwrap();
         let channel = channel.connect().await.unwrap();
         let mut statuses = Box::pin(watch(channel, "greeter.v1.Greeter").await.unwrap());

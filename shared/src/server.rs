@@ -7,8 +7,9 @@
 //! - [`RunningServer::crash`]: every connection dies at once, as when a process is killed.
 //!
 //! Every server started with [`RunningServer::start`] also serves health checking and
-//! reflection ([`crate::health`]); one built by hand with [`RunningServer::start_with`] adds
-//! them itself and hands its [`Health`] over with [`RunningServer::with_health`].
+//! reflection ([`crate::health`]); one built by hand with [`RunningServer::start_with`] (a
+//! gRPC server with layers or TLS, or `microkit-http`'s axum server) adds them itself and
+//! hands its [`Health`] over with [`RunningServer::with_health`].
 //!
 //! Each faces clients it does not control, so the defaults bound what one may hold: the
 //! listener ([`Incoming`]) pauses after a failed accept and closes a connection that has
@@ -58,27 +59,6 @@ impl Default for Limits {
     }
 }
 
-/// A server that can stop gracefully: stop accepting, let what is in flight finish. The
-/// registry lesson's `Registered` stops any of them in the same order.
-pub trait Drain: Send + Sized {
-    fn addr(&self) -> SocketAddr;
-    /// What its health service or readiness route reports, if it has one.
-    fn health(&self) -> Option<&Health>;
-    fn drain(self) -> impl Future<Output = anyhow::Result<()>> + Send;
-}
-
-impl Drain for RunningServer {
-    fn addr(&self) -> SocketAddr {
-        RunningServer::addr(self)
-    }
-    fn health(&self) -> Option<&Health> {
-        RunningServer::health(self)
-    }
-    fn drain(self) -> impl Future<Output = anyhow::Result<()>> + Send {
-        self.shutdown()
-    }
-}
-
 /// The most streams (calls) one client connection may have open at once; the server refuses
 /// more with `REFUSED_STREAM`, and tonic's client queues them until one ends. Without it,
 /// one connection held 10,000 never-read streams and 60 MB. 100 is the least RFC 9113
@@ -117,12 +97,7 @@ impl RunningServer {
     /// Serves `routes`, with health (SERVING for the whole server) and reflection, built
     /// with [`builder`].
     pub async fn start(routes: Routes) -> std::io::Result<Self> {
-        Self::start_with_health(routes, Health::new(&[])).await
-    }
-
-    /// Serves `routes` with `health` (which may name the services it reports on) and
-    /// reflection.
-    pub async fn start_with_health(routes: Routes, health: Health) -> std::io::Result<Self> {
+        let health = Health::new(&[]);
         let routes = health.mount(routes);
         let server = Self::start_with(move |incoming, stop| {
             builder().add_routes(routes).serve_with_incoming_shutdown(incoming, stop)
@@ -134,30 +109,30 @@ impl RunningServer {
     /// Serves whatever `serve` builds from the listener and the stop signal, so callers can
     /// add layers, TLS or several services: `serve` is usually
     /// `|incoming, stop| microkit::server::builder()...serve_with_incoming_shutdown(incoming, stop)`.
-    pub async fn start_with<F, Fut>(serve: F) -> std::io::Result<Self>
+    pub async fn start_with<F, Fut, E>(serve: F) -> std::io::Result<Self>
     where
         F: FnOnce(Incoming, WaitForCancellationFutureOwned) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<(), tonic::transport::Error>>,
+        Fut: Future<Output = Result<(), E>>,
+        E: std::error::Error + Send + Sync + 'static,
     {
-        Self::start_on(IpAddr::V4(Ipv4Addr::LOCALHOST), serve).await
+        let loopback = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+        Self::start_on(loopback, Limits::default(), serve).await
     }
 
-    /// [`RunningServer::start_with`] on a free port of `ip` instead of loopback: for a node
-    /// that other hosts must reach (the partition tests run nodes on separate hosts).
-    pub async fn start_on<F, Fut>(ip: IpAddr, serve: F) -> std::io::Result<Self>
+    /// [`RunningServer::start_with`] on `addr` (port 0: a free one) within `limits`: for a
+    /// node that other hosts must reach (the partition tests run nodes on separate hosts), a
+    /// role's fixed port, or a test that shortens the limits.
+    pub async fn start_on<F, Fut, E>(
+        addr: SocketAddr,
+        limits: Limits,
+        serve: F,
+    ) -> std::io::Result<Self>
     where
         F: FnOnce(Incoming, WaitForCancellationFutureOwned) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<(), tonic::transport::Error>>,
+        Fut: Future<Output = Result<(), E>>,
+        E: std::error::Error + Send + Sync + 'static,
     {
-        Self::start_limited(ip, Limits::default(), serve).await
-    }
-
-    async fn start_limited<F, Fut>(ip: IpAddr, limits: Limits, serve: F) -> std::io::Result<Self>
-    where
-        F: FnOnce(Incoming, WaitForCancellationFutureOwned) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<(), tonic::transport::Error>>,
-    {
-        let listener = std::net::TcpListener::bind(SocketAddr::new(ip, 0))?;
+        let listener = std::net::TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -177,7 +152,7 @@ impl RunningServer {
                 let listener = TcpListener::from_std(listener)?;
                 let incoming = Incoming::new(listener, limits.header_timeout, counted);
                 tokio::select! {
-                    served = serve(incoming, stop_signal) => Ok(served?),
+                    served = serve(incoming, stop_signal) => served.map_err(anyhow::Error::from),
                     _ = crash_rx => Ok(()),
                 }
             });
@@ -303,7 +278,7 @@ pub struct Incoming {
 impl Incoming {
     /// Accepts on `listener`; each connection must complete its first request within
     /// `header_timeout` and counts itself in `open` while it lives.
-    pub fn new(listener: TcpListener, header_timeout: Duration, open: Arc<AtomicUsize>) -> Self {
+    fn new(listener: TcpListener, header_timeout: Duration, open: Arc<AtomicUsize>) -> Self {
         Incoming { listener, header_timeout, open, pause: None, failed: 0, last_logged: None }
     }
 }
@@ -544,13 +519,10 @@ mod tests {
 
     async fn greeter_within(limits: Limits) -> RunningServer {
         let routes = Routes::new(HelloGreeter::new("n1").into_service());
-        RunningServer::start_limited(
-            IpAddr::V4(Ipv4Addr::LOCALHOST),
-            limits,
-            move |incoming, stop| {
-                builder().add_routes(routes).serve_with_incoming_shutdown(incoming, stop)
-            },
-        )
+        let loopback = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+        RunningServer::start_on(loopback, limits, move |incoming, stop| {
+            builder().add_routes(routes).serve_with_incoming_shutdown(incoming, stop)
+        })
         .await
         .unwrap()
     }

@@ -32,7 +32,7 @@ fn payload() -> Bytes {
 
 pub async fn nats_rows(effort: Effort) -> Vec<Row> {
     let (payload, count) = (payload(), effort.messages_per_round);
-    let nats = NatsServer::start().await.expect(microkit_backend::nats::INSTALL_HINT);
+    let nats = NatsServer::start().await.unwrap();
     let url = nats.url();
     let raw_publisher = raw_nats(&url).await;
     let raw_subscriber = raw_nats(&url).await;

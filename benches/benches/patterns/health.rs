@@ -4,11 +4,9 @@
 
 use micro_benches::{Effort, Row, Target, latency_pair};
 use microkit::greeter::HelloGreeter;
-use microkit::health::Health;
 use microkit::proto::greeter::HelloRequest;
 use microkit::proto::greeter::greeter_client::GreeterClient;
 use microkit::server::RunningServer;
-use tonic::service::Routes;
 use tonic::transport::{Channel, Server};
 
 pub async fn rows(effort: Effort) -> Vec<Row> {
@@ -21,9 +19,7 @@ pub async fn rows(effort: Effort) -> Vec<Row> {
         .unwrap()
     };
     // What microkit::greeter::serve starts: the Greeter, health and reflection.
-    let routes = Routes::new(HelloGreeter::new("mounted").into_service());
-    let health = Health::new(&[microkit::greeter::GREETER]);
-    let mounted = RunningServer::start_with_health(routes, health).await.unwrap();
+    let mounted = microkit::greeter::serve("mounted").await.unwrap();
 
     let mut bare_client = GreeterClient::connect(bare.url()).await.unwrap();
     let mut mounted_client = GreeterClient::connect(mounted.url()).await.unwrap();

@@ -17,7 +17,7 @@ use microkit::proto::greeter::greeter_client::GreeterClient;
 use microkit::proto::greeter::greeter_server::GreeterServer;
 use microkit::proto::greeter::{HelloReply, HelloRequest};
 use microkit::server::RunningServer;
-use microkit_backend::nats::{INSTALL_HINT, NatsServer};
+use microkit_backend::nats::NatsServer;
 use prost::Message;
 use tonic::transport::Channel;
 
@@ -83,11 +83,11 @@ pub async fn rows(effort: Effort) -> Vec<Row> {
 }
 
 async fn nats_server() -> NatsServer {
-    NatsServer::start().await.expect(INSTALL_HINT)
+    NatsServer::start().await.unwrap()
 }
 
 async fn client(server: &NatsServer) -> Bus {
-    Bus::Nats(microkit_backend::connect(&server.url()).await.unwrap())
+    Bus::Nats(microkit_backend::connect(&server.url(), Default::default()).await.unwrap())
 }
 
 /// An instance on a connection of its own, as a separate process would have.

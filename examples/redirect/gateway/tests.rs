@@ -1,12 +1,12 @@
 //! Tests of `gateway.rs`.
 
+use microkit::server::RunningServer;
 use std::time::Duration;
 
 use super::*;
 use axum::Json;
 use axum::routing::get;
 use http::Method;
-use microkit_http::HttpServer;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use registry::{MemoryRegistry, Node};
 use tower::ServiceExt;
@@ -14,9 +14,9 @@ use tower::ServiceExt;
 use crate::service::tests::call;
 
 /// A gateway in front of `service` registered as `name`, to drive with `oneshot`.
-async fn gateway_for(name: &str, service: Router) -> (Router, HttpServer) {
+async fn gateway_for(name: &str, service: Router) -> (Router, RunningServer) {
     let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
-    let server = HttpServer::start(service).await.unwrap();
+    let server = microkit_http::start(service).await.unwrap();
     let node = Node::new(name, "n-1", server.addr());
     registry.register(&node, Duration::from_secs(60)).await.unwrap();
     let allow = Arc::new(AllowList::new(&["docs.example.org"]));

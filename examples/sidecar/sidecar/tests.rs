@@ -5,7 +5,7 @@ use axum::http::Method;
 use broker::MemoryBroker;
 use futures::StreamExt;
 use microkit::PATIENCE;
-use microkit_http::{HttpServer, body_text};
+use microkit_http::body_text;
 use registry::MemoryRegistry;
 use tower::ServiceExt;
 
@@ -242,7 +242,7 @@ async fn a_program_that_stops_re_registering_expires() {
 async fn an_http_program_is_called_with_the_json_as_is() {
     let (router, registry) = sidecar();
     let program =
-        HttpServer::start(crate::story::shouter("http://127.0.0.1:9".into())).await.unwrap();
+        microkit_http::start(crate::story::shouter("http://127.0.0.1:9".into())).await.unwrap();
     let mut node = Node::new("shouter", "s-1", program.addr());
     node.metadata.insert(PROTOCOL.into(), HTTP.into());
     registry.register(&node, PATIENCE).await.unwrap();

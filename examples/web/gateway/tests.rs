@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use microkit_http::HttpServer;
 use registry::MemoryRegistry;
 
 use super::*;
@@ -23,7 +22,7 @@ async fn the_gateway_lists_forwards_and_forgets() {
     assert_eq!(call(gateway.clone(), "/").await.1, "no web services registered\n");
 
     let service = WebService::new("hello-1", registry.clone());
-    let hello = HttpServer::start(crate::service::router(service)).await.unwrap();
+    let hello = microkit_http::start(crate::service::router(service)).await.unwrap();
     registry.register(&web_node("hello", "hello-1", hello.addr()), TTL).await.unwrap();
     // A node of another registry name is not a web service, and is not listed.
     registry.register(&Node::new(GREETER, "greeter-1", "127.0.0.1:1"), TTL).await.unwrap();
@@ -65,7 +64,7 @@ async fn requests_rotate_over_the_nodes_of_a_service() {
     let mut servers = Vec::new();
     for id in ["hello-1", "hello-2"] {
         let service = WebService::new(id, registry.clone());
-        let server = HttpServer::start(crate::service::router(service)).await.unwrap();
+        let server = microkit_http::start(crate::service::router(service)).await.unwrap();
         registry.register(&web_node("hello", id, server.addr()), TTL).await.unwrap();
         servers.push(server);
     }
@@ -102,7 +101,7 @@ async fn the_trailing_slash_redirect_never_points_at_another_host() {
 async fn the_node_gets_the_path_as_the_client_sent_it() {
     let registry = registry();
     let echo = Router::new().fallback(|uri: Uri| async move { uri.to_string() });
-    let echo = HttpServer::start(echo).await.unwrap();
+    let echo = microkit_http::start(echo).await.unwrap();
     registry.register(&web_node("echo", "echo-1", echo.addr()), TTL).await.unwrap();
     let gateway = router(Gateway::new(registry));
     for (path, seen) in [

@@ -3,7 +3,7 @@
 use axum::http::StatusCode;
 use futures::{SinkExt, StreamExt};
 use microkit::PATIENCE;
-use microkit_http::{HttpServer, body_text};
+use microkit_http::body_text;
 use registry::{MemoryRegistry, Node};
 use tokio_tungstenite::tungstenite;
 use tower::ServiceExt;
@@ -51,7 +51,7 @@ async fn stream_once(registry: Arc<dyn Registry>, request: &str) -> (Vec<String>
 
 /// The same with `service` as given, and the request sent only if there is one.
 async fn stream_within(service: WebService, request: Option<&str>) -> (Vec<String>, u16, String) {
-    let server = HttpServer::start(router(service)).await.unwrap();
+    let server = microkit_http::start(router(service)).await.unwrap();
     let url = format!("ws://{}/stream", server.addr());
     let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     if let Some(request) = request {
@@ -134,7 +134,7 @@ async fn a_greeter_that_goes_quiet_mid_stream_closes_the_socket_after_the_idle_t
     let mut service = WebService::new("hello-1", registry.clone());
     let idle = Duration::from_millis(300);
     service.timeouts = SocketTimeouts { first_message: Duration::from_secs(60), idle };
-    let server = HttpServer::start(router(service)).await.unwrap();
+    let server = microkit_http::start(router(service)).await.unwrap();
     let url = format!("ws://{}/stream", server.addr());
     let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     socket.send(tungstenite::Message::text(r#"{"name":"a","count":2}"#)).await.unwrap();

@@ -1,5 +1,6 @@
 //! Tests of `dashboard.rs`.
 
+use microkit::server::RunningServer;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
@@ -7,7 +8,6 @@ use axum::body::Body;
 use axum::routing::get;
 use futures::stream::BoxStream;
 use microkit::PATIENCE;
-use microkit_http::HttpServer;
 use registry::{Change, MemoryRegistry, Node, Registry, RegistryError};
 use tower::ServiceExt;
 
@@ -48,7 +48,7 @@ async fn open(gateway: axum::Router) -> (StatusCode, Events) {
 }
 
 /// The same over a socket, so the server polls the stream as it would for a browser.
-async fn connect(http: &microkit_http::Forwarder, gateway: &HttpServer) -> Events {
+async fn connect(http: &microkit_http::Forwarder, gateway: &RunningServer) -> Events {
     let url = format!("{}/events", gateway.url());
     let response = http.send(http::Request::get(url).body(Body::empty()).unwrap()).await;
     let response = response.expect("the gateway answers");
@@ -80,11 +80,11 @@ async fn twenty_viewers_cost_one_registry_watch_and_one_probe_loop() {
             async { "ready" }
         })
     });
-    let node = HttpServer::start(node).await.unwrap();
+    let node = microkit_http::start(node).await.unwrap();
     let registry = Arc::new(CountsWatches::default());
     let hello = web_node("hello", "hello-1", node.addr());
     registry.register(&hello, Duration::from_secs(60)).await.unwrap();
-    let gateway = HttpServer::start(router(Gateway::new(registry.clone()))).await.unwrap();
+    let gateway = microkit_http::start(router(Gateway::new(registry.clone()))).await.unwrap();
 
     let http = microkit_http::Forwarder::new();
     let mut viewers = Vec::new();

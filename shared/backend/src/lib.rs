@@ -3,7 +3,7 @@
 //! One rule, the same in every example:
 //! 1. `NATS_URL` is set: connect to it (an unreachable URL is an error naming it, never a
 //!    silent fall-back: the user asked for that server). It may name a cluster, as a
-//!    comma-separated list (`nats://a:4222,nats://b:4222`, see [`server_list`]).
+//!    comma-separated list (`nats://a:4222,nats://b:4222`, see [`connect`]).
 //! 2. Else a `nats-server` binary is installed: start a private one (loopback, random port,
 //!    JetStream in a temporary folder, killed on exit).
 //! 3. Else: the memory backend (everything inside this one process), with one line on
@@ -127,7 +127,7 @@ impl BackendArgs {
         match (self.backend, nats_url) {
             (BackendChoice::Memory, _) => Ok(memory()),
             (BackendChoice::Auto | BackendChoice::Nats, Some(url)) => {
-                let client = connect(url).await?;
+                let client = connect(url, Default::default()).await?;
                 Ok(Backend::Nats { client, url: url.to_owned(), server: None })
             }
             (BackendChoice::Nats, None) => start_private().await,
@@ -147,7 +147,7 @@ impl BackendArgs {
 async fn start_private() -> anyhow::Result<Backend> {
     let server = NatsServer::start().await.context("starting a private nats-server")?;
     let url = server.url();
-    let client = connect(&url).await?;
+    let client = connect(&url, Default::default()).await?;
     // One line, as the memory fall-back says one: a learner sees which backend runs.
     eprintln!(
         "note: started a private nats-server at {url} for this run (set {NATS_URL} to use another)"
@@ -160,27 +160,28 @@ async fn start_private() -> anyhow::Result<Backend> {
 /// ignored, as there). Given every node of a cluster, a client connects to one that answers
 /// (async-nats tries them in random order, spreading clients over the nodes) and, when its
 /// node goes down, reconnects to another.
-pub fn server_list(url: &str) -> Vec<&str> {
+fn server_list(url: &str) -> Vec<&str> {
     url.split(',').map(str::trim).filter(|server| !server.is_empty()).collect()
 }
 
-/// Connects once, failing fast with a message that names the URL and what to do.
-pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
+/// Connects once with `options` (a broker sets its buffers; most callers take the default),
+/// to every server `url` lists (see [`server_list`]), failing within 3 s with a message that
+/// names the URL and what to do.
+pub async fn connect(
+    url: &str,
+    options: async_nats::ConnectOptions,
+) -> anyhow::Result<async_nats::Client> {
     let servers = server_list(url);
     if servers.is_empty() {
         anyhow::bail!("{NATS_URL} {url:?} names no server: set it to e.g. nats://127.0.0.1:4222");
     }
-    async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(3))
-        .connect(servers)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot reach NATS at {url} (from {NATS_URL} or --backend nats): is a server \
+    options.connection_timeout(Duration::from_secs(3)).connect(servers).await.with_context(|| {
+        format!(
+            "cannot reach NATS at {url} (from {NATS_URL} or --backend nats): is a server \
                  running there? Start one with `nats-server -js`, or unset {NATS_URL} to run \
                  in memory"
-            )
-        })
+        )
+    })
 }
 
 #[cfg(test)]

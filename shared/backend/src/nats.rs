@@ -18,7 +18,7 @@ use tokio::process::{Child, Command};
 const FALLBACK_DIRS: [&str; 2] = ["/usr/sbin", "/usr/local/sbin"];
 
 /// How to install it, for error messages.
-pub const INSTALL_HINT: &str =
+pub(crate) const INSTALL_HINT: &str =
     "install NATS (Debian/Ubuntu: `apt-get install nats-server`) or set NATS_URL";
 
 /// The `nats-server` binary, from PATH or Debian's folder.

@@ -5,6 +5,7 @@
 //! What each gateway *decides* (which node, which paths, which redirects) lives in its
 //! example; this module only moves bytes.
 
+use std::future::Future;
 use std::net::SocketAddr;
 
 use axum::Router;
@@ -14,109 +15,63 @@ use http::{Request, Response, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use microkit::health::Health;
-use microkit::server::Drain;
-use microkit::server::Limits;
+use microkit::server::{Incoming, Limits, RunningServer};
 
-/// An axum server on `127.0.0.1:<free port>`, running until [`HttpServer::shutdown`].
+/// Serves `router` on a free loopback port until the server is shut down (or dropped, which
+/// stops it at once, as for every [`RunningServer`]).
 ///
-/// It serves each connection with hyper directly rather than through `axum::serve`, which
+/// Each connection is served with hyper directly rather than through `axum::serve`, which
 /// has no header timeout and no drain deadline (see [`Limits`]).
-#[must_use = "dropping an HttpServer stops it at once, without draining: keep it, and end it with shutdown()"]
-pub struct HttpServer {
+pub async fn start(router: Router) -> std::io::Result<RunningServer> {
+    start_on(LOOPBACK, router).await
+}
+
+/// [`start`] on `addr` (a role's fixed port; port 0: a free one).
+pub async fn start_on(addr: SocketAddr, router: Router) -> std::io::Result<RunningServer> {
+    start_within(addr, router, Limits::default(), Protocols::Both).await
+}
+
+/// [`start`], with `GET /health/live` and `GET /health/ready` added to `router` and reporting
+/// a [`Health`] of its own, which a graceful stop through `Registered` (the registry
+/// lesson) turns not ready first.
+pub async fn start_healthy(router: Router) -> std::io::Result<RunningServer> {
+    start_healthy_on(LOOPBACK, router).await
+}
+
+/// [`start_healthy`] on `addr`.
+pub async fn start_healthy_on(addr: SocketAddr, router: Router) -> std::io::Result<RunningServer> {
+    let health = Health::new(&[]);
+    let server = start_on(addr, router.merge(health_routes(&health))).await?;
+    Ok(server.with_health(health))
+}
+
+/// [`start`] speaking HTTP/1.1 only: for an endpoint whose clients all speak it (a
+/// Prometheus scraper does, over plain HTTP), so that none of HTTP/2's per-connection
+/// streams can be opened against it. An HTTP/2 preface is refused.
+pub async fn start_http1(router: Router) -> std::io::Result<RunningServer> {
+    start_within(LOOPBACK, router, Limits::default(), Protocols::Http1).await
+}
+
+const LOOPBACK: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
+/// Serves `router` on `addr` within `limits` (only this crate's tests shorten them).
+async fn start_within(
     addr: SocketAddr,
-    stop: CancellationToken,
-    task: Option<JoinHandle<()>>,
-    health: Option<Health>,
+    router: Router,
+    limits: Limits,
+    protocols: Protocols,
+) -> std::io::Result<RunningServer> {
+    RunningServer::start_on(addr, limits, move |incoming, stop| {
+        serve(incoming, router, limits, protocols, stop)
+    })
+    .await
 }
 
-impl HttpServer {
-    /// Binds a free loopback port and serves `router` there in the background.
-    pub async fn start(router: Router) -> std::io::Result<Self> {
-        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), router).await
-    }
-
-    /// Serves `router` on `addr` (port 0: the OS picks one) with the default [`Limits`].
-    pub async fn start_on(addr: SocketAddr, router: Router) -> std::io::Result<Self> {
-        Self::start_with(addr, router, Limits::default()).await
-    }
-
-    /// Like [`HttpServer::start_on`], with `GET /health/live` and `GET /health/ready` added
-    /// to `router` and reporting a [`Health`](Health) of its own, which a
-    /// graceful stop through `Registered` (the registry lesson) turns not ready
-    /// first.
-    pub async fn start_healthy_on(addr: SocketAddr, router: Router) -> std::io::Result<Self> {
-        let health = Health::new(&[]);
-        let server = Self::start_on(addr, router.merge(health_routes(&health))).await?;
-        Ok(server.with_health(health))
-    }
-
-    /// [`HttpServer::start_healthy_on`] a free loopback port.
-    pub async fn start_healthy(router: Router) -> std::io::Result<Self> {
-        Self::start_healthy_on(SocketAddr::from(([127, 0, 0, 1], 0)), router).await
-    }
-
-    /// Serves `router` on `addr` within `limits` (only this crate's tests shorten them).
-    async fn start_with(addr: SocketAddr, router: Router, limits: Limits) -> std::io::Result<Self> {
-        Self::bind(addr, router, limits, Protocols::Both).await
-    }
-
-    /// [`HttpServer::start`] speaking HTTP/1.1 only: for an endpoint whose clients all speak
-    /// it (a Prometheus scraper does, over plain HTTP), so that none of HTTP/2's
-    /// per-connection streams can be opened against it. An HTTP/2 preface is refused.
-    pub async fn start_http1(router: Router) -> std::io::Result<Self> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
-        Self::bind(addr, router, Limits::default(), Protocols::Http1).await
-    }
-
-    async fn bind(
-        addr: SocketAddr,
-        router: Router,
-        limits: Limits,
-        protocols: Protocols,
-    ) -> std::io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(serve(listener, router, limits, protocols, stop.clone()));
-        Ok(HttpServer { addr, stop, task: Some(task), health: None })
-    }
-
-    /// Names the [`Health`](Health) its `/health/ready` route reports (the
-    /// router merged [`health_routes`]), so a graceful stop reports not ready first.
-    pub fn with_health(mut self, health: Health) -> Self {
-        self.health = Some(health);
-        self
-    }
-
-    pub fn health(&self) -> Option<&Health> {
-        self.health.as_ref()
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// `http://127.0.0.1:<port>`.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Stops accepting, lets requests in flight finish within the drain deadline, cuts what
-    /// is left, then returns.
-    pub async fn shutdown(mut self) -> std::io::Result<()> {
-        self.stop.cancel();
-        match self.task.take() {
-            Some(task) => task.await.map_err(std::io::Error::other),
-            None => Ok(()),
-        }
-    }
-}
-
-/// What an [`HttpServer`] speaks on its port.
+/// What a server speaks on its port.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Protocols {
     /// HTTP/1.1, and HTTP/2 with prior knowledge.
@@ -124,27 +79,20 @@ enum Protocols {
     Http1,
 }
 
-impl Drop for HttpServer {
-    /// Dropped without `shutdown`: stop serving anyway, so no server outlives its owner.
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-/// The accept loop: one task per connection, each told to finish when `stop` fires.
+/// The accept loop: one task per connection, each told to finish its request in flight and
+/// take no more when `stop` fires. The server's drain deadline cuts what is still open then.
 ///
-/// Connections come through [`Incoming`](microkit::server::Incoming), as on the gRPC servers:
-/// a failed accept pauses the loop instead of spinning it, and a connection that has sent
-/// no complete request within the header timeout is closed (hyper's own header timeout
-/// starts only once it has sniffed the protocol, so it never saw a client that sent nothing
-/// or only `P`).
+/// Connections come through [`Incoming`], as on the gRPC servers: a failed accept pauses the
+/// loop instead of spinning it, and a connection that has sent no complete request within
+/// the header timeout is closed (hyper's own header timeout starts only once it has sniffed
+/// the protocol, so it never saw a client that sent nothing or only `P`).
 async fn serve(
-    listener: tokio::net::TcpListener,
+    mut incoming: Incoming,
     router: Router,
     limits: Limits,
     protocols: Protocols,
-    stop: CancellationToken,
-) {
+    stop: impl Future<Output = ()>,
+) -> Result<(), std::convert::Infallible> {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     if protocols == Protocols::Http1 {
         builder = builder.http1_only();
@@ -160,9 +108,9 @@ async fn serve(
         .timer(hyper_util::rt::TokioTimer::new())
         .keep_alive_interval(limits.header_timeout / 2)
         .keep_alive_timeout(limits.header_timeout / 2);
-    let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut incoming = microkit::server::Incoming::new(listener, limits.header_timeout, open);
+    let draining = CancellationToken::new();
     let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(stop);
     loop {
         let connection = tokio::select! {
             accepted = futures::StreamExt::next(&mut incoming) => match accepted {
@@ -171,11 +119,11 @@ async fn serve(
                 Some(Err(_)) => continue,
                 None => break,
             },
-            () = stop.cancelled() => break,
+            () = &mut stop => break,
         };
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
         let builder = builder.clone();
-        let stop = stop.clone();
+        let draining = draining.clone();
         connections.spawn(async move {
             // Both kinds of connection are driven alike; they share no trait to name.
             macro_rules! drive {
@@ -184,7 +132,7 @@ async fn serve(
                     tokio::pin!(connection);
                     tokio::select! {
                         result = connection.as_mut() => result,
-                        () = stop.cancelled() => {
+                        () = draining.cancelled() => {
                             // Finish the request in flight, take no more on this connection.
                             connection.as_mut().graceful_shutdown();
                             connection.await
@@ -206,18 +154,9 @@ async fn serve(
         while connections.try_join_next().is_some() {}
     }
     drop(incoming);
-    let drained = tokio::time::timeout(limits.drain_deadline, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(
-            left = connections.len(),
-            "requests still open after the drain deadline of {:?}: cut",
-            limits.drain_deadline
-        );
-        connections.shutdown().await;
-    }
+    draining.cancel();
+    while connections.join_next().await.is_some() {}
+    Ok(())
 }
 
 /// An HTTP handler's refusal: a status and the one-line reason sent as the body.
@@ -400,18 +339,6 @@ pub fn health_routes<S: Clone + Send + Sync + 'static>(health: &Health) -> Route
     )
 }
 
-impl Drain for HttpServer {
-    fn addr(&self) -> SocketAddr {
-        HttpServer::addr(self)
-    }
-    fn health(&self) -> Option<&Health> {
-        HttpServer::health(self)
-    }
-    async fn drain(self) -> anyhow::Result<()> {
-        Ok(self.shutdown().await?)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -424,11 +351,11 @@ mod tests {
         drain_deadline: Duration::from_millis(300),
     };
 
-    async fn echo_server(limits: Limits) -> HttpServer {
+    async fn echo_server(limits: Limits) -> RunningServer {
         let router = Router::new()
             .route("/", get(|| async { "ok" }))
             .route("/upload", post(|body: String| async move { body.len().to_string() }));
-        HttpServer::start_with(SocketAddr::from(([127, 0, 0, 1], 0)), router, limits).await.unwrap()
+        start_within(LOOPBACK, router, limits, Protocols::Both).await.unwrap()
     }
 
     /// Reads until the server closes the connection; fails past `limit`.
@@ -446,7 +373,7 @@ mod tests {
         use registry::Registered;
         use registry::{MemoryRegistry, Registry};
         let registry: std::sync::Arc<dyn Registry> = std::sync::Arc::new(MemoryRegistry::new());
-        let server = HttpServer::start_healthy(Router::new()).await.unwrap();
+        let server = start_healthy(Router::new()).await.unwrap();
         let url = server.url();
         let node =
             Registered::new(&registry, server, "web", "w1", Duration::from_secs(5)).await.unwrap();
@@ -515,7 +442,7 @@ mod tests {
                 })
             }),
         );
-        let server = HttpServer::start(node).await.unwrap();
+        let server = start(node).await.unwrap();
         let request = Request::get("http://gateway.local/svc/echo?x=1")
             .header(header::HOST, "gateway.local")
             .header(header::CONNECTION, "keep-alive")
@@ -545,7 +472,7 @@ mod tests {
                 answer.body(Body::from(names.join(","))).unwrap()
             }),
         );
-        let server = HttpServer::start(node).await.unwrap();
+        let server = start(node).await.unwrap();
         let request = Request::get("http://gateway.local/echo")
             .header(header::CONNECTION, "keep-alive, X-Gateway-Secret")
             .header("keep-alive", "timeout=5")

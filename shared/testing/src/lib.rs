@@ -47,13 +47,12 @@ fn free_port() -> std::io::Result<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use microkit_backend::nats::INSTALL_HINT;
     use std::time::Duration;
 
     #[tokio::test]
     async fn a_message_crosses_a_three_node_cluster() {
         use futures::StreamExt;
-        let cluster = NatsCluster::start(3).await.expect(INSTALL_HINT);
+        let cluster = NatsCluster::start(3).await.unwrap();
         let subscriber = async_nats::connect(cluster.nodes[0].url()).await.unwrap();
         let publisher = async_nats::connect(cluster.nodes[2].url()).await.unwrap();
         let mut sub = subscriber.subscribe("cluster.check").await.unwrap();
