@@ -122,7 +122,7 @@ async fn two_topics() {
     let gateway = ready[3].strip_prefix("gateway listening on ").expect("the gateway").to_owned();
 
     // The gateway says it listens once it has seen every greeter listed: no probing needed.
-    let http = microkit_http::Forwarder::new();
+    let http = microkit_http::Forwarder::default();
     let get = async |url: String| {
         let request = http::Request::get(url).body(axum::body::Body::empty()).unwrap();
         let response = http.send(request).await.expect("an answer");

@@ -118,7 +118,7 @@ async fn request(base: &str, method: Method, path: &str, body: &str) -> (u16, Va
         .header("content-type", "application/json")
         .body(Body::from(body.to_owned()))
         .unwrap();
-    let response = Forwarder::new().send(request).await.unwrap();
+    let response = Forwarder::default().send(request).await.unwrap();
     let status = response.status().as_u16();
     let text = body_text(response.into_body(), 1 << 16).await;
     (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")))

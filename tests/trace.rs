@@ -183,7 +183,7 @@ async fn four_processes_over_nats_make_one_trace_continuing_the_callers() {
 
     // The gateway finds the greeter, and the greeter the directory, through the registry:
     // probe (untraced by the caller, so in traces of their own) until a call goes through.
-    let http = microkit_http::Forwarder::new();
+    let http = microkit_http::Forwarder::default();
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while get(&http, &format!("{gateway}/hello?name=probe"), None).await.0 != 200 {
         assert!(tokio::time::Instant::now() < deadline, "the services never found each other");

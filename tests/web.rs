@@ -93,7 +93,7 @@ async fn start(mut command: Command) -> (Role, String) {
 async fn get(base: &str, path: &str) -> String {
     let request =
         http::Request::get(format!("{base}{path}")).body(axum::body::Body::empty()).unwrap();
-    let response = microkit_http::Forwarder::new().send(request).await.unwrap();
+    let response = microkit_http::Forwarder::default().send(request).await.unwrap();
     microkit_http::body_text(response.into_body(), 1 << 16).await
 }
 

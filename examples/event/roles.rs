@@ -35,7 +35,7 @@ pub async fn serve(bus: Arc<EventBus>, listen: SocketAddr) -> anyhow::Result<()>
     };
     // The probes are merged after the counting layer: a probe is not a login.
     let router = http::router(bus).layer(axum::middleware::map_response(count));
-    let server = microkit_http::start_healthy_on(listen, router)
+    let server = microkit_http::start_on(listen, router, microkit::health::Health::default())
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     // Armed before saying so: from here on a signal is a stop request, never a kill.

@@ -146,7 +146,7 @@ impl fmt::Display for Probes {
 
 /// Asks both probes of `probes`, as an orchestrator would.
 pub async fn probe(probes: &RunningServer) -> anyhow::Result<Probes> {
-    let http = Forwarder::new();
+    let http = Forwarder::default();
     let status = async |path: &str| -> anyhow::Result<u16> {
         let request =
             http::Request::get(format!("{}{path}", probes.url())).body(axum::body::Body::empty())?;

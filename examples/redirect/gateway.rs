@@ -43,15 +43,14 @@ async fn handle(
         .registry
         .nodes(&service)
         .await
-        .map_err(|e| ApiError::bad_gateway(format!("registry: {e}")))?;
-    let node = nodes
-        .first()
-        .ok_or_else(|| ApiError::unavailable(format!("no node for service {service:?}")))?;
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("registry: {e}")))?;
+    let node = nodes.first().ok_or_else(|| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("no node for service {service:?}"))
+    })?;
     let path = path_for_node(request.uri());
-    let response =
-        gateway.forwarder.forward(&node.address, &path, request).await.map_err(|e| {
-            ApiError::bad_gateway(format!("{service}: {}", microkit::error_chain(&e)))
-        })?;
+    let response = gateway.forwarder.forward(&node.address, &path, request).await.map_err(|e| {
+        ApiError::new(StatusCode::BAD_GATEWAY, format!("{service}: {}", microkit::error_chain(&e)))
+    })?;
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
@@ -70,7 +69,8 @@ async fn handle(
                 Err(_) => Ok(Response::from_parts(parts, Body::from(head.freeze()))),
             };
         };
-        let chunk = chunk.map_err(|e| ApiError::bad_gateway(format!("{service}: {e}")))?;
+        let chunk =
+            chunk.map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("{service}: {e}")))?;
         head.extend_from_slice(&chunk);
     }
     // Too big for a redirect answer: pass it on, what was read first, then the rest.
@@ -123,12 +123,12 @@ fn to_http_redirect(
         // The service's mistake, not the client's: a bad gateway answer.
         _ => {
             let reason = format!("{service} asked for a redirect with status {}", redirect.status);
-            return Err(ApiError::bad_gateway(reason));
+            return Err(ApiError::new(StatusCode::BAD_GATEWAY, reason));
         }
     };
     allow.check(&redirect.location).map_err(|refusal| {
         tracing::info!(%service, location = %redirect.location.escape_debug(), %refusal, "redirect refused");
-        ApiError::bad_request(format!("refused redirect: {refusal}"))
+        ApiError::new(StatusCode::BAD_REQUEST, format!("refused redirect: {refusal}"))
     })?;
     // A path of the service lives under the service's prefix at the gateway.
     let location = match redirect.location.starts_with('/') {
@@ -138,8 +138,9 @@ fn to_http_redirect(
     // Encoding adds escapes and moves no `/`, `?` or `#`: the URL keeps the structure the
     // allow-list checked, and an escape already there (`%20`) stays as it is.
     let location = utf8_percent_encode(&location, NOT_IN_A_URI).to_string();
-    let location = HeaderValue::try_from(location)
-        .map_err(|_| ApiError::bad_request("refused redirect: not a valid header value"))?;
+    let location = HeaderValue::try_from(location).map_err(|_| {
+        ApiError::new(StatusCode::BAD_REQUEST, "refused redirect: not a valid header value")
+    })?;
     Ok((status, [(header::LOCATION, location)]).into_response())
 }
 

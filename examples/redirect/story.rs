@@ -56,16 +56,16 @@ pub struct Story {
 /// The service and the gateway in one process; the client visits redirecting routes, then
 /// tries every `next=` target (and `extra`, from `--next`) on the login route.
 pub async fn demo(registry: Arc<dyn Registry>, extra: Option<&str>) -> anyhow::Result<Story> {
-    let server = microkit_http::start_healthy(service::router()).await?;
+    let server = microkit_http::start(service::router()).await?;
     let links = Registered::new(&registry, server, "links", "links-1", TTL).await?;
     let allow = Arc::new(AllowList::new(&[ALLOWED_HOST]));
-    let gateway = Gateway { registry, allow, forwarder: Forwarder::new() };
-    let gateway = microkit_http::start_healthy(gateway::router(gateway)).await?;
+    let gateway = Gateway { registry, allow, forwarder: Forwarder::default() };
+    let gateway = microkit_http::start(gateway::router(gateway)).await?;
     println!(
         "links-1 registered as links; redirects allowed to paths and to https://{ALLOWED_HOST}"
     );
 
-    let client = Client { http: Forwarder::new(), gateway: gateway.addr() };
+    let client = Client { http: Forwarder::default(), gateway: gateway.addr() };
     let mut visits = Vec::new();
     for (method, path) in [
         (Method::GET, "/links/go/intro"),

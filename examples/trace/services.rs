@@ -11,6 +11,7 @@ use axum::routing::get;
 use broker::{Broker, Handler};
 use bytes::Bytes;
 use health::{Channels, LiveNodes};
+use http::StatusCode;
 use microkit::greeter::HelloGreeter;
 use microkit::proto::greeter::greeter_client::GreeterClient;
 use microkit::proto::greeter::greeter_server::{Greeter, GreeterServer};
@@ -177,7 +178,12 @@ pub async fn gateway(
                 .layer(RedLayer::http("gateway")),
         )
         .merge(crate::metrics::route());
-    Ok(microkit_http::start_on(std::net::SocketAddr::from(([127, 0, 0, 1], port)), router).await?)
+    Ok(microkit_http::start_on(
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        router,
+        microkit::health::Health::default(),
+    )
+    .await?)
 }
 
 struct Gateway {
@@ -197,14 +203,14 @@ async fn hello(
     Query(query): Query<HelloQuery>,
 ) -> Result<String, ApiError> {
     let channel = first_node(&gateway.greeter, &gateway.channels)
-        .map_err(|s| ApiError::unavailable(s.message()))?;
+        .map_err(|s| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, s.message()))?;
     let service = ServiceBuilder::new().option_layer(gateway.client_layer.clone()).service(channel);
     let reply = GreeterClient::new(service).say_hello(HelloRequest { name: query.name }).await;
     match reply {
         Ok(reply) => Ok(reply.into_inner().message),
         Err(status) if status.code() == Code::InvalidArgument => {
-            Err(ApiError::bad_request(status.message()))
+            Err(ApiError::new(StatusCode::BAD_REQUEST, status.message()))
         }
-        Err(status) => Err(ApiError::bad_gateway(status.message())),
+        Err(status) => Err(ApiError::new(StatusCode::BAD_GATEWAY, status.message())),
     }
 }

@@ -35,7 +35,7 @@ pub async fn demo(
     let gateway = services::gateway(registry, &gateway_tracer, true, 0).await?;
     let unpropagated = services::gateway(registry, &gateway_tracer, false, 0).await?;
 
-    let http = Forwarder::new();
+    let http = Forwarder::default();
     println!("GET /hello?name=ada: {}", get(&http, gateway.addr(), "/hello?name=ada", None).await?);
     let traced = spans.take(SPANS_PER_REQUEST, PATIENCE).await?;
     print_traces("every hop propagates the context", &trees(&traced));

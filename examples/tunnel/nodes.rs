@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
+use tonic::service::Routes;
 use tonic::transport::{Channel, Endpoint, Server};
 
 use tunnel::link::{Side, Tunnel};
@@ -110,10 +111,7 @@ impl NodeB {
         let server = tokio::spawn(async move {
             // Health and reflection answer through the tunnel too.
             let health = microkit::health::Health::new(&[microkit::greeter::GREETER]);
-            let server = Server::builder()
-                .add_service(greeter)
-                .add_service(health.service())
-                .add_service(microkit::health::reflection());
+            let server = Server::builder().add_routes(health.mount(Routes::new(greeter)));
             if let Err(error) = server.serve_with_incoming_shutdown(incoming, stopped).await {
                 tracing::error!(%error, "the greeter server stopped");
             }

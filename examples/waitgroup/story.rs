@@ -13,6 +13,7 @@ use microkit::proto::greeter::greeter_server::{Greeter, GreeterServer};
 use microkit::proto::greeter::{GreetingsRequest, HelloReply, HelloRequest};
 use microkit::server::RunningServer;
 use tokio::task::JoinSet;
+use tonic::service::Routes;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status, Streaming};
 
@@ -55,16 +56,14 @@ pub async fn graceful_stop(args: &Args) -> anyhow::Result<Tally> {
     let greeter = SlowGreeter { work: Duration::from_millis(args.work_ms) };
     let layer = group.clone();
     let health = Health::new(&[microkit::greeter::GREETER]);
-    let (checks, reflection) = (health.service(), microkit::health::reflection());
+    let routes = health.mount(Routes::new(GreeterServer::new(greeter)));
     let server = RunningServer::start_with(move |incoming, stop| {
         // The connections pass through the group too: a call whose client stopped reading
         // can only be ended by closing its connection.
         let connections = layer.connections(incoming);
         microkit::server::builder()
             .layer(layer)
-            .add_service(GreeterServer::new(greeter))
-            .add_service(checks)
-            .add_service(reflection)
+            .add_routes(routes)
             .serve_with_incoming_shutdown(connections, stop)
     })
     .await?;

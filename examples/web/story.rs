@@ -34,7 +34,7 @@ pub struct Story {
 /// The story: browse the gateway as a browser would, stream over a websocket through it,
 /// then stop the web service and see the gateway forget it.
 pub async fn demo(edge: &mut Edge, count: u32) -> anyhow::Result<Story> {
-    let client = Forwarder::new();
+    let client = Forwarder::default();
     let gateway = edge.gateway.addr();
     println!("greeter-1 registered as {GREETER}; hello-1 registered as web service hello");
     let mut gets = Vec::new();

@@ -119,7 +119,12 @@ pub(crate) async fn run(role: Role, registry: Arc<dyn Registry>) -> anyhow::Resu
             let gateway =
                 Gateway::new(registry, secret.as_bytes(), settings).on_transition(Box::new(print));
             let gateway = Arc::new(gateway);
-            let server = microkit_http::start_healthy_on(listen, gateway.clone().router()).await?;
+            let server = microkit_http::start_on(
+                listen,
+                gateway.clone().router(),
+                microkit::health::Health::default(),
+            )
+            .await?;
             let stop = microkit::signal::stop_requested();
             println!("gateway listening on {}; ctrl-c stops it", server.url());
             microkit::signal::stopping(stop.await, "draining the calls in flight")?;

@@ -65,10 +65,11 @@ async fn login(
 ) -> Result<Accepted, ApiError> {
     // The body is parsed here rather than by axum's `Json` extractor, so that the 400's
     // text is ours and names the problem.
-    let login: UserLoggedIn = serde_json::from_slice(&body(request)?)
-        .map_err(|error| ApiError::bad_request(format!("malformed JSON: {error}")))?;
+    let login: UserLoggedIn = serde_json::from_slice(&body(request)?).map_err(|error| {
+        ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {error}"))
+    })?;
     if login.user.is_empty() {
-        return Err(ApiError::bad_request("missing field `user`"));
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "missing field `user`"));
     }
     let event = login_event(&login).map_err(|error| {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("no event made: {error:#}"))
@@ -98,11 +99,15 @@ async fn ingest(
     // The SDK's deserializer checks that specversion, id, source and type are there and
     // well-formed; `check` adds what it lets through. Anything else is refused here, at
     // the edge.
-    let event: Event = serde_json::from_slice(&body(request)?)
-        .map_err(|error| ApiError::bad_request(format!("not a CloudEvent: {error}")))?;
-    check(&event).map_err(ApiError::bad_request)?;
+    let event: Event = serde_json::from_slice(&body(request)?).map_err(|error| {
+        ApiError::new(StatusCode::BAD_REQUEST, format!("not a CloudEvent: {error}"))
+    })?;
+    check(&event).map_err(|reason| ApiError::new(StatusCode::BAD_REQUEST, reason))?;
     if event.ty() != LOGIN_TYPE {
-        return Err(ApiError::bad_request(format!("type {:?} is not handled here", event.ty())));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("type {:?} is not handled here", event.ty()),
+        ));
     }
     accept(&bus, event).await
 }

@@ -1,6 +1,7 @@
 //! The lesson: a node's readiness follows what it needs, while its liveness and its registry
 //! entry stay as they are.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,8 +57,12 @@ impl GreeterNode {
         .await?
         .with_health(health.clone());
         // The same `Health` answers the HTTP probes.
-        let probes =
-            microkit_http::start(microkit_http::health_routes(&health)).await?.with_health(health);
+        let probes = microkit_http::start_on(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            axum::Router::new(),
+            health,
+        )
+        .await?;
         let grpc = Registered::new(registry, server, SERVICE, id, ttl).await?;
         Ok(GreeterNode { grpc, probes })
     }

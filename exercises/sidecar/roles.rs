@@ -27,7 +27,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let address = ([127, 0, 0, 1], port).into();
     let (router, tally) = counted(sidecar::router(Sidecar::new(registry, broker.clone())));
-    let server = microkit_http::start_healthy_on(address, router)
+    let server = microkit_http::start_on(address, router, microkit::health::Health::default())
         .await
         .with_context(|| format!("cannot listen on {address}"))?;
 

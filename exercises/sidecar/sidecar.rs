@@ -62,7 +62,7 @@ impl Sidecar {
         Sidecar {
             registry,
             broker,
-            forwarder: Forwarder::new(),
+            forwarder: Forwarder::default(),
             channels: Channels::default(),
             turn: Arc::default(),
             held: Arc::default(),

@@ -19,7 +19,7 @@ use crate::sidecar;
 
 /// `subscriber` is another client of the broker: a service somewhere that listens.
 pub async fn demo(server: &RunningServer, subscriber: Arc<dyn Broker>) -> anyhow::Result<()> {
-    let client = Caller { http: Forwarder::new(), base: server.url() };
+    let client = Caller { http: Forwarder::default(), base: server.url() };
     println!("greeter-1 registered as greeter (gRPC); the sidecar speaks HTTP/JSON");
 
     println!("calls converted to gRPC:");
@@ -95,7 +95,7 @@ pub fn shouter(sidecar: String) -> Router {
                     .header(header::CONTENT_TYPE, "application/json")
                     .body(Body::from(json!({ "name": body["name"] }).to_string()))
                     .expect("a valid request");
-                let reply = match Forwarder::new().send(request).await {
+                let reply = match Forwarder::default().send(request).await {
                     Ok(response) => body_text(response.into_body(), 1 << 16).await,
                     Err(e) => e.to_string(),
                 };

@@ -29,7 +29,7 @@ pub async fn start_web(
     id: &str,
 ) -> anyhow::Result<(Registered, WebService)> {
     let service = WebService::new(id, registry.clone());
-    let server = microkit_http::start_healthy(crate::service::router(service.clone())).await?;
+    let server = microkit_http::start(crate::service::router(service.clone())).await?;
     let node = web_node("hello", id, server.addr());
     Ok((Registered::with_node(registry, server, node, TTL).await?, service))
 }
@@ -40,9 +40,13 @@ pub async fn start_gateway(
 ) -> anyhow::Result<(RunningServer, Gateway)> {
     let address = ([127, 0, 0, 1], port).into();
     let gateway = Gateway::new(registry.clone());
-    let server = microkit_http::start_healthy_on(address, crate::gateway::router(gateway.clone()))
-        .await
-        .with_context(|| format!("cannot listen on {address}"))?;
+    let server = microkit_http::start_on(
+        address,
+        crate::gateway::router(gateway.clone()),
+        microkit::health::Health::default(),
+    )
+    .await
+    .with_context(|| format!("cannot listen on {address}"))?;
     Ok((server, gateway))
 }
 

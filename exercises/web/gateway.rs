@@ -75,7 +75,7 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(registry: Arc<dyn Registry>) -> Self {
         let redirects = Arc::new(AllowList::new(&[]));
-        let (forwarder, sockets) = (Forwarder::new(), SpliceTimeouts::default());
+        let (forwarder, sockets) = (Forwarder::default(), SpliceTimeouts::default());
         let feed = Feed::new(MAX_VIEWERS);
         Gateway { registry, forwarder, next: Arc::default(), redirects, sockets, feed }
     }
@@ -87,7 +87,7 @@ impl Gateway {
             .registry
             .nodes(WEB_NAMESPACE)
             .await
-            .map_err(|e| ApiError::bad_gateway(format!("registry: {e}")))?;
+            .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("registry: {e}")))?;
         let mut services: BTreeMap<String, Vec<Node>> = BTreeMap::new();
         for node in nodes {
             if let Some(name) = node.metadata.get(NAME_KEY) {
@@ -119,10 +119,12 @@ impl Gateway {
         if request.headers().contains_key(http::header::UPGRADE) {
             return self.forward_upgrade(&node.address, &path, request).await;
         }
-        self.forwarder
-            .forward(&node.address, &path, request)
-            .await
-            .map_err(|e| ApiError::bad_gateway(format!("{service}: {}", microkit::error_chain(&e))))
+        self.forwarder.forward(&node.address, &path, request).await.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                format!("{service}: {}", microkit::error_chain(&e)),
+            )
+        })
     }
 
     /// A websocket handshake goes to the node as it came (its `Connection: upgrade` and
@@ -136,9 +138,9 @@ impl Gateway {
     ) -> Result<Response, ApiError> {
         let client_side = hyper::upgrade::on(&mut request);
         let (mut parts, body) = request.into_parts();
-        parts.uri = format!("http://{address}{path}")
-            .parse()
-            .map_err(|e| ApiError::bad_gateway(format!("bad node address {address:?}: {e}")))?;
+        parts.uri = format!("http://{address}{path}").parse().map_err(|e| {
+            ApiError::new(StatusCode::BAD_GATEWAY, format!("bad node address {address:?}: {e}"))
+        })?;
         // The client names the node itself; credentials for this hop stay here.
         parts.headers.remove(http::header::HOST);
         parts.headers.remove(http::header::PROXY_AUTHORIZATION);
@@ -146,7 +148,7 @@ impl Gateway {
             .forwarder
             .send(Request::from_parts(parts, body))
             .await
-            .map_err(|e| ApiError::bad_gateway(e.to_string()))?;
+            .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))?;
         if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
             let node_side = hyper::upgrade::on(&mut response);
             let timeouts = self.sockets;
@@ -278,10 +280,9 @@ pub(crate) async fn list(State(gateway): State<Gateway>) -> Result<String, ApiEr
 /// not become `//evil.example/`, another host to a browser.
 async fn proxy_root(State(gateway): State<Gateway>, uri: Uri) -> Result<Redirect, ApiError> {
     let target = format!("{}/", uri.path());
-    gateway
-        .redirects
-        .check(&target)
-        .map_err(|refusal| ApiError::bad_request(format!("refused redirect: {refusal}")))?;
+    gateway.redirects.check(&target).map_err(|refusal| {
+        ApiError::new(StatusCode::BAD_REQUEST, format!("refused redirect: {refusal}"))
+    })?;
     Ok(Redirect::permanent(&target))
 }
 

@@ -6,11 +6,11 @@
 //!
 //! - [`Health`]: one node's serving status, reported over `grpc.health.v1.Health` for gRPC
 //!   clients and over `GET /health/ready` for HTTP probes (`/health/live` answers 200 while
-//!   the process serves at all). [`Registered::stop`](crate::registered::Registered::stop)
-//!   reports NOT_SERVING before it deregisters.
-//! - [`reflection`]: server reflection (v1, and v1alpha for older clients such as Python's
-//!   grpcio-reflection), fed the descriptors `build.rs` compiles, so a tool that has never
-//!   seen our protos can list the services and call them.
+//!   the process serves at all). The registry lesson's `Registered::stop` reports
+//!   NOT_SERVING before it deregisters.
+//! - [`Health::mount`] adds server reflection (v1, and v1alpha for older clients such as
+//!   Python's grpcio-reflection), fed the descriptors `build.rs` compiles, so a tool that has
+//!   never seen our protos can list the services and call them.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -107,6 +107,13 @@ impl Health {
     }
 }
 
+/// SERVING for the whole server, and no service named.
+impl Default for Health {
+    fn default() -> Self {
+        Health::new(&[])
+    }
+}
+
 impl std::fmt::Debug for Health {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Health").field("serving", &self.is_serving()).finish()
@@ -166,7 +173,7 @@ impl HealthApi for HealthEndpoint {
 }
 
 /// Server reflection v1 over this crate's protos and the health service's.
-pub fn reflection() -> tonic_reflection::server::v1::ServerReflectionServer<
+fn reflection() -> tonic_reflection::server::v1::ServerReflectionServer<
     impl tonic_reflection::server::v1::ServerReflection,
 > {
     let inner = reflection_builder().build_v1().expect("the descriptors build.rs encoded decode");

@@ -97,7 +97,7 @@ impl RunningServer {
     /// Serves `routes`, with health (SERVING for the whole server) and reflection, built
     /// with [`builder`].
     pub async fn start(routes: Routes) -> std::io::Result<Self> {
-        let health = Health::new(&[]);
+        let health = Health::default();
         let routes = health.mount(routes);
         let server = Self::start_with(move |incoming, stop| {
             builder().add_routes(routes).serve_with_incoming_shutdown(incoming, stop)

@@ -20,7 +20,7 @@ async fn gateway_for(name: &str, service: Router) -> (Router, RunningServer) {
     let node = Node::new(name, "n-1", server.addr());
     registry.register(&node, Duration::from_secs(60)).await.unwrap();
     let allow = Arc::new(AllowList::new(&["docs.example.org"]));
-    (router(Gateway { registry, allow, forwarder: Forwarder::new() }), server)
+    (router(Gateway { registry, allow, forwarder: Forwarder::default() }), server)
 }
 
 #[tokio::test]

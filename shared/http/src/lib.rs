@@ -21,30 +21,25 @@ use microkit::health::Health;
 use microkit::server::{Incoming, Limits, RunningServer};
 
 /// Serves `router` on a free loopback port until the server is shut down (or dropped, which
-/// stops it at once, as for every [`RunningServer`]).
+/// stops it at once, as for every [`RunningServer`]), with `GET /health/live` and
+/// `GET /health/ready` added and reporting a [`Health`] of its own.
 ///
 /// Each connection is served with hyper directly rather than through `axum::serve`, which
 /// has no header timeout and no drain deadline (see [`Limits`]).
 pub async fn start(router: Router) -> std::io::Result<RunningServer> {
-    start_on(LOOPBACK, router).await
+    start_on(LOOPBACK, router, Health::default()).await
 }
 
-/// [`start`] on `addr` (a role's fixed port; port 0: a free one).
-pub async fn start_on(addr: SocketAddr, router: Router) -> std::io::Result<RunningServer> {
-    start_within(addr, router, Limits::default(), Protocols::Both).await
-}
-
-/// [`start`], with `GET /health/live` and `GET /health/ready` added to `router` and reporting
-/// a [`Health`] of its own, which a graceful stop through `Registered` (the registry
-/// lesson) turns not ready first.
-pub async fn start_healthy(router: Router) -> std::io::Result<RunningServer> {
-    start_healthy_on(LOOPBACK, router).await
-}
-
-/// [`start_healthy`] on `addr`.
-pub async fn start_healthy_on(addr: SocketAddr, router: Router) -> std::io::Result<RunningServer> {
-    let health = Health::new(&[]);
-    let server = start_on(addr, router.merge(health_routes(&health))).await?;
+/// [`start`] on `addr` (a role's fixed port; port 0: a free one), its readiness route
+/// reporting `health`, which a graceful stop through `Registered` (the registry lesson)
+/// turns not ready first.
+pub async fn start_on(
+    addr: SocketAddr,
+    router: Router,
+    health: Health,
+) -> std::io::Result<RunningServer> {
+    let router = router.merge(health_routes(&health));
+    let server = start_within(addr, router, Limits::default(), Protocols::Both).await?;
     Ok(server.with_health(health))
 }
 
@@ -52,7 +47,10 @@ pub async fn start_healthy_on(addr: SocketAddr, router: Router) -> std::io::Resu
 /// Prometheus scraper does, over plain HTTP), so that none of HTTP/2's per-connection
 /// streams can be opened against it. An HTTP/2 preface is refused.
 pub async fn start_http1(router: Router) -> std::io::Result<RunningServer> {
-    start_within(LOOPBACK, router, Limits::default(), Protocols::Http1).await
+    let health = Health::default();
+    let router = router.merge(health_routes(&health));
+    let server = start_within(LOOPBACK, router, Limits::default(), Protocols::Http1).await?;
+    Ok(server.with_health(health))
 }
 
 const LOOPBACK: SocketAddr =
@@ -174,15 +172,6 @@ impl ApiError {
     pub fn new(status: http::StatusCode, reason: impl Into<String>) -> Self {
         ApiError { status, reason: reason.into() }
     }
-    pub fn bad_request(reason: impl Into<String>) -> Self {
-        Self::new(http::StatusCode::BAD_REQUEST, reason)
-    }
-    pub fn bad_gateway(reason: impl Into<String>) -> Self {
-        Self::new(http::StatusCode::BAD_GATEWAY, reason)
-    }
-    pub fn unavailable(reason: impl Into<String>) -> Self {
-        Self::new(http::StatusCode::SERVICE_UNAVAILABLE, reason)
-    }
 }
 
 impl std::fmt::Display for ApiError {
@@ -225,12 +214,6 @@ pub struct Forwarder {
     client: Client<HttpConnector, Body>,
 }
 
-impl Default for Forwarder {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 /// Headers about one hop's connection, not the message: a proxy must not pass them on
 /// (RFC 9110, section 7.6.1, which names `Proxy-Connection`, `Keep-Alive`, `TE`,
 /// `Transfer-Encoding` and `Upgrade`; `Trailer` and `Proxy-Authorization` are for this hop
@@ -267,11 +250,13 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
     }
 }
 
-impl Forwarder {
-    pub fn new() -> Self {
+impl Default for Forwarder {
+    fn default() -> Self {
         Forwarder { client: Client::builder(TokioExecutor::new()).build_http() }
     }
+}
 
+impl Forwarder {
     /// Sends `request` to `address` with its path replaced by `path_and_query`.
     ///
     /// Plain requests only: `Upgrade` is a hop-by-hop header and is dropped, so a websocket
@@ -323,7 +308,7 @@ pub async fn body_text(body: Body, limit: usize) -> String {
 
 /// `GET /health/live` (200 while the process answers at all) and `GET /health/ready`
 /// (200 while `health` reports serving, 503 otherwise), to merge into an axum router.
-pub fn health_routes<S: Clone + Send + Sync + 'static>(health: &Health) -> Router<S> {
+fn health_routes<S: Clone + Send + Sync + 'static>(health: &Health) -> Router<S> {
     let ready = health.subscribe();
     Router::new().route("/health/live", axum::routing::get(|| async { "live\n" })).route(
         "/health/ready",
@@ -373,13 +358,13 @@ mod tests {
         use registry::Registered;
         use registry::{MemoryRegistry, Registry};
         let registry: std::sync::Arc<dyn Registry> = std::sync::Arc::new(MemoryRegistry::new());
-        let server = start_healthy(Router::new()).await.unwrap();
+        let server = start(Router::new()).await.unwrap();
         let url = server.url();
         let node =
             Registered::new(&registry, server, "web", "w1", Duration::from_secs(5)).await.unwrap();
         let status = async |path: &str| {
             let request = Request::get(format!("{url}{path}")).body(Body::empty()).unwrap();
-            Forwarder::new().send(request).await.unwrap().status().as_u16()
+            Forwarder::default().send(request).await.unwrap().status().as_u16()
         };
         assert_eq!((status("/health/live").await, status("/health/ready").await), (200, 200));
         node.not_serving().await;
@@ -449,7 +434,7 @@ mod tests {
             .body(Body::empty())
             .unwrap();
         let address = server.addr().to_string();
-        let response = Forwarder::new().forward(&address, "/echo?x=1", request).await.unwrap();
+        let response = Forwarder::default().forward(&address, "/echo?x=1", request).await.unwrap();
         assert_eq!(response.status(), 200);
         let text = body_text(response.into_body(), 1024).await;
         assert_eq!(text, "/echo?x=1 host-is-node=true connection=false");
@@ -481,7 +466,7 @@ mod tests {
             .body(Body::empty())
             .unwrap();
         let address = server.addr().to_string();
-        let response = Forwarder::new().forward(&address, "/echo", request).await.unwrap();
+        let response = Forwarder::default().forward(&address, "/echo", request).await.unwrap();
         let mut answered: Vec<&str> = response
             .headers()
             .keys()
@@ -500,7 +485,8 @@ mod tests {
         // Bind then drop: a loopback port with nothing listening.
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let request = Request::get("/").body(Body::empty()).unwrap();
-        let error = Forwarder::new().forward(&port.to_string(), "/", request).await.unwrap_err();
+        let error =
+            Forwarder::default().forward(&port.to_string(), "/", request).await.unwrap_err();
         assert!(error.to_string().contains(&port.to_string()), "{error}");
         // The cause is kept, so the whole story can be told.
         let chain = microkit::error_chain(&error);
