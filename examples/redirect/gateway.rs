@@ -48,9 +48,11 @@ async fn handle(
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("no node for service {service:?}"))
     })?;
     let path = path_for_node(request.uri());
-    let response = gateway.forwarder.forward(&node.address, &path, request).await.map_err(|e| {
-        ApiError::new(StatusCode::BAD_GATEWAY, format!("{service}: {}", microkit::error_chain(&e)))
-    })?;
+    let response = gateway
+        .forwarder
+        .forward(&node.address, &path, request)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("{service}: {e:#}")))?;
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)

@@ -426,7 +426,9 @@ pub fn route(path: &str) -> Result<(&str, &str), Status> {
 fn unreached(status: Status, node: &str) -> Status {
     match std::error::Error::source(&status) {
         Some(cause) => {
-            Status::unavailable(format!("{node} unreachable: {}", microkit::error_chain(cause)))
+            let causes: Vec<String> =
+                std::iter::successors(Some(cause), |e| e.source()).map(|e| e.to_string()).collect();
+            Status::unavailable(format!("{node} unreachable: {}", causes.join(": ")))
         }
         _ => status,
     }

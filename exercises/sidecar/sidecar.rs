@@ -117,9 +117,7 @@ async fn call_http(
         .body(Body::from(body))
         .expect("a valid request");
     let response = forwarder.forward(&node.address, &format!("/{method}"), request).await;
-    response.map_err(|e| {
-        JsonError::bad_gateway(format!("{}: {}", node.service, microkit::error_chain(&e)))
-    })
+    response.map_err(|e| JsonError::bad_gateway(format!("{}: {e:#}", node.service)))
 }
 
 /// The longest service, node id, method or topic name, in bytes. NATS carries names in

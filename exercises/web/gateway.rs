@@ -119,12 +119,10 @@ impl Gateway {
         if request.headers().contains_key(http::header::UPGRADE) {
             return self.forward_upgrade(&node.address, &path, request).await;
         }
-        self.forwarder.forward(&node.address, &path, request).await.map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                format!("{service}: {}", microkit::error_chain(&e)),
-            )
-        })
+        self.forwarder
+            .forward(&node.address, &path, request)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("{service}: {e:#}")))
     }
 
     /// A websocket handshake goes to the node as it came (its `Connection: upgrade` and

@@ -47,19 +47,6 @@ pub fn report(result: anyhow::Result<()>) -> std::process::ExitCode {
     }
 }
 
-/// An error and its causes on one line (`outer: inner: root`), for a message that leaves
-/// the process (an HTTP answer, a printed line) where `{:#}` of anyhow is not at hand.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut line = error.to_string();
-    let mut cause = error.source();
-    while let Some(inner) = cause {
-        line.push_str(": ");
-        line.push_str(&inner.to_string());
-        cause = inner.source();
-    }
-    line
-}
-
 /// Sends logs to stderr, filtered by `RUST_LOG` (default: warnings and errors only), so
 /// stdout holds an example's results alone. Safe to call more than once.
 pub fn init_tracing() {

@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 
+use anyhow::Context;
 use axum::Router;
 use axum::body::Body;
 use http::header::{self, HeaderName};
@@ -188,24 +189,6 @@ impl axum::response::IntoResponse for ApiError {
     }
 }
 
-/// Why a forwarded request got no answer from the node. Each keeps its cause, so `{:#}`
-/// says what went wrong underneath (a refused connection, a reset, a bad URI).
-#[derive(Debug, thiserror::Error)]
-pub enum ForwardError {
-    #[error("bad node address {address:?}")]
-    BadAddress {
-        address: String,
-        #[source]
-        source: http::uri::InvalidUri,
-    },
-    #[error("node at {address} did not answer")]
-    Unreachable {
-        address: String,
-        #[source]
-        source: hyper_util::client::legacy::Error,
-    },
-}
-
 /// Passes HTTP/1.1 requests on to a node (`host:port`) and hands back its answer.
 ///
 /// One pooled client for every request, so connections to a node are reused.
@@ -267,33 +250,31 @@ impl Forwarder {
         address: &str,
         path_and_query: &str,
         mut request: Request<Body>,
-    ) -> Result<Response<Body>, ForwardError> {
-        let uri: Uri = format!("http://{address}{path_and_query}").parse().map_err(
-            |source: http::uri::InvalidUri| ForwardError::BadAddress {
-                address: address.to_owned(),
-                source,
-            },
-        )?;
+    ) -> anyhow::Result<Response<Body>> {
+        let uri: Uri = format!("http://{address}{path_and_query}")
+            .parse()
+            .with_context(|| format!("bad node address {address:?}"))?;
         *request.uri_mut() = uri;
         strip_hop_by_hop(request.headers_mut());
         let response = self
             .client
             .request(request)
             .await
-            .map_err(|source| ForwardError::Unreachable { address: address.to_owned(), source })?;
+            .with_context(|| format!("node at {address} did not answer"))?;
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, Body::new(body)))
     }
 
-    /// A plain request to a URL, for examples and tests that play the client.
-    pub async fn send(&self, request: Request<Body>) -> Result<Response<Body>, ForwardError> {
+    /// A plain request to a URL, for examples and tests that play the client. An error keeps
+    /// its cause (a refused connection, a reset), so `{:#}` tells the whole story.
+    pub async fn send(&self, request: Request<Body>) -> anyhow::Result<Response<Body>> {
         let address = request.uri().authority().map(|a| a.to_string()).unwrap_or_default();
         let response = self
             .client
             .request(request)
             .await
-            .map_err(|source| ForwardError::Unreachable { address, source })?;
+            .with_context(|| format!("{address} did not answer"))?;
         Ok(response.map(Body::new))
     }
 }
@@ -489,7 +470,7 @@ mod tests {
             Forwarder::default().forward(&port.to_string(), "/", request).await.unwrap_err();
         assert!(error.to_string().contains(&port.to_string()), "{error}");
         // The cause is kept, so the whole story can be told.
-        let chain = microkit::error_chain(&error);
+        let chain = format!("{error:#}");
         assert!(chain.len() > error.to_string().len() && chain.contains("onnect"), "{chain}");
     }
 }
