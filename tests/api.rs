@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::Process;
-use microkit_backend::nats::NatsServer;
+use microkit_testing::NatsServer;
 use serde_json::{Value, json};
 
 const LIMIT: Duration = Duration::from_secs(90);

@@ -7,8 +7,8 @@ use std::time::Duration;
 use broker::{Broker, BrokerError, Headers, NatsBroker, Subscription};
 use bytes::Bytes;
 use futures::StreamExt;
-use microkit_backend::nats::NatsServer;
 use microkit_testing::NatsCluster;
+use microkit_testing::NatsServer;
 
 const PATIENCE: Duration = Duration::from_secs(20);
 

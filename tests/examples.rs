@@ -11,7 +11,7 @@ mod common;
 use std::time::Duration;
 
 use common::{example, run_within, takes_backend, text, topics};
-use microkit_backend::nats::NatsServer;
+use microkit_testing::NatsServer;
 
 const LIMIT: Duration = Duration::from_secs(30);
 

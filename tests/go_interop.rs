@@ -21,7 +21,7 @@ use common::{Process, example, run_within, text};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use microkit::proto::greeter::HelloRequest;
-use microkit_backend::nats::NatsServer;
+use microkit_testing::NatsServer;
 use prost::Message;
 use registry::{Change, NatsRegistry, Node, Registry};
 use tokio::process::Command;

@@ -19,7 +19,7 @@ use tokio::process::{Child, Command};
 const LIMIT: Duration = Duration::from_secs(60);
 
 /// A `node` role over a private NATS: the child and the address it serves on.
-async fn start_node(nats: &microkit_backend::nats::NatsServer, id: &str) -> (Child, String) {
+async fn start_node(nats: &microkit_testing::NatsServer, id: &str) -> (Child, String) {
     let mut command = common::example("health");
     command.args(["node", "--id", id]).env("NATS_URL", nats.url());
     let mut child = command.spawn().expect("starting the node role");
@@ -39,8 +39,7 @@ async fn a_stopping_node_reports_not_serving_then_ends_the_watch_as_it_drains() 
 }
 
 async fn stopping_node() {
-    let nats =
-        microkit_backend::nats::NatsServer::start().await.expect("this test needs nats-server");
+    let nats = microkit_testing::NatsServer::start().await.expect("this test needs nats-server");
     let (mut node, address) = start_node(&nats, "greeter-1").await;
     let channel = tonic::transport::Channel::from_shared(format!("http://{address}")).unwrap();
     let channel = channel.connect().await.unwrap();
@@ -65,8 +64,7 @@ async fn python_grpcio_checks_health_and_calls_say_hello_through_reflection_alon
 
 async fn python_client() {
     let python = common::python();
-    let nats =
-        microkit_backend::nats::NatsServer::start().await.expect("this test needs nats-server");
+    let nats = microkit_testing::NatsServer::start().await.expect("this test needs nats-server");
     let (node, address) = start_node(&nats, "greeter-py").await;
     let output = Command::new(python)
         .arg(common::root().join("scripts/grpc-reflect.py"))
@@ -98,8 +96,7 @@ async fn a_health_node_beside_the_trace_topic_gets_none_of_its_calls() {
 }
 
 async fn two_topics() {
-    let nats =
-        microkit_backend::nats::NatsServer::start().await.expect("this test needs nats-server");
+    let nats = microkit_testing::NatsServer::start().await.expect("this test needs nats-server");
     let mut children = Vec::new();
     let mut ready = Vec::new();
     for (topic, args) in [

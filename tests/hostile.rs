@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use common::hostile::{self, H2};
 use common::roles::{At, Endpoint, Protocol, Role, Running, nodes, roles, spawn};
 use microkit::proto::greeter::{HelloReply, HelloRequest};
-use microkit_backend::nats::NatsServer;
+use microkit_testing::NatsServer;
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

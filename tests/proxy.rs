@@ -21,7 +21,7 @@ use microkit::proto::greeter::greeter_client::GreeterClient;
 use microkit::proto::greeter::greeter_server::{Greeter, GreeterServer};
 use microkit::proto::greeter::{GreetingsRequest, HelloReply, HelloRequest};
 use microkit::server::RunningServer;
-use microkit_backend::nats::NatsServer;
+use microkit_testing::NatsServer;
 use registry::Registered;
 use registry::{NatsRegistry, Registry};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{example, run_within, text};
-use microkit_backend::nats::NatsServer;
+use microkit_testing::NatsServer;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const LIMIT: Duration = Duration::from_secs(30);

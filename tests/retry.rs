@@ -8,7 +8,7 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 use common::{example, next_line, run_within, text};
-use microkit_backend::nats::NatsServer;
+use microkit_testing::NatsServer;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout};
 

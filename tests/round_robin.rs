@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Process, example, terminate};
-use microkit_backend::nats::NatsServer;
+use microkit_testing::NatsServer;
 use tokio::process::Command;
 
 const TTL_MS: u64 = 1500;

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{example, run_within, text};
-use microkit_backend::nats::NatsServer;
+use microkit_testing::NatsServer;
 
 const PATIENCE: Duration = Duration::from_secs(30);
 

@@ -10,8 +10,8 @@ use std::time::Duration;
 use common::{example, next_line, text};
 use microkit::proto::greeter::GreetingsRequest;
 use microkit::proto::greeter::greeter_client::GreeterClient;
-use microkit_backend::nats::NatsServer;
 use microkit_backend::{BackendArgs, BackendChoice};
+use microkit_testing::NatsServer;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout};
 

@@ -15,7 +15,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::roles::{Nats, Ready, Role, Running, node_ids, role, roles, spawn};
-use microkit_backend::nats::NatsServer;
+use microkit_testing::NatsServer;
 
 /// A hang guard per step (start, stop), never a pace.
 const LIMIT: Duration = Duration::from_secs(30);

@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::{example, run_within, text};
 use microkit::PATIENCE;
 use microkit::server::RunningServer;
-use microkit_backend::nats::NatsServer;
+use microkit_testing::NatsServer;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };

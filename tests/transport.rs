@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{Process, example, python, root, run_within, text};
 use microkit::proto::greeter::{HelloReply, HelloRequest};
-use microkit_backend::nats::NatsServer;
+use microkit_testing::NatsServer;
 use prost::Message;
 use registry::{NatsRegistry, Registry};
 use tokio::process::Command;

@@ -26,8 +26,7 @@ async fn web_nodes_in_other_processes_join_and_leave_the_gateway() {
 }
 
 async fn separate_processes() {
-    let nats =
-        microkit_backend::nats::NatsServer::start().await.expect("this test needs nats-server");
+    let nats = microkit_testing::NatsServer::start().await.expect("this test needs nats-server");
     let role = |args: &[&str]| {
         let mut command = common::example("web");
         command.args(args).env("NATS_URL", nats.url());

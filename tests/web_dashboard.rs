@@ -21,8 +21,7 @@ async fn the_front_page_shows_a_node_turn_not_ready_then_leave() {
 }
 
 async fn dashboard() {
-    let nats =
-        microkit_backend::nats::NatsServer::start().await.expect("this test needs nats-server");
+    let nats = microkit_testing::NatsServer::start().await.expect("this test needs nats-server");
     let role = |args: &[&str]| {
         let mut command = common::example("web");
         command.args(args).env("NATS_URL", nats.url());

@@ -11,7 +11,7 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
 
 use super::{Broker, BrokerError, Headers, MemoryBroker, Message, NatsBroker, Subscription};
-use microkit_backend::nats::NatsServer;
+use microkit_testing::NatsServer;
 
 /// Generous: only there to turn a hang into a failure.
 const PATIENCE: Duration = Duration::from_secs(10);

@@ -9,8 +9,8 @@ use cloudevents::{AttributesReader, Event};
 use futures::StreamExt;
 use microkit::PATIENCE;
 use microkit::proto::events::UserLoggedIn;
-use microkit_backend::nats::NatsServer;
 use microkit_backend::{Backend, BackendArgs, BackendChoice};
+use microkit_testing::NatsServer;
 
 use crate::bus::{self, EventBus};
 use crate::story::{AUDIT, Got, Told, login, post, run_all_here, user_of};

@@ -4,8 +4,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use clap::Parser;
 use microkit::proto::greeter::{HelloReply, HelloRequest};
-use microkit_backend::nats::NatsServer;
 use microkit_backend::{BackendArgs, BackendChoice};
+use microkit_testing::NatsServer;
 use prost::Message;
 
 use crate::bus::{self, Answer, Bus, CallError, Ping};

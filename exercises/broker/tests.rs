@@ -1,8 +1,8 @@
 use std::collections::BTreeMap;
 
 use clap::Parser;
-use microkit_backend::nats::NatsServer;
 use microkit_backend::{Backend, BackendArgs, BackendChoice};
+use microkit_testing::NatsServer;
 
 use crate::Args;
 use crate::story::{GroupShare, Observed, observe, order_headers};

@@ -5,8 +5,8 @@ use bytes::Bytes;
 use clap::Parser;
 use microkit::PATIENCE;
 use microkit::proto::events::{OrderPlaced, UserSignedUp};
-use microkit_backend::nats::NatsServer;
 use microkit_backend::{BackendArgs, BackendChoice};
+use microkit_testing::NatsServer;
 use prost::Message as _;
 use tokio::sync::watch;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use microkit_backend::nats::NatsServer;
+use microkit_testing::NatsServer;
 use registry::{Change, MemoryRegistry, Node, Registration, Registry};
 use registry::{DEFAULT_BUCKET, NatsRegistry};
 

@@ -17,7 +17,7 @@ use broker::{Broker, DEFAULT_SUBSCRIPTION_CAPACITY, Headers, MemoryBroker, NatsB
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use micro_benches::{Effort, Row, Target, throughput_pair};
-use microkit_backend::nats::NatsServer;
+use microkit_testing::NatsServer;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 

@@ -17,7 +17,7 @@ use microkit::proto::greeter::greeter_client::GreeterClient;
 use microkit::proto::greeter::greeter_server::GreeterServer;
 use microkit::proto::greeter::{HelloReply, HelloRequest};
 use microkit::server::RunningServer;
-use microkit_backend::nats::NatsServer;
+use microkit_testing::NatsServer;
 use prost::Message;
 use tonic::transport::Channel;
 

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::nats::NatsServer;
+use crate::nats::PrivateServer;
 
 /// The environment variable naming a NATS server to use.
 pub const NATS_URL: &str = "NATS_URL";
@@ -55,7 +55,7 @@ pub enum Backend {
         client: async_nats::Client,
         url: String,
         /// The private server, when we started one; it stops when this is dropped.
-        server: Option<NatsServer>,
+        server: Option<PrivateServer>,
     },
 }
 
@@ -145,7 +145,7 @@ impl BackendArgs {
 }
 
 async fn start_private() -> anyhow::Result<Backend> {
-    let server = NatsServer::start().await.context("starting a private nats-server")?;
+    let server = PrivateServer::start().await.context("starting a private nats-server")?;
     let url = server.url();
     let client = connect(&url, Default::default()).await?;
     // One line, as the memory fall-back says one: a learner sees which backend runs.
@@ -214,7 +214,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_reachable_url_is_used_as_given() {
-        let server = NatsServer::start().await.expect(nats::INSTALL_HINT);
+        let server = PrivateServer::start().await.unwrap();
         let backend = args(BackendChoice::Auto).connect_with(Some(&server.url())).await.unwrap();
         let Backend::Nats { url, server: private, .. } = backend else { panic!("not NATS") };
         assert_eq!(url, server.url());
@@ -239,7 +239,7 @@ mod tests {
 
     #[tokio::test]
     async fn roles_use_the_shared_server_named() {
-        let server = NatsServer::start().await.expect(nats::INSTALL_HINT);
+        let server = PrivateServer::start().await.unwrap();
         let backend = args(BackendChoice::Auto)
             .connect_shared_with(Some(&server.url()), "roles")
             .await

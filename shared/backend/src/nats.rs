@@ -1,12 +1,9 @@
-//! A private `nats-server`, for demos and tests: never a shared or system one.
-//!
-//! [`NatsServer`] starts Debian's `nats-server` on a free loopback port with JetStream
-//! storing into a temporary folder; it can be stopped and restarted on the same port with
-//! the same store (what a real outage looks like to clients), and it is killed on drop.
-//! The tests' `microkit-testing` crate starts three of them routed together.
+//! Starting `nats-server` on this machine, never a shared or system one: the private server
+//! of the backend rule ([`PrivateServer`]) and, through [`spawn`], the servers the tests
+//! start, stop and restart (`microkit-testing`'s `NatsServer` and cluster).
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -30,147 +27,108 @@ fn server_binary() -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// One `nats-server` process owned by this program.
-pub struct NatsServer {
-    child: Option<Child>,
+/// The `nats-server` the backend started for this run: one node on a free loopback port,
+/// JetStream in a temporary folder. Dropping it stops the server.
+pub struct PrivateServer {
+    // Fields drop in order: the child first (its supervisor then kills the server), the
+    // folder after.
+    _child: Child,
     port: u16,
-    /// Extra arguments (cluster settings); empty for a single node.
-    extra_args: Vec<String>,
-    name: String,
-    /// JetStream's store and the server's log; deleted on drop.
-    dir: TempDir,
+    _dir: TempDir,
 }
 
-impl NatsServer {
-    /// Starts a single node with JetStream on a free loopback port.
-    pub async fn start() -> anyhow::Result<Self> {
-        // A free port can be taken by another process between our check and the server's
-        // bind (tests start many servers at once); the server then exits, and we try again.
-        let mut attempts = 3;
-        loop {
-            match Self::start_node("solo", free_port()?, Vec::new()).await {
-                Err(error) if attempts > 1 && format!("{error:#}").contains("in use") => {
-                    attempts -= 1;
-                    tracing::debug!(%error, "nats-server port taken, trying another");
-                }
-                result => return result,
-            }
-        }
-    }
-
-    /// Starts a node named `name` on `port` with `extra_args` (a cluster's routes, say).
-    pub async fn start_node(
-        name: &str,
-        port: u16,
-        extra_args: Vec<String>,
-    ) -> anyhow::Result<Self> {
+impl PrivateServer {
+    pub(crate) async fn start() -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("nats-").tempdir()?;
-        let mut server = NatsServer { child: None, port, extra_args, name: name.to_owned(), dir };
-        server.spawn().await?;
-        Ok(server)
+        let (child, port) = spawn(dir.path(), "solo", None, &[]).await?;
+        Ok(PrivateServer { _child: child, port, _dir: dir })
     }
 
-    /// `nats://127.0.0.1:<port>`.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
+}
 
-    /// The server's own log (it says why a start failed).
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join("nats-server.log")
+/// Starts `nats-server` named `name` on `127.0.0.1:port` with JetStream storing in `dir`
+/// (its log goes to `dir/nats-server.log`, its process id to `dir/nats-server.pid`) and
+/// `extra_args` (a cluster's routes, say); returns once it accepts connections, with its port.
+///
+/// `port: None` takes a free one. Another process can take that port between our check and
+/// the server's bind (tests start many servers at once): the server then exits, and another
+/// port is tried. The server cannot outlive this process (see [`supervised`]): dropping the
+/// child, or closing its stdin, kills it.
+pub async fn spawn(
+    dir: &Path,
+    name: &str,
+    port: Option<u16>,
+    extra_args: &[String],
+) -> anyhow::Result<(Child, u16)> {
+    if let Some(port) = port {
+        return spawn_on(dir, name, port, extra_args).await;
     }
-
-    /// The server's process id, so a test can pause it (`kill -STOP`) and see what clients
-    /// do with a server that is up but stalled. `None` when it is not running. (The child
-    /// this struct holds is the supervisor, not the server: the server writes its own id.)
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref()?;
-        let written = std::fs::read_to_string(self.dir.path().join("nats-server.pid")).ok()?;
-        written.trim().parse().ok()
-    }
-
-    /// Kills the server (clients see the connection drop); the store is kept.
-    pub async fn stop(&mut self) -> anyhow::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            // Closing the supervisor's stdin is the kill order (see `supervised`); it exits
-            // once the server is gone, so the port is free when this returns.
-            drop(child.stdin.take());
-            match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
-                Ok(status) => {
-                    status.context("stopping nats-server")?;
-                }
-                Err(_) => child.kill().await.context("stopping nats-server")?,
+    let mut attempts = 3;
+    loop {
+        let port = free_port()?;
+        match spawn_on(dir, name, port, extra_args).await {
+            Err(error) if attempts > 1 && format!("{error:#}").contains("in use") => {
+                attempts -= 1;
+                tracing::debug!(%error, "nats-server port taken, trying another");
             }
+            result => return result,
         }
-        Ok(())
-    }
-
-    /// Starts it again on the same port with the same JetStream store.
-    pub async fn restart(&mut self) -> anyhow::Result<()> {
-        self.stop().await?;
-        self.spawn().await
-    }
-
-    async fn spawn(&mut self) -> anyhow::Result<()> {
-        let binary =
-            server_binary().with_context(|| format!("nats-server not found: {INSTALL_HINT}"))?;
-        let store = self.dir.path().join("jetstream");
-        let mut command = supervised(&binary);
-        command
-            .args(["--addr", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--server_name", &self.name, "--jetstream", "--store_dir"])
-            .arg(&store)
-            .arg("--log")
-            .arg(self.log_path())
-            .arg("--pid")
-            .arg(self.dir.path().join("nats-server.pid"))
-            .args(&self.extra_args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true);
-        let mut child =
-            command.spawn().with_context(|| format!("starting {}", binary.display()))?;
-
-        // Ready when its log says so and it accepts TCP connections; give up (with its log)
-        // if it exits first. (A connection alone could reach another server that took the
-        // port first: ours then exits with "address already in use".)
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        while !self.log_says_ready()
-            || TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err()
-        {
-            if let Some(status) = child.try_wait()? {
-                bail!("nats-server exited with {status} before it listened:\n{}", self.log_tail());
-            }
-            if Instant::now() > deadline {
-                bail!("nats-server did not listen on {addr} within 10 s:\n{}", self.log_tail());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        self.child = Some(child);
-        Ok(())
-    }
-
-    /// Whether this run of the server has logged that it is ready (the log is appended to
-    /// across restarts, so count the runs: each start logs "Starting nats-server" once).
-    fn log_says_ready(&self) -> bool {
-        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-        log.matches("Starting nats-server").count() == log.matches("Server is ready").count()
-            && log.contains("Server is ready")
-    }
-
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(10)..].join("\n")
     }
 }
 
-impl Drop for NatsServer {
-    /// Dropping the child closes the supervisor's stdin, and the supervisor kills the server.
-    fn drop(&mut self) {
-        drop(self.child.take());
+async fn spawn_on(
+    dir: &Path,
+    name: &str,
+    port: u16,
+    extra_args: &[String],
+) -> anyhow::Result<(Child, u16)> {
+    let binary =
+        server_binary().with_context(|| format!("nats-server not found: {INSTALL_HINT}"))?;
+    // A fresh log for each start, so that "ready" in it speaks of this one.
+    let log = dir.join("nats-server.log");
+    let _ = std::fs::remove_file(&log);
+    let mut command = supervised(&binary);
+    command
+        .args(["--addr", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--server_name", name, "--jetstream", "--store_dir"])
+        .arg(dir.join("jetstream"))
+        .arg("--log")
+        .arg(&log)
+        .arg("--pid")
+        .arg(dir.join("nats-server.pid"))
+        .args(extra_args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    let mut child = command.spawn().with_context(|| format!("starting {}", binary.display()))?;
+
+    // Ready when its log says so and it accepts TCP connections; give up (with its log)
+    // if it exits first. (A connection alone could reach another server that took the
+    // port first: ours then exits with "address already in use".)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    while !read_log().contains("Server is ready")
+        || TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err()
+    {
+        if let Some(status) = child.try_wait()? {
+            bail!("nats-server exited with {status} before it listened:\n{}", tail(&read_log()));
+        }
+        if Instant::now() > deadline {
+            bail!("nats-server did not listen on {addr} within 10 s:\n{}", tail(&read_log()));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    Ok((child, port))
+}
+
+/// The last ten lines of a log (they say why a start failed).
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(10)..].join("\n")
 }
 
 /// A command that runs `binary` so that it cannot outlive this process, however it ends.
@@ -202,7 +160,7 @@ wait "$server""#;
 }
 
 /// A port the OS says is free now. Another process could take it before the server binds;
-/// `NatsServer::start` then tries another.
+/// [`spawn`] then tries another.
 fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -217,18 +175,17 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn starts_stops_and_restarts_on_the_same_port() {
-        let mut server = NatsServer::start().await.expect(INSTALL_HINT);
+    async fn a_private_server_answers_and_is_gone_once_dropped() {
+        let server = PrivateServer::start().await.unwrap();
         let client = async_nats::connect(server.url()).await.unwrap();
         client.flush().await.unwrap();
         let url = server.url();
-
-        server.stop().await.unwrap();
-        assert!(async_nats::connect(server.url()).await.is_err(), "stopped means unreachable");
-
-        server.restart().await.unwrap();
-        assert_eq!(server.url(), url);
-        let again = async_nats::connect(server.url()).await.unwrap();
-        again.flush().await.unwrap();
+        drop(server);
+        let gone = tokio::time::timeout(Duration::from_secs(5), async {
+            while async_nats::connect(url.as_str()).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        gone.await.expect("the server stopped with its owner");
     }
 }

@@ -1,9 +1,84 @@
-//! Fixtures only tests use: a NATS cluster on this machine. Only dev-dependencies pull this
-//! crate, so no example's build compiles it.
+//! Fixtures only tests use: `nats-server` nodes on this machine that a test can stop, restart,
+//! pause or route into a cluster. Only dev-dependencies pull this crate, so no topic's
+//! library compiles it (an example program, which cargo builds with its package's
+//! dev-dependencies, may).
 
 use std::net::TcpListener;
+use std::time::Duration;
 
-use microkit_backend::nats::NatsServer;
+use anyhow::Context;
+use microkit_backend::nats::spawn;
+use tempfile::TempDir;
+use tokio::process::Child;
+
+/// One `nats-server` owned by a test: JetStream on, on a loopback port, killed on drop.
+/// It can be stopped and restarted on the same port with the same store, which is what a
+/// real outage looks like to clients.
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    name: String,
+    /// Extra arguments (cluster settings); empty for a single node.
+    extra_args: Vec<String>,
+    /// JetStream's store, the server's log and its process id; deleted on drop.
+    dir: TempDir,
+}
+
+impl NatsServer {
+    /// Starts a single node on a free loopback port.
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::launch("solo", None, Vec::new()).await
+    }
+
+    async fn launch(
+        name: &str,
+        port: Option<u16>,
+        extra_args: Vec<String>,
+    ) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("nats-").tempdir()?;
+        let (child, port) = spawn(dir.path(), name, port, &extra_args).await?;
+        Ok(NatsServer { child: Some(child), port, name: name.to_owned(), extra_args, dir })
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's process id, so a test can pause it (`kill -STOP`) and see what clients
+    /// do with a server that is up but stalled. `None` when it is not running. (The child
+    /// held here is the supervisor, not the server: the server writes its own id.)
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref()?;
+        let written = std::fs::read_to_string(self.dir.path().join("nats-server.pid")).ok()?;
+        written.trim().parse().ok()
+    }
+
+    /// Kills the server (clients see the connection drop); the store is kept.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            // Closing the supervisor's stdin is the kill order; it exits once the server is
+            // gone, so the port is free when this returns.
+            drop(child.stdin.take());
+            match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
+                Ok(status) => {
+                    status.context("stopping nats-server")?;
+                }
+                Err(_) => child.kill().await.context("stopping nats-server")?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts it again on the same port with the same JetStream store.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop().await?;
+        let (child, _) =
+            spawn(self.dir.path(), &self.name, Some(self.port), &self.extra_args).await?;
+        self.child = Some(child);
+        Ok(())
+    }
+}
 
 /// Three `nats-server` nodes routed into one cluster, JetStream replicated across them.
 pub struct NatsCluster {
@@ -27,7 +102,7 @@ impl NatsCluster {
                 "--routes".to_owned(),
                 routes.join(","),
             ];
-            nodes.push(NatsServer::start_node(&format!("node-{}", i + 1), port, args).await?);
+            nodes.push(NatsServer::launch(&format!("node-{}", i + 1), Some(port), args).await?);
         }
         Ok(NatsCluster { nodes })
     }
@@ -72,5 +147,23 @@ mod tests {
         .await
         .expect("the cluster routes the message from node 3 to node 1");
         assert_eq!(&got.payload[..], b"hi");
+    }
+
+    #[tokio::test]
+    async fn starts_stops_and_restarts_on_the_same_port() {
+        let mut server = NatsServer::start().await.unwrap();
+        let client = async_nats::connect(server.url()).await.unwrap();
+        client.flush().await.unwrap();
+        let url = server.url();
+
+        server.stop().await.unwrap();
+        assert!(server.pid().is_none(), "no process id while stopped");
+        assert!(async_nats::connect(server.url()).await.is_err(), "stopped means unreachable");
+
+        server.restart().await.unwrap();
+        assert_eq!(server.url(), url);
+        assert!(server.pid().is_some(), "the restarted server wrote its process id");
+        let again = async_nats::connect(server.url()).await.unwrap();
+        again.flush().await.unwrap();
     }
 }
