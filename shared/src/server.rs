@@ -1,4 +1,4 @@
-//! A gRPC server on a free loopback port, for demos and tests.
+//! A server on a free loopback port: gRPC here, axum in `microkit-http`.
 //!
 //! [`RunningServer`] binds `127.0.0.1:0` (the OS picks the port, so runs never collide),
 //! hands back the address, and can be stopped two ways:

@@ -6,7 +6,7 @@
 //! for an operator whose patience ran out. The shutdown example teaches the same in full
 //! (a token tree, timers); the other roles only need these two calls.
 //!
-//! On platforms without Unix signals, ctrl-c is the one stop request there is.
+//! On Windows, ctrl-c is the one stop request there is.
 
 use std::future::Future;
 
@@ -82,21 +82,6 @@ mod imp {
         pub async fn next(mut self) -> std::io::Result<&'static str> {
             self.0.recv().await;
             Ok("ctrl-c")
-        }
-    }
-}
-
-#[cfg(not(any(unix, windows)))]
-mod imp {
-    pub struct Armed;
-
-    impl Armed {
-        pub fn install() -> std::io::Result<Self> {
-            Ok(Armed)
-        }
-
-        pub async fn next(self) -> std::io::Result<&'static str> {
-            tokio::signal::ctrl_c().await.map(|()| "ctrl-c")
         }
     }
 }

@@ -39,35 +39,34 @@ pub async fn start_on(
     router: Router,
     health: Health,
 ) -> std::io::Result<RunningServer> {
-    let router = router.merge(health_routes(&health));
-    let server = start_within(addr, router, Limits::default(), Protocols::Both).await?;
-    Ok(server.with_health(health))
+    start_within(addr, router, health, Limits::default(), Protocols::Both).await
 }
 
 /// [`start`] speaking HTTP/1.1 only: for an endpoint whose clients all speak it (a
 /// Prometheus scraper does, over plain HTTP), so that none of HTTP/2's per-connection
 /// streams can be opened against it. An HTTP/2 preface is refused.
 pub async fn start_http1(router: Router) -> std::io::Result<RunningServer> {
-    let health = Health::default();
-    let router = router.merge(health_routes(&health));
-    let server = start_within(LOOPBACK, router, Limits::default(), Protocols::Http1).await?;
-    Ok(server.with_health(health))
+    start_within(LOOPBACK, router, Health::default(), Limits::default(), Protocols::Http1).await
 }
 
 const LOOPBACK: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
-/// Serves `router` on `addr` within `limits` (only this crate's tests shorten them).
+/// Serves `router` and the health routes on `addr` within `limits` (only this crate's tests
+/// shorten them).
 async fn start_within(
     addr: SocketAddr,
     router: Router,
+    health: Health,
     limits: Limits,
     protocols: Protocols,
 ) -> std::io::Result<RunningServer> {
-    RunningServer::start_on(addr, limits, move |incoming, stop| {
+    let router = router.merge(health_routes(&health));
+    let server = RunningServer::start_on(addr, limits, move |incoming, stop| {
         serve(incoming, router, limits, protocols, stop)
     })
-    .await
+    .await?;
+    Ok(server.with_health(health))
 }
 
 /// What a server speaks on its port.
@@ -321,7 +320,7 @@ mod tests {
         let router = Router::new()
             .route("/", get(|| async { "ok" }))
             .route("/upload", post(|body: String| async move { body.len().to_string() }));
-        start_within(LOOPBACK, router, limits, Protocols::Both).await.unwrap()
+        start_within(LOOPBACK, router, Health::default(), limits, Protocols::Both).await.unwrap()
     }
 
     /// Reads until the server closes the connection; fails past `limit`.
