@@ -43,7 +43,7 @@ pub(crate) async fn role(
         // alone, what a scraper speaks. Over HTTP/2 a client that reads no reply leaves
         // each stream past the connection's 64 KiB window waiting in hyper; when it then
         // hangs up, h2 0.4.20's debug build panics on those streams (notes/trace.md).
-        _ => Some(microkit_http::start_http1(metrics::route()).await?),
+        _ => Some(microkit_http::start(metrics::route()).await?),
     };
     // Said in the role's ready line, which comes once the role is in place.
     let scrape = metrics.as_ref().map(|m| format!(", metrics on http://{}/metrics", m.addr()));

@@ -26,7 +26,10 @@ use microkit::server::{Incoming, Limits, RunningServer};
 /// `GET /health/ready` added and reporting a [`Health`] of its own.
 ///
 /// Each connection is served with hyper directly rather than through `axum::serve`, which
-/// has no header timeout and no drain deadline (see [`Limits`]).
+/// has no header timeout and no drain deadline (see [`Limits`]). It speaks HTTP/1.1 alone
+/// (websocket upgrades included): browsers, scrapers and the clients here all speak it over
+/// plain HTTP, and over HTTP/2 a stranger could open streams whose replies it never reads
+/// (the trace note tells what that cost). An HTTP/2 preface is refused.
 pub async fn start(router: Router) -> std::io::Result<RunningServer> {
     start_on(LOOPBACK, router, Health::default()).await
 }
@@ -39,14 +42,7 @@ pub async fn start_on(
     router: Router,
     health: Health,
 ) -> std::io::Result<RunningServer> {
-    start_within(addr, router, health, Limits::default(), Protocols::Both).await
-}
-
-/// [`start`] speaking HTTP/1.1 only: for an endpoint whose clients all speak it (a
-/// Prometheus scraper does, over plain HTTP), so that none of HTTP/2's per-connection
-/// streams can be opened against it. An HTTP/2 preface is refused.
-pub async fn start_http1(router: Router) -> std::io::Result<RunningServer> {
-    start_within(LOOPBACK, router, Health::default(), Limits::default(), Protocols::Http1).await
+    start_within(addr, router, health, Limits::default()).await
 }
 
 const LOOPBACK: SocketAddr =
@@ -59,22 +55,13 @@ async fn start_within(
     router: Router,
     health: Health,
     limits: Limits,
-    protocols: Protocols,
 ) -> std::io::Result<RunningServer> {
     let router = router.merge(health_routes(&health));
     let server = RunningServer::start_on(addr, limits, move |incoming, stop| {
-        serve(incoming, router, limits, protocols, stop)
+        serve(incoming, router, limits, stop)
     })
     .await?;
     Ok(server.with_health(health))
-}
-
-/// What a server speaks on its port.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Protocols {
-    /// HTTP/1.1, and HTTP/2 with prior knowledge.
-    Both,
-    Http1,
 }
 
 /// The accept loop: one task per connection, each told to finish its request in flight and
@@ -82,30 +69,16 @@ enum Protocols {
 ///
 /// Connections come through [`Incoming`], as on the gRPC servers: a failed accept pauses the
 /// loop instead of spinning it, and a connection that has sent no complete request within
-/// the header timeout is closed (hyper's own header timeout starts only once it has sniffed
-/// the protocol, so it never saw a client that sent nothing or only `P`).
+/// the header timeout is closed (hyper's own header timeout starts only once a connection is
+/// served, so it never saw a client that sent nothing or only `P`).
 async fn serve(
     mut incoming: Incoming,
     router: Router,
     limits: Limits,
-    protocols: Protocols,
     stop: impl Future<Output = ()>,
 ) -> Result<(), std::convert::Infallible> {
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    if protocols == Protocols::Http1 {
-        builder = builder.http1_only();
-    }
-    builder
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
-    // A ping after half the header timeout without a frame, and half of it for the answer:
-    // a peer that stopped reading is gone within the header timeout.
-    builder
-        .http2()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .keep_alive_interval(limits.header_timeout / 2)
-        .keep_alive_timeout(limits.header_timeout / 2);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.header_timeout);
     let draining = CancellationToken::new();
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(stop);
@@ -120,29 +93,18 @@ async fn serve(
             () = &mut stop => break,
         };
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
-        let builder = builder.clone();
+        let connection = builder.serve_connection(TokioIo::new(connection), service);
         let draining = draining.clone();
         connections.spawn(async move {
-            // Both kinds of connection are driven alike; they share no trait to name.
-            macro_rules! drive {
-                ($connection:expr) => {{
-                    let connection = $connection;
-                    tokio::pin!(connection);
-                    tokio::select! {
-                        result = connection.as_mut() => result,
-                        () = draining.cancelled() => {
-                            // Finish the request in flight, take no more on this connection.
-                            connection.as_mut().graceful_shutdown();
-                            connection.await
-                        }
-                    }
-                }};
-            }
-            let io = TokioIo::new(connection);
-            // `http1_only` holds for `serve_connection` alone: the upgrading variant sniffs.
-            let result = match protocols {
-                Protocols::Both => drive!(builder.serve_connection_with_upgrades(io, service)),
-                Protocols::Http1 => drive!(builder.serve_connection(io, service)),
+            let connection = connection.with_upgrades();
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = draining.cancelled() => {
+                    // Finish the request in flight, take no more on this connection.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
             };
             if let Err(error) = result {
                 tracing::debug!("connection ended: {error}");
@@ -320,7 +282,7 @@ mod tests {
         let router = Router::new()
             .route("/", get(|| async { "ok" }))
             .route("/upload", post(|body: String| async move { body.len().to_string() }));
-        start_within(LOOPBACK, router, Health::default(), limits, Protocols::Both).await.unwrap()
+        start_within(LOOPBACK, router, Health::default(), limits).await.unwrap()
     }
 
     /// Reads until the server closes the connection; fails past `limit`.
@@ -368,6 +330,18 @@ mod tests {
             stream.write_all(sent).await.unwrap();
             closed_within(&mut stream, Duration::from_secs(3)).await;
         }
+    }
+
+    /// No HTTP/2 on an HTTP port: a client with prior knowledge gets no SETTINGS frame, only
+    /// an HTTP/1.1 refusal or a closed connection.
+    #[tokio::test]
+    async fn http2_with_prior_knowledge_is_refused() {
+        let server = echo_server(SHORT).await;
+        let mut stream = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+        stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+        stream.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap(); // an empty SETTINGS
+        let seen = closed_within(&mut stream, Duration::from_secs(3)).await;
+        assert!(seen.is_empty() || seen.starts_with(b"HTTP/1.1 4"), "answered {seen:?}");
     }
 
     #[tokio::test]
