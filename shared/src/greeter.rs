@@ -1,7 +1,6 @@
-//! A plain Greeter implementation that says which node answered, for the examples whose
-//! lesson is not the server itself (round-robin, sharding, sidecar, tunnel, secure...).
-//!
-//! The stream example writes its own Greeter, because there the server *is* the lesson.
+//! A plain Greeter that says which node answered, for the examples whose lesson is not the
+//! server itself (round-robin, sharding, sidecar, tunnel, secure...). The stream example
+//! writes its own, because there the server *is* the lesson.
 
 use std::pin::Pin;
 use std::time::Duration;

@@ -1,16 +1,10 @@
 //! Health checking and reflection: the two standard services every server here mounts.
 //!
-//! The registry says a node *exists* (its TTL heartbeat keeps it listed); health says
-//! whether it is *fit to serve*. The two differ on purpose: a node that is draining, or has
-//! lost something it needs, is still alive and still listed, but should get no new work.
-//!
-//! - [`Health`]: one node's serving status, reported over `grpc.health.v1.Health` for gRPC
-//!   clients and over `GET /health/ready` for HTTP probes (`/health/live` answers 200 while
-//!   the process serves at all). The registry lesson's `Registered::stop` reports
-//!   NOT_SERVING before it deregisters.
-//! - [`Health::mount`] adds server reflection (v1, and v1alpha for older clients such as
-//!   Python's grpcio-reflection), fed the descriptors `build.rs` compiles, so a tool that has
-//!   never seen our protos can list the services and call them.
+//! The registry says a node *exists*; health says whether it is *fit to serve*: a node that
+//! is draining, or has lost something it needs, is still listed but should get no new work.
+//! [`Health`] reports it over `grpc.health.v1.Health` and `GET /health/ready` alike.
+//! [`Health::mount`] adds server reflection (v1, and v1alpha for Python's grpcio-reflection),
+//! so a tool that has never seen our protos can list the services and call them.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -193,11 +187,10 @@ fn reflection_v1alpha() -> tonic_reflection::server::v1alpha::ServerReflectionSe
     tonic_reflection::server::v1alpha::ServerReflectionServer::new(ReflectionV1alpha { inner })
 }
 
-/// tonic-reflection's service, asked one request at a time, so that a miss (an unknown
-/// file or symbol) is answered as reflection.proto says, with an `ErrorResponse` on the
-/// stream, which stays open for the next request. tonic-reflection itself ends the whole
-/// stream with the error status. Each request is one in-process call to it (no socket:
-/// its server is the client's transport), in order, so answers keep the requests' order.
+/// tonic-reflection's service, asked one request at a time, so that a miss (an unknown file
+/// or symbol) is an `ErrorResponse` on a stream that stays open, as reflection.proto says;
+/// tonic-reflection itself ends the whole stream. Each request is one in-process call to it
+/// (its server is the client's transport), in order, so answers keep the requests' order.
 macro_rules! reflection_per_request {
     ($module:ident, $version:ident, $endpoint:ident) => {
         mod $module {

@@ -1,18 +1,13 @@
-//! `microkit`: the small toolkit that go-micro's lessons, ported to Rust, stand on.
+//! `microkit`: the plumbing go-micro's lessons, ported to Rust, stand on, which a reader can
+//! take on trust. go-micro's own ideas (the registry, the broker) are lessons of their own.
 //!
-//! It holds only plumbing that two or more examples need and that a reader can take on
-//! trust; go-micro's own ideas (the registry, the broker) are lessons of their own, in
-//! `examples/registry` and `examples/broker`.
+//! - [`proto`]: the Greeter service and the example events, generated at build time;
+//! - [`server`] and [`greeter`]: a server on a free loopback port, and a Greeter to serve;
+//! - [`health`]: health checking and reflection, mounted on every server;
+//! - [`signal`]: the stop request (SIGTERM, SIGINT, SIGHUP) every long-running role honours;
+//! - [`timeout`]: the `grpc-timeout` header, read the same way by every hop.
 //!
-//! - [`proto`]: the Greeter service and the example events, generated from `shared/proto`
-//!   at build time.
-//! - [`server`] and [`greeter`]: a gRPC server on a free loopback port.
-//! - [`health`]: health checking and reflection, mounted on every server.
-//! - [`signal`]: the stop request (SIGTERM, SIGINT, SIGHUP) every long-running role honours.
-//! - [`report`] and [`init_tracing`]: how every example's `main` ends and where its logs go.
-//!
-//! Beside it: `microkit-http` (an axum server and a forwarding client, for the HTTP
-//! examples) and `microkit-backend` (NATS or memory: the rule every example follows).
+//! Beside it: `microkit-http` (axum) and `microkit-backend` (NATS or memory).
 
 pub mod greeter;
 pub mod health;

@@ -1,23 +1,13 @@
-//! A server on a free loopback port: gRPC here, axum in `microkit-http`.
+//! A server on a free loopback port (gRPC here, axum in `microkit-http`), stopped either
+//! gracefully ([`RunningServer::shutdown`]: stop accepting, let calls in flight finish within
+//! the drain deadline, cut the rest) or as a killed process stops ([`RunningServer::crash`]:
+//! every connection dies at once, because the server runs on a runtime of its own, on its
+//! own thread, and dropping that runtime drops every connection task).
 //!
-//! [`RunningServer`] binds `127.0.0.1:0` (the OS picks the port, so runs never collide),
-//! hands back the address, and can be stopped two ways:
-//! - [`RunningServer::shutdown`]: graceful, the server stops accepting and lets calls in
-//!   flight finish, within a drain deadline, then cuts what is left;
-//! - [`RunningServer::crash`]: every connection dies at once, as when a process is killed.
-//!
-//! Every server started with [`RunningServer::start`] also serves health checking and
-//! reflection ([`crate::health`]); one built by hand with [`RunningServer::start_with`] (a
-//! gRPC server with layers or TLS, or `microkit-http`'s axum server) adds them itself and
-//! hands its [`Health`] over with [`RunningServer::with_health`].
-//!
-//! Each faces clients it does not control, so the defaults bound what one may hold: the
-//! listener ([`Incoming`]) pauses after a failed accept and closes a connection that has
-//! not sent a complete request within the header timeout; [`builder`] caps the streams of
-//! one connection and pings an idle peer; a stop waits at most the drain deadline.
-//!
-//! To make a crash real, the server runs on its own small tokio runtime in its own thread;
-//! dropping that runtime drops every connection task with it.
+//! [`RunningServer::start`] serves health and reflection too ([`crate::health`]); a server
+//! built with [`RunningServer::start_with`] (layers, TLS, axum) adds them itself and names
+//! its [`Health`] with [`RunningServer::with_health`]. Each faces clients it does not
+//! control, so [`Incoming`], [`builder`] and the drain deadline bound what one may hold.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -72,7 +62,7 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 100;
 const KEEPALIVE: Duration = Duration::from_secs(5);
 
 /// `Server::builder()` with the defaults every gRPC server here keeps: at most
-/// [`MAX_STREAMS_PER_CONNECTION`] streams per connection, and [`KEEPALIVE`] pings.
+/// `MAX_STREAMS_PER_CONNECTION` streams per connection, and `KEEPALIVE` pings.
 pub fn builder() -> Server {
     Server::builder()
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)

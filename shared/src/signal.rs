@@ -1,12 +1,6 @@
-//! Waiting for the request to stop that every long-running role must honour.
-//!
-//! Every role stops the same way, whichever of the usual signals asks: SIGTERM (a process
-//! manager, `kill`), SIGINT (ctrl-c) or SIGHUP (the terminal closed). The first one starts a
-//! graceful stop; after [`stopping`] a second one ends the process at once with exit code 1,
-//! for an operator whose patience ran out. The shutdown example teaches the same in full
-//! (a token tree, timers); the other roles only need these two calls.
-//!
-//! On Windows, ctrl-c is the one stop request there is.
+//! The stop request every long-running role honours, whichever usual signal asks: SIGTERM
+//! (a process manager, `kill`), SIGINT (ctrl-c) or SIGHUP (the terminal closed); on Windows,
+//! ctrl-c. The shutdown example teaches the same in full (a token tree, timers).
 
 use std::future::Future;
 
@@ -21,10 +15,9 @@ pub fn stop_requested() -> impl Future<Output = std::io::Result<&'static str>> +
     async move { armed?.next().await }
 }
 
-/// What every role does once its stop request came (`signal`, what the future of
-/// [`stop_requested`] gave): from now on a second signal ends the process at once with exit
-/// code 1, for an operator whose patience ran out, and the log says which signal asked and
-/// what the role does now (`what`).
+/// What every role does once its stop request came (`signal`, from [`stop_requested`]): from
+/// now on a second signal ends the process at once with exit code 1, for an operator whose
+/// patience ran out, and the log says which signal asked and what the role does (`what`).
 pub fn stopping(
     signal: std::io::Result<&'static str>,
     what: &str,

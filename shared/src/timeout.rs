@@ -16,17 +16,12 @@ use std::time::Duration;
 
 /// Reads a `grpc-timeout` value (`250m`, `5S`, `1234000u`); `None` if it is not one.
 ///
-/// Strict where the grammar is:
-/// - Only ASCII digits, at most 8 of them. Rust's `u64::from_str` would also take a
-///   leading `+`, so a parser built on it alone reads `+5S` as five seconds; the grammar
-///   has no sign, no conforming sender writes one, and a header two readers understand
-///   differently (a proxy bounding a call the next hop sees without a deadline) is worse
-///   than one both refuse. What is refused counts as no header at all.
-/// - Zero is read, though the grammar says "positive": tonic writes `0n` when the time is
-///   already gone, and reading that as no deadline would give the call more time, not none.
-///
-/// The 8-digit bound also keeps the arithmetic in range: 99 999 999 hours is about
-/// 3.6 × 10¹¹ seconds, far inside a `u64`.
+/// Strict where the grammar is: ASCII digits only, at most 8 (99 999 999 hours fit a `u64`
+/// many times over). `u64::from_str` alone would read `+5S` as five seconds; the grammar has
+/// no sign, and a header two readers understand differently (a proxy bounding a call the next
+/// hop sees without a deadline) is worse than one both refuse, as no header at all. Zero is
+/// read, though the grammar says "positive": tonic writes `0n` when the time is gone, and
+/// reading that as no deadline would give the call more time, not none.
 pub fn parse(value: &str) -> Option<Duration> {
     let (digits, unit) = value.split_at_checked(value.len().checked_sub(1)?)?;
     if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {

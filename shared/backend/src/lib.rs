@@ -1,16 +1,13 @@
 //! Which backend an example runs on: real NATS, or the memory backend inside this process.
-//!
 //! One rule, the same in every example:
-//! 1. `NATS_URL` is set: connect to it (an unreachable URL is an error naming it, never a
-//!    silent fall-back: the user asked for that server). It may name a cluster, as a
-//!    comma-separated list (`nats://a:4222,nats://b:4222`, see [`connect`]).
+//! 1. `NATS_URL` is set: connect to it, a cluster as a comma-separated list (an unreachable
+//!    URL is an error naming it, never a silent fall-back: the user asked for that server).
 //! 2. Else a `nats-server` binary is installed: start a private one (loopback, random port,
 //!    JetStream in a temporary folder, killed on exit).
-//! 3. Else: the memory backend (everything inside this one process), with one line on
-//!    stderr saying so and how to install NATS.
+//! 3. Else the memory backend (everything in this one process), saying so on stderr.
 //!
-//! `--backend memory|nats` (or `MICRO_BACKEND=memory|nats`) overrides the rule; the tests
-//! use it to run each example on both. Whichever runs, stdout is the same.
+//! `--backend memory|nats` (or `MICRO_BACKEND`) overrides the rule; the tests run each
+//! example on both. Whichever runs, stdout is the same.
 
 pub mod nats;
 
@@ -155,17 +152,15 @@ async fn start_private() -> anyhow::Result<Backend> {
     Ok(Backend::Nats { client, url, server: Some(server) })
 }
 
-/// The servers a `NATS_URL` names: one URL, or several separated by commas, the convention
-/// of nats.go's `Connect` and the `nats` tool (spaces around an entry and empty entries are
-/// ignored, as there). Given every node of a cluster, a client connects to one that answers
-/// (async-nats tries them in random order, spreading clients over the nodes) and, when its
-/// node goes down, reconnects to another.
+/// The servers a `NATS_URL` names, comma-separated as nats.go's `Connect` and the `nats` tool
+/// take them (spaces and empty entries ignored). async-nats connects to one that answers, in
+/// random order, and reconnects to another when its node goes down.
 fn server_list(url: &str) -> Vec<&str> {
     url.split(',').map(str::trim).filter(|server| !server.is_empty()).collect()
 }
 
 /// Connects once with `options` (a broker sets its buffers; most callers take the default),
-/// to every server `url` lists (see [`server_list`]), failing within 3 s with a message that
+/// to every server `url` lists (see `server_list`), failing within 3 s with a message that
 /// names the URL and what to do.
 pub async fn connect(
     url: &str,

@@ -53,10 +53,9 @@ impl PrivateServer {
 /// (its log goes to `dir/nats-server.log`, its process id to `dir/nats-server.pid`) and
 /// `extra_args` (a cluster's routes, say); returns once it accepts connections, with its port.
 ///
-/// `port: None` takes a free one. Another process can take that port between our check and
-/// the server's bind (tests start many servers at once): the server then exits, and another
-/// port is tried. The server cannot outlive this process (see [`supervised`]): dropping the
-/// child, or closing its stdin, kills it.
+/// `port: None` takes a free one, and another if a process takes it before the server binds.
+/// The server cannot outlive this process (see `supervised`): dropping the child, or
+/// closing its stdin, kills it.
 pub async fn spawn(
     dir: &Path,
     name: &str,

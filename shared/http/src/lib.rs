@@ -1,9 +1,5 @@
-//! HTTP plumbing for the edge examples (web, redirect, sidecar): an axum server on a free
-//! loopback port, and a small forwarding client for gateways that pass a request on to a
-//! node found in the registry.
-//!
-//! What each gateway *decides* (which node, which paths, which redirects) lives in its
-//! example; this module only moves bytes.
+//! HTTP plumbing: an axum server on a free loopback port, and a forwarding client for the
+//! gateways. What a gateway *decides* (which node, paths, redirects) lives in its example.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -21,15 +17,13 @@ use tokio_util::sync::CancellationToken;
 use microkit::health::Health;
 use microkit::server::{Incoming, Limits, RunningServer};
 
-/// Serves `router` on a free loopback port until the server is shut down (or dropped, which
-/// stops it at once, as for every [`RunningServer`]), with `GET /health/live` and
-/// `GET /health/ready` added and reporting a [`Health`] of its own.
+/// Serves `router` on a free loopback port, with `GET /health/live` and `GET /health/ready`
+/// added and reporting a [`Health`] of its own, until shut down (or dropped).
 ///
-/// Each connection is served with hyper directly rather than through `axum::serve`, which
-/// has no header timeout and no drain deadline (see [`Limits`]). It speaks HTTP/1.1 alone
-/// (websocket upgrades included): browsers, scrapers and the clients here all speak it over
-/// plain HTTP, and over HTTP/2 a stranger could open streams whose replies it never reads
-/// (the trace note tells what that cost). An HTTP/2 preface is refused.
+/// hyper serves each connection, not `axum::serve`, which has no header timeout and no drain
+/// deadline (see [`Limits`]). It speaks HTTP/1.1 alone, websocket upgrades included: the
+/// browsers, scrapers and clients here speak it over plain HTTP, and over HTTP/2 a stranger
+/// could open streams whose replies it never reads (the trace note tells what that cost).
 pub async fn start(router: Router) -> std::io::Result<RunningServer> {
     start_on(LOOPBACK, router, Health::default()).await
 }
@@ -65,12 +59,10 @@ async fn start_within(
 }
 
 /// The accept loop: one task per connection, each told to finish its request in flight and
-/// take no more when `stop` fires. The server's drain deadline cuts what is still open then.
-///
-/// Connections come through [`Incoming`], as on the gRPC servers: a failed accept pauses the
-/// loop instead of spinning it, and a connection that has sent no complete request within
-/// the header timeout is closed (hyper's own header timeout starts only once a connection is
-/// served, so it never saw a client that sent nothing or only `P`).
+/// take no more when `stop` fires; the server's drain deadline cuts what is open then.
+/// Connections come through [`Incoming`], which pauses after a failed accept and closes a
+/// connection that sends no complete request head within the header timeout (hyper's own
+/// timer starts later, so it never saw a client that sent nothing).
 async fn serve(
     mut incoming: Incoming,
     router: Router,
