@@ -5,12 +5,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use futures::StreamExt;
-use microkit::greeter::{GREETER, HelloGreeter};
 use microkit::health::{Health, WireStatus};
 use microkit::server::RunningServer;
 use registry::{Registered, Registry};
-use tonic::service::Routes;
 use tonic::transport::Channel;
 
 /// Keeps `health` equal to what the node needs: SERVING while `dependency` (a server that
@@ -47,16 +46,9 @@ impl GreeterNode {
         id: &str,
         ttl: Duration,
     ) -> anyhow::Result<Self> {
-        let health = Health::new(&[GREETER]);
-        let routes = health.mount(Routes::new(HelloGreeter::new(id).into_service()));
-        let server = RunningServer::start_with(move |incoming, stop| {
-            microkit::server::builder()
-                .add_routes(routes)
-                .serve_with_incoming_shutdown(incoming, stop)
-        })
-        .await?
-        .with_health(health.clone());
-        // The same `Health` answers the HTTP probes.
+        let server = microkit::greeter::serve(id).await?;
+        // The `Health` its gRPC health service reports answers the HTTP probes too.
+        let health = server.health().cloned().context("greeter::serve reports health")?;
         let probes = microkit_http::start_on(
             SocketAddr::from(([127, 0, 0, 1], 0)),
             axum::Router::new(),

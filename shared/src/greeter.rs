@@ -95,13 +95,8 @@ impl Greeter for HelloGreeter {
 /// Starts a [`HelloGreeter`] named `node` on a free loopback port.
 /// It serves health (SERVING for the server and for `greeter.v1.Greeter`) and reflection too.
 pub async fn serve(node: &str) -> std::io::Result<RunningServer> {
-    let health = crate::health::Health::new(&[GREETER]);
-    let routes = health.mount(tonic::service::Routes::new(HelloGreeter::new(node).into_service()));
-    let server = RunningServer::start_with(move |incoming, stop| {
-        crate::server::builder().add_routes(routes).serve_with_incoming_shutdown(incoming, stop)
-    })
-    .await?;
-    Ok(server.with_health(health))
+    let routes = tonic::service::Routes::new(HelloGreeter::new(node).into_service());
+    RunningServer::start_mounted(routes, crate::health::Health::new(&[GREETER])).await
 }
 
 /// The Greeter's full gRPC name, what health checks and reflection call it.

@@ -87,7 +87,11 @@ impl RunningServer {
     /// Serves `routes`, with health (SERVING for the whole server) and reflection, built
     /// with [`builder`].
     pub async fn start(routes: Routes) -> std::io::Result<Self> {
-        let health = Health::default();
+        Self::start_mounted(routes, Health::default()).await
+    }
+
+    /// Serves `routes` with `health` and reflection mounted, built with [`builder`].
+    pub(crate) async fn start_mounted(routes: Routes, health: Health) -> std::io::Result<Self> {
         let routes = health.mount(routes);
         let server = Self::start_with(move |incoming, stop| {
             builder().add_routes(routes).serve_with_incoming_shutdown(incoming, stop)
