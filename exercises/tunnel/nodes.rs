@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context;
 use futures::StreamExt;
@@ -20,6 +21,9 @@ use tonic::service::Routes;
 use tonic::transport::{Channel, Endpoint, Server};
 
 use tunnel::link::{Side, Tunnel};
+
+/// How long node-b's accept loop pauses after a failed accept.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 
 /// node-a: dials node-b when it needs a link, and again when the link was lost.
 pub struct NodeA {
@@ -120,14 +124,29 @@ impl NodeB {
         let links = Arc::new(Mutex::new(Vec::new()));
         let linked = Arc::new(AtomicUsize::new(0));
         let (name, accepted, count) = (name.to_owned(), Arc::clone(&links), Arc::clone(&linked));
-        // `Incoming` pauses after a failed accept (the file table full) and logs it, at most
-        // every 5 s, then tries again: the listener outlives the limit. A link is no HTTP,
-        // so only its TCP stream is kept; `FrameDeadline` bounds a stranger's silence.
-        let mut incoming = microkit::server::Incoming::from(listener);
+        // A link is no HTTP, so this loop is node-b's own rather than the HTTP servers'
+        // listener: `FrameDeadline` bounds a stranger's silence instead of a header timeout.
         let accept = tokio::spawn(async move {
-            while let Some(connection) = incoming.next().await {
-                let Ok(connection) = connection else { continue }; // never: it logs and waits
-                let stream = connection.into_stream();
+            let mut failing = false;
+            loop {
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => stream,
+                    // At the file limit accept fails at once for as long as links wait in
+                    // the backlog: pause, or the loop spins a core. The listener is fine,
+                    // and takes links again once files are free. One line per spell.
+                    Err(error) => {
+                        if !std::mem::replace(&mut failing, true) {
+                            tracing::warn!("accept failed: {error}; pausing until files are free");
+                        }
+                        tokio::time::sleep(ACCEPT_PAUSE).await;
+                        continue;
+                    }
+                };
+                if std::mem::take(&mut failing) {
+                    tracing::info!("accepting links again");
+                }
+                // A small frame goes out at once, not after the peer's delayed ACK.
+                let _ = stream.set_nodelay(true);
                 let peer = stream.peer_addr().map(|peer| peer.to_string()).unwrap_or_default();
                 tracing::info!(%peer, "a node linked up");
                 let services = HashMap::from([("greeter".to_owned(), arrivals.clone())]);

@@ -344,13 +344,6 @@ impl Connection {
         };
         Connection { stream, first_request: Some(first_request), _open: OpenGuard(open) }
     }
-
-    /// The TCP stream alone, without the HTTP first-request timeout (and no longer counted
-    /// as open): for a listener whose protocol is not HTTP, which keeps `Incoming`'s
-    /// accept back-off and bounds its peer's first message itself.
-    pub fn into_stream(self) -> TcpStream {
-        self.stream
-    }
 }
 
 struct OpenGuard(Arc<AtomicUsize>);
