@@ -37,13 +37,14 @@ pub const STOCK: &str = "stock.v1.Stock";
 /// The most a `Count` may ask for: a bound on what one request can make a node send.
 const MAX_COUNT: u32 = 100_000;
 
-/// Serves `routes` with health and with reflection over `descriptors` alone.
-async fn serve(routes: Routes, service: &str, descriptors: &[u8]) -> anyhow::Result<RunningServer> {
+/// Serves `routes` with health, and reflection over `descriptors` (and the health service).
+async fn serve(
+    routes: Routes,
+    service: &str,
+    descriptors: &'static [u8],
+) -> anyhow::Result<RunningServer> {
     let health = Health::new(&[service]);
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(descriptors)
-        .build_v1()?;
-    let routes = routes.add_service(health.service()).add_service(reflection);
+    let routes = health.mount_describing(routes, descriptors);
     let server = RunningServer::start_with(move |incoming, stop| {
         microkit::server::builder().add_routes(routes).serve_with_incoming_shutdown(incoming, stop)
     })

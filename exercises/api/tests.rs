@@ -228,3 +228,58 @@ async fn a_body_without_a_length_is_cut_at_the_bound_and_a_trickling_one_at_the_
     assert_eq!(response.status(), 408);
     node.stop().await.unwrap();
 }
+
+/// A backend's reflection answers question by question, as reflection.proto says: a miss is
+/// an `ErrorResponse` on a stream that stays open, and the question after it is answered
+/// (tonic-reflection alone ends the whole stream at a miss). v1alpha, which grpcio's Python
+/// client asks, lists the backend's service too.
+#[tokio::test]
+async fn a_backend_answers_a_reflection_miss_and_the_next_question() {
+    use tonic_reflection::pb::{v1, v1alpha};
+    let node = backends::calculator("calc-1").await.unwrap();
+
+    let ask = |symbol: &str| v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::FileContainingSymbol(
+            symbol.to_owned(),
+        )),
+    };
+    let channel = tonic::transport::Channel::from_shared(node.url()).unwrap();
+    let channel = channel.connect().await.unwrap();
+    let mut client = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
+    let questions = futures::stream::iter([ask("no.such.Service"), ask(CALCULATOR)]);
+    let mut answers = client.server_reflection_info(questions).await.unwrap().into_inner();
+    let miss = answers.message().await.unwrap().and_then(|a| a.message_response);
+    assert!(
+        matches!(miss, Some(v1::server_reflection_response::MessageResponse::ErrorResponse(_))),
+        "{miss:?}"
+    );
+    let hit = answers.message().await.expect("the stream goes on after a miss");
+    let hit = hit.and_then(|a| a.message_response);
+    assert!(
+        matches!(
+            hit,
+            Some(v1::server_reflection_response::MessageResponse::FileDescriptorResponse(_))
+        ),
+        "{hit:?}"
+    );
+
+    let mut alpha = v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
+    let list = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1alpha::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut listed =
+        alpha.server_reflection_info(futures::stream::iter([list])).await.unwrap().into_inner();
+    let listed = listed.message().await.unwrap().and_then(|a| a.message_response);
+    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(listed)) =
+        listed
+    else {
+        panic!("v1alpha listed nothing: {listed:?}");
+    };
+    let names: Vec<&str> = listed.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&CALCULATOR), "{names:?}");
+    node.shutdown().await.unwrap();
+}

@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 use tonic_health::pb::health_server::{Health as HealthApi, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use tonic_health::server::{HealthReporter, HealthService};
+use tonic_reflection::server::{v1, v1alpha};
 
 use tonic_health::ServingStatus;
 pub use tonic_health::pb::health_check_response::ServingStatus as WireStatus;
@@ -84,20 +85,26 @@ impl Health {
         self.closing.cancel();
     }
 
-    /// The `grpc.health.v1.Health` service for `Server::builder().add_service(..)`.
-    pub fn service(&self) -> HealthServer<impl HealthApi + use<>> {
+    /// The `grpc.health.v1.Health` service reporting this `Health`.
+    fn service(&self) -> HealthServer<impl HealthApi + use<>> {
         HealthServer::new(HealthEndpoint {
             inner: HealthService::from_health_reporter(self.reporter.clone()),
             closing: self.closing.clone(),
         })
     }
 
-    /// `routes` with health and reflection added.
+    /// `routes` with health and reflection added, reflection describing this crate's protos.
     pub fn mount(&self, routes: Routes) -> Routes {
+        self.mount_describing(routes, DESCRIPTORS)
+    }
+
+    /// [`Health::mount`] for a server of other protos: reflection describes `descriptors`, an
+    /// encoded `FileDescriptorSet` of the program's own (a panic if it does not decode).
+    pub fn mount_describing(&self, routes: Routes, descriptors: &'static [u8]) -> Routes {
         routes
             .add_service(self.service())
-            .add_service(reflection())
-            .add_service(reflection_v1alpha())
+            .add_service(reflection(descriptors))
+            .add_service(reflection_v1alpha(descriptors))
     }
 }
 
@@ -166,25 +173,22 @@ impl HealthApi for HealthEndpoint {
     }
 }
 
-/// Server reflection v1 over this crate's protos and the health service's.
-fn reflection() -> tonic_reflection::server::v1::ServerReflectionServer<
-    impl tonic_reflection::server::v1::ServerReflection,
-> {
-    let inner = reflection_builder().build_v1().expect("the descriptors build.rs encoded decode");
+/// Server reflection v1 over `descriptors` and the health service's.
+fn reflection(descriptors: &'static [u8]) -> v1::ServerReflectionServer<impl v1::ServerReflection> {
+    let inner = reflection_builder(descriptors).build_v1().expect("descriptors that decode");
     let inner =
         tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(inner);
-    tonic_reflection::server::v1::ServerReflectionServer::new(ReflectionV1 { inner })
+    v1::ServerReflectionServer::new(ReflectionV1 { inner })
 }
 
 /// The same, as v1alpha: the version grpcio-reflection's Python client still asks for.
-fn reflection_v1alpha() -> tonic_reflection::server::v1alpha::ServerReflectionServer<
-    impl tonic_reflection::server::v1alpha::ServerReflection,
-> {
-    let inner =
-        reflection_builder().build_v1alpha().expect("the descriptors build.rs encoded decode");
+fn reflection_v1alpha(
+    descriptors: &'static [u8],
+) -> v1alpha::ServerReflectionServer<impl v1alpha::ServerReflection> {
+    let inner = reflection_builder(descriptors).build_v1alpha().expect("descriptors that decode");
     let inner =
         tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient::new(inner);
-    tonic_reflection::server::v1alpha::ServerReflectionServer::new(ReflectionV1alpha { inner })
+    v1alpha::ServerReflectionServer::new(ReflectionV1alpha { inner })
 }
 
 /// tonic-reflection's service, asked one request at a time, so that a miss (an unknown file
@@ -259,10 +263,10 @@ macro_rules! reflection_per_request {
 reflection_per_request!(reflection_v1, v1, ReflectionV1);
 reflection_per_request!(reflection_v1alpha, v1alpha, ReflectionV1alpha);
 
-/// What both reflection versions describe: this crate's protos and the health service's.
-fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+/// What both reflection versions describe: `descriptors` and the health service's.
+fn reflection_builder(descriptors: &'static [u8]) -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(DESCRIPTORS)
+        .register_encoded_file_descriptor_set(descriptors)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
