@@ -43,6 +43,8 @@ pub struct CountReply {
 
 /// The service's name in gRPC paths, and so in the registry.
 pub const SERVICE: &str = "calc.v1.Calculator";
+/// `calc.proto` as an encoded `FileDescriptorSet`, which the node's reflection hands out.
+pub const DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/calc-descriptors.bin"));
 /// The most a `Count` may ask for: a bound on what one request can make a node send.
 const MAX_COUNT: u32 = 100_000;
 

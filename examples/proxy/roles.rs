@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::Subcommand;
 use microkit::greeter::HelloGreeter;
+use microkit::health::Health;
 use microkit::proto::greeter::greeter_server::GreeterServer;
 use microkit::server::RunningServer;
 use registry::Registered;
@@ -58,13 +59,21 @@ pub async fn start_greeter(
     Ok(Registered::new(registry, server, GREETER, name, ttl).await?)
 }
 
-/// A Calculator node named `name`, registered under its gRPC name.
+/// A Calculator node named `name`, registered under its gRPC name. Its health and
+/// reflection speak of the Calculator, not of microkit's Greeter.
 pub async fn start_calc(
     registry: &Arc<dyn Registry>,
     name: &str,
     ttl: Duration,
 ) -> anyhow::Result<Registered> {
-    let server = RunningServer::start(Routes::new(CalculatorServer::new(name))).await?;
+    let health = Health::new(&[calc::SERVICE]);
+    let routes =
+        health.mount_describing(Routes::new(CalculatorServer::new(name)), calc::DESCRIPTORS);
+    let server = RunningServer::start_with(move |incoming, stop| {
+        microkit::server::builder().add_routes(routes).serve_with_incoming_shutdown(incoming, stop)
+    })
+    .await?;
+    let server = server.with_health(health);
     Ok(Registered::new(registry, server, calc::SERVICE, name, ttl).await?)
 }
 
@@ -101,4 +110,52 @@ pub(crate) async fn run(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use registry::MemoryRegistry;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    /// A Calculator node reports the Calculator's health, and its reflection lists and
+    /// describes the Calculator, never the Greeter it does not serve.
+    #[tokio::test]
+    async fn a_calculator_node_describes_the_calculator() {
+        let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+        let node = start_calc(&registry, "calc-1", Duration::from_secs(5)).await.unwrap();
+        let url = format!("http://{}", node.addr());
+        let channel = tonic::transport::Channel::from_shared(url).unwrap().connect().await.unwrap();
+
+        let mut statuses =
+            Box::pin(microkit::health::watch(channel.clone(), calc::SERVICE).await.unwrap());
+        let status = statuses.next().await.unwrap().unwrap();
+        assert_eq!(status, microkit::health::WireStatus::Serving);
+
+        let ask = |request| ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(request),
+        };
+        let questions = [
+            ask(MessageRequest::ListServices(String::new())),
+            ask(MessageRequest::FileContainingSymbol(calc::SERVICE.to_owned())),
+        ];
+        let mut reflection = ServerReflectionClient::new(channel);
+        let answers = reflection.server_reflection_info(futures::stream::iter(questions)).await;
+        let mut answers = answers.unwrap().into_inner();
+        let listed = answers.message().await.unwrap().and_then(|a| a.message_response);
+        let Some(MessageResponse::ListServicesResponse(listed)) = listed else {
+            panic!("no list: {listed:?}");
+        };
+        let names: Vec<&str> = listed.service.iter().map(|s| s.name.as_str()).collect();
+        assert!(names.contains(&calc::SERVICE), "{names:?}");
+        assert!(!names.contains(&GREETER), "a Calculator node lists the Greeter: {names:?}");
+        let file = answers.message().await.unwrap().and_then(|a| a.message_response);
+        assert!(matches!(file, Some(MessageResponse::FileDescriptorResponse(_))), "{file:?}");
+        node.stop().await.unwrap();
+    }
 }
