@@ -192,12 +192,15 @@ async fn every_example_prints_its_golden_output_and_exits_0() {
             on_nats.env("MICRO_BACKEND", "nats").env("NATS_URL", nats.url());
             runs.extend([("memory", memory), ("nats", on_nats)]);
         }
-        for (backend, command) in runs {
+        for (backend, mut command) in runs {
+            // Only stdout is compared: the info lines on stderr are there to tell, when a
+            // run fails, what it was doing (a retry, a reconnect...).
+            command.env("RUST_LOG", "info");
             let output = run_within(command, LIMIT).await;
             let stdout = text(&output.stdout);
             if !output.status.success() {
                 failures.push(format!(
-                    "{topic} ({backend}): exit {:?}\nstderr:\n{}",
+                    "{topic} ({backend}): exit {:?}\nstdout:\n{stdout}\nstderr:\n{}",
                     output.status.code(),
                     text(&output.stderr)
                 ));

@@ -103,7 +103,11 @@ impl RoundRobin {
             return Err(Status::deadline_exceeded("the call's deadline passed before it was sent"));
         }
         request.set_timeout(left);
-        let reply = client.say_hello(request).await?;
+        let started = Instant::now();
+        let reply = client.say_hello(request).await.inspect_err(|status| {
+            let took = started.elapsed();
+            tracing::info!(node = %node.id, ?took, ?left, "call failed: {status}");
+        })?;
         if reply.get_ref().node != node.id {
             return Err(Status::internal(format!(
                 "{} answered for {}",
