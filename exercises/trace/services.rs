@@ -15,14 +15,14 @@ use http::StatusCode;
 use microkit::greeter::HelloGreeter;
 use microkit::proto::greeter::greeter_client::GreeterClient;
 use microkit::proto::greeter::greeter_server::{Greeter, GreeterServer};
-use microkit::proto::greeter::{HelloReply, HelloRequest, NamesSummary};
+use microkit::proto::greeter::{HelloReply, HelloRequest};
 use microkit::server::RunningServer;
 use microkit_http::ApiError;
 use opentelemetry_sdk::trace::SdkTracer;
 use registry::Registered;
 use registry::Registry;
 use tonic::transport::Channel;
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status};
 use tower::{Layer as _, ServiceBuilder};
 
 use crate::metrics::RedLayer;
@@ -125,13 +125,6 @@ impl Greeter for MiddleGreeter {
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(reply)
-    }
-
-    async fn collect_names(
-        &self,
-        _: Request<Streaming<HelloRequest>>,
-    ) -> Result<Response<NamesSummary>, Status> {
-        Err(Status::unimplemented("only SayHello is traced here"))
     }
 }
 
