@@ -525,6 +525,47 @@ async fn the_proxy_answers_its_own_health_and_reflection() {
     assert!(ok);
 }
 
+/// A Calculator node as grpcio sees it, straight, not through the proxy: its health knows
+/// `calc.v1.Calculator`, and its reflection, asked three questions on one stream, answers
+/// each in turn, a miss included, and describes the Calculator rather than the Greeter.
+const PYTHON_CALC_NODE: &str = r#"
+import sys
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+channel = grpc.insecure_channel(sys.argv[1])
+health = health_pb2_grpc.HealthStub(channel)
+reply = health.Check(health_pb2.HealthCheckRequest(service="calc.v1.Calculator"), timeout=10)
+print("health:", health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+Request = reflection_pb2.ServerReflectionRequest
+asked = iter([
+    Request(file_containing_symbol="no.such.Service"),
+    Request(list_services=""),
+    Request(file_containing_symbol="calc.v1.Calculator"),
+])
+reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+for answer in reflection.ServerReflectionInfo(asked, timeout=10):
+    kind = answer.WhichOneof("message_response")
+    if kind == "error_response":
+        print("miss:", grpc.StatusCode.NOT_FOUND.value[0] == answer.error_response.error_code)
+    elif kind == "list_services_response":
+        names = sorted(s.name for s in answer.list_services_response.service)
+        print("lists:", ", ".join(n for n in names if not n.startswith("grpc.")))
+    else:
+        print("files:", len(answer.file_descriptor_response.file_descriptor_proto))
+"#;
+
+#[tokio::test]
+async fn grpcio_sees_a_calculator_node_describe_the_calculator() {
+    let setup = setup(&[]).await;
+    let (calc, addr) = spawn_role(&setup.nats, &["calc", "--name", "calc-a"], &[]).await;
+    let stdout = python_program(PYTHON_CALC_NODE, &[&addr]).await;
+    assert_eq!(stdout, "health: SERVING\nmiss: True\nlists: calc.v1.Calculator\nfiles: 1\n");
+    assert_eq!(calc.stop().await, ("calc-a deregistered and stopped".to_owned(), true));
+    assert!(setup.proxy.stop().await.1);
+}
+
 /// A call to a name with no node must cost the registry nothing: on NATS a watch is a
 /// JetStream consumer on the registry's stream, which outlives the watch by half a minute.
 #[tokio::test]

@@ -66,14 +66,9 @@ pub async fn start_calc(
     name: &str,
     ttl: Duration,
 ) -> anyhow::Result<Registered> {
+    let routes = Routes::new(CalculatorServer::new(name));
     let health = Health::new(&[calc::SERVICE]);
-    let routes =
-        health.mount_describing(Routes::new(CalculatorServer::new(name)), calc::DESCRIPTORS);
-    let server = RunningServer::start_with(move |incoming, stop| {
-        microkit::server::builder().add_routes(routes).serve_with_incoming_shutdown(incoming, stop)
-    })
-    .await?;
-    let server = server.with_health(health);
+    let server = RunningServer::start_describing(routes, health, calc::DESCRIPTORS).await?;
     Ok(Registered::new(registry, server, calc::SERVICE, name, ttl).await?)
 }
 

@@ -43,13 +43,7 @@ async fn serve(
     service: &str,
     descriptors: &'static [u8],
 ) -> anyhow::Result<RunningServer> {
-    let health = Health::new(&[service]);
-    let routes = health.mount_describing(routes, descriptors);
-    let server = RunningServer::start_with(move |incoming, stop| {
-        microkit::server::builder().add_routes(routes).serve_with_incoming_shutdown(incoming, stop)
-    })
-    .await?;
-    Ok(server.with_health(health))
+    Ok(RunningServer::start_describing(routes, Health::new(&[service]), descriptors).await?)
 }
 
 /// A Calculator node named `node`.

@@ -96,7 +96,8 @@ impl Greeter for HelloGreeter {
 /// It serves health (SERVING for the server and for `greeter.v1.Greeter`) and reflection too.
 pub async fn serve(node: &str) -> std::io::Result<RunningServer> {
     let routes = tonic::service::Routes::new(HelloGreeter::new(node).into_service());
-    RunningServer::start_mounted(routes, crate::health::Health::new(&[GREETER])).await
+    let health = crate::health::Health::new(&[GREETER]);
+    RunningServer::start_describing(routes, health, crate::health::DESCRIPTORS).await
 }
 
 /// The Greeter's full gRPC name, what health checks and reflection call it.

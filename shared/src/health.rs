@@ -24,7 +24,7 @@ pub use tonic_health::pb::health_check_response::ServingStatus as WireStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 /// The protos of this crate, as `build.rs` encoded them for reflection.
-const DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
+pub(crate) const DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
 
 /// One node's health: what its health service and its readiness probe both report.
 /// Clones share the status.
@@ -98,9 +98,8 @@ impl Health {
         self.mount_describing(routes, DESCRIPTORS)
     }
 
-    /// [`Health::mount`] for a server of other protos: reflection describes `descriptors`, an
-    /// encoded `FileDescriptorSet` of the program's own (a panic if it does not decode).
-    pub fn mount_describing(&self, routes: Routes, descriptors: &'static [u8]) -> Routes {
+    /// [`Health::mount`], reflection describing `descriptors` instead.
+    pub(crate) fn mount_describing(&self, routes: Routes, descriptors: &'static [u8]) -> Routes {
         routes
             .add_service(self.service())
             .add_service(reflection(descriptors))

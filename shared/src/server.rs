@@ -87,12 +87,17 @@ impl RunningServer {
     /// Serves `routes`, with health (SERVING for the whole server) and reflection, built
     /// with [`builder`].
     pub async fn start(routes: Routes) -> std::io::Result<Self> {
-        Self::start_mounted(routes, Health::default()).await
+        Self::start_describing(routes, Health::default(), crate::health::DESCRIPTORS).await
     }
 
-    /// Serves `routes` with `health` and reflection mounted, built with [`builder`].
-    pub(crate) async fn start_mounted(routes: Routes, health: Health) -> std::io::Result<Self> {
-        let routes = health.mount(routes);
+    /// [`RunningServer::start`] for protos of the program's own: `health` names its services,
+    /// reflection describes `descriptors` (an encoded `FileDescriptorSet`, or a panic).
+    pub async fn start_describing(
+        routes: Routes,
+        health: Health,
+        descriptors: &'static [u8],
+    ) -> std::io::Result<Self> {
+        let routes = health.mount_describing(routes, descriptors);
         let server = Self::start_with(move |incoming, stop| {
             builder().add_routes(routes).serve_with_incoming_shutdown(incoming, stop)
         })
